@@ -1,0 +1,1 @@
+//! Throwaway local PostgreSQL replication clusters for tests, the demo and benchmarks.

@@ -1,0 +1,3 @@
+//! pgsplit: a SQL-aware read/write load-balancing proxy for PostgreSQL.
+
+pub mod cluster;
