@@ -1,1 +1,998 @@
 //! Throwaway local PostgreSQL replication clusters for tests, the demo and benchmarks.
+//!
+//! [`Cluster::start`] builds one primary plus hot standbys from the installed server
+//! binaries. Everything is blocking (`std::process`) so it can be used from plain
+//! `#[test]`s, from `main` before a runtime exists, and from benchmarks alike.
+//!
+//! Start-up is kept fast by running `initdb` once per machine and PostgreSQL version
+//! (the *template*, roles and passwords included) and copying it for every cluster.
+//! Teardown is guaranteed twice over: `Drop` stops the nodes and removes the base
+//! directory, and a detached watchdog process does the same if the owning process dies
+//! without dropping the cluster (killed, aborted, or the cluster lives in a `static`).
+
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::{Pid, Uid, User};
+
+/// Superuser created by `initdb`.
+pub const SUPERUSER: &str = "postgres";
+/// Password of [`SUPERUSER`]; fixed because the cluster only listens on 127.0.0.1 and is thrown away.
+pub const SUPERUSER_PASSWORD: &str = "pgsplit-superuser-pw";
+/// Role the standbys stream WAL as.
+pub const REPLICATION_USER: &str = "replicator";
+/// Password of [`REPLICATION_USER`].
+pub const REPLICATION_PASSWORD: &str = "pgsplit-replicator-pw";
+/// Role with `pg_monitor`, for health and lag checks.
+pub const MONITOR_USER: &str = "monitor";
+/// Password of [`MONITOR_USER`].
+pub const MONITOR_PASSWORD: &str = "pgsplit-monitor-pw";
+/// Application role (LOGIN, CREATEDB) that owns [`APP_DATABASE`].
+pub const APP_USER: &str = "app";
+/// Password of [`APP_USER`], stored as a SCRAM-SHA-256 verifier.
+pub const APP_PASSWORD: &str = "pgsplit-app-pw";
+/// Database owned by [`APP_USER`].
+pub const APP_DATABASE: &str = "app";
+/// Number of standbys [`Cluster::start`] creates.
+pub const DEFAULT_STANDBYS: usize = 2;
+
+/// Bumped whenever the template's contents change, so stale templates are not reused.
+const TEMPLATE_REVISION: u32 = 1;
+const FALLBACK_BIN: &str = "/usr/lib/postgresql/15/bin";
+const WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+const START_ATTEMPTS: u32 = 5;
+/// Points libpq at a file that cannot exist so a developer's `~/.pgpass` never supplies a password.
+const NO_PASSFILE: &str = "/nonexistent/pgsplit-no-pgpass";
+
+/// Appended to the template's postgresql.conf; later lines win over initdb's defaults.
+const SERVER_SETTINGS: &str = "
+# pgsplit throwaway cluster
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+hot_standby = on
+fsync = off
+full_page_writes = off
+synchronous_commit = on
+shared_buffers = 32MB
+max_connections = 200
+wal_receiver_status_interval = 1s
+hot_standby_feedback = on
+password_encryption = 'scram-sha-256'
+log_min_messages = warning
+";
+
+/// TCP only and always with a password, so tests exercise real authentication.
+const PG_HBA: &str = "\
+# pgsplit throwaway cluster: TCP only, passwords required
+host    all             all             127.0.0.1/32    scram-sha-256
+host    replication     replicator      127.0.0.1/32    scram-sha-256
+";
+
+/// Runs after the parent dies: it must read postmaster pids at kill time because nodes
+/// get restarted, and must treat zombies as dead because PID 1 in some containers
+/// never reaps orphans. It only signals processes whose name is `postgres`.
+const WATCHDOG_SCRIPT: &str = r#"
+parent=$1; base=$2
+alive() {
+  if [ -r "/proc/$1/stat" ]; then
+    case "$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null)" in Z*|X*|'') return 1;; esac
+    return 0
+  fi
+  kill -0 "$1" 2>/dev/null
+}
+while alive "$parent"; do sleep 1; done
+pids=""
+for f in "$base"/*/postmaster.pid; do
+  [ -f "$f" ] || continue
+  pid=$(head -n 1 "$f")
+  case "$pid" in ''|*[!0-9]*) continue;; esac
+  if [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" != postgres ]; then continue; fi
+  kill -QUIT "$pid" 2>/dev/null && pids="$pids $pid"
+done
+i=0
+while [ "$i" -lt 100 ]; do
+  left=""
+  for p in $pids; do alive "$p" && left="$left $p"; done
+  [ -z "$left" ] && break
+  pids=$left; i=$((i + 1)); sleep 0.1
+done
+rm -rf "$base"
+"#;
+
+/// Serialises template builds inside one process; other processes are handled by `rename`.
+static TEMPLATE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Everything that can go wrong while building or driving a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The server binaries are missing; tests must fail loudly rather than skip.
+    #[error(
+        "PostgreSQL server binaries not found: {} does not exist \
+         (install PostgreSQL, or set PG_BIN to its bin directory)",
+        .0.display()
+    )]
+    BinariesNotFound(PathBuf),
+    /// Running as root, but there is no `postgres` OS user to run the server as.
+    #[error(
+        "running as root but OS user `postgres` does not exist; PostgreSQL refuses to run as root"
+    )]
+    NoPostgresUser,
+    /// A filesystem or process-spawning operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A system call made through `nix` failed.
+    #[error("{context}: {source}")]
+    Os {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: nix::Error,
+    },
+    /// A helper program exited unsuccessfully.
+    #[error("`{command}` failed ({status}): {output}")]
+    CommandFailed {
+        /// Program and arguments.
+        command: String,
+        /// Exit status.
+        status: String,
+        /// Its stderr followed by its stdout.
+        output: String,
+    },
+    /// A node did not start; the log tail usually says why.
+    #[error("could not start {node}: {cause}\n--- tail of {} ---\n{log_tail}", log.display())]
+    StartFailed {
+        /// Node name.
+        node: String,
+        /// The failing `pg_ctl` invocation.
+        cause: Box<ClusterError>,
+        /// The node's server log.
+        log: PathBuf,
+        /// Last lines of that log.
+        log_tail: String,
+    },
+    /// `psql` reported an error.
+    #[error("SQL on {node} failed: {stderr}\n  statement: {sql}")]
+    Sql {
+        /// Node name.
+        node: String,
+        /// The statement that failed.
+        sql: String,
+        /// psql's stderr.
+        stderr: String,
+    },
+    /// A bounded wait expired.
+    #[error("timed out after {timeout:?} waiting for {what}\n--- tail of {} ---\n{log_tail}", log.display())]
+    Timeout {
+        /// The condition that never became true (with the last error, if any).
+        what: String,
+        /// How long we waited.
+        timeout: Duration,
+        /// The log of the node most likely at fault.
+        log: PathBuf,
+        /// Last lines of that log.
+        log_tail: String,
+    },
+    /// A node index outside `nodes()`.
+    #[error("no node with index {index} (the cluster has {count})")]
+    NoSuchNode {
+        /// The index asked for.
+        index: usize,
+        /// How many nodes there are.
+        count: usize,
+    },
+    /// No running node is out of recovery.
+    #[error("no running primary: every running node is in recovery")]
+    NoPrimary,
+    /// Something the environment handed us made no sense.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+/// Result type of this module.
+pub type Result<T, E = ClusterError> = std::result::Result<T, E>;
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ClusterError {
+    move |source| ClusterError::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+/// How to stop a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Clean shutdown (SIGINT): sessions are ended and a shutdown checkpoint is written.
+    Fast,
+    /// Crash-like stop (SIGQUIT): the node runs crash recovery on its next start.
+    Immediate,
+}
+
+impl StopMode {
+    fn signal(self) -> Signal {
+        match self {
+            StopMode::Fast => Signal::SIGINT,
+            StopMode::Immediate => Signal::SIGQUIT,
+        }
+    }
+}
+
+/// One PostgreSQL server of the cluster.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `primary`, `standby1`, …; equals the standby's `application_name`.
+    pub name: String,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// The data directory (PGDATA).
+    pub data_dir: PathBuf,
+}
+
+impl Node {
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The server log written by `pg_ctl start -l`.
+    pub fn log_file(&self) -> PathBuf {
+        self.data_dir.join("postgres.log")
+    }
+
+    /// `postgres://user:password@127.0.0.1:PORT/dbname`, percent-encoded.
+    pub fn uri(&self, user: &str, password: &str, dbname: &str) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{}",
+            percent_encode(user),
+            percent_encode(password),
+            self.port,
+            percent_encode(dbname)
+        )
+    }
+
+    fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    fn running_pid(&self) -> Option<i32> {
+        self.postmaster_pid().filter(|pid| pid_alive(*pid))
+    }
+}
+
+/// The OS identity the server programs run as: PostgreSQL refuses to run as root.
+#[derive(Debug, Clone, Copy)]
+struct Identity {
+    uid: u32,
+    gid: u32,
+    switch: bool,
+}
+
+impl Identity {
+    fn detect() -> Result<Self> {
+        let euid = Uid::effective();
+        if !euid.is_root() {
+            let gid = nix::unistd::Gid::effective().as_raw();
+            return Ok(Self {
+                uid: euid.as_raw(),
+                gid,
+                switch: false,
+            });
+        }
+        let user = User::from_name("postgres")
+            .map_err(|source| ClusterError::Os {
+                context: "looking up OS user `postgres`".into(),
+                source,
+            })?
+            .ok_or(ClusterError::NoPostgresUser)?;
+        Ok(Self {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            switch: true,
+        })
+    }
+
+    fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        if self.switch {
+            cmd.uid(self.uid).gid(self.gid);
+        }
+        // The postgres user may not be able to enter the caller's working directory,
+        // which makes initdb and pg_ctl fail before doing anything.
+        cmd.current_dir("/")
+            .stdin(Stdio::null())
+            .env("PGPASSFILE", NO_PASSFILE);
+        cmd
+    }
+
+    fn own(&self, path: &Path) -> Result<()> {
+        if self.switch {
+            std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+                .map_err(io_err(format!("chown {}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+/// The PostgreSQL bin directory: `PG_BIN`, else `pg_config --bindir`, else the Debian default.
+pub fn find_pg_bin() -> Result<PathBuf> {
+    let from_env = std::env::var_os("PG_BIN").filter(|dir| !dir.is_empty());
+    let dir = match from_env {
+        Some(dir) => PathBuf::from(dir),
+        None => Command::new("pg_config")
+            .arg("--bindir")
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .filter(|dir| !dir.is_empty())
+            .map_or_else(|| PathBuf::from(FALLBACK_BIN), PathBuf::from),
+    };
+    let initdb = dir.join("initdb");
+    if initdb.is_file() {
+        Ok(dir)
+    } else {
+        Err(ClusterError::BinariesNotFound(initdb))
+    }
+}
+
+/// A running primary with hot standbys; stopped and deleted on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    bin: PathBuf,
+    who: Identity,
+    base: PathBuf,
+    nodes: Vec<Node>,
+    watchdog: Option<Child>,
+}
+
+impl Cluster {
+    /// Starts a primary and [`DEFAULT_STANDBYS`] streaming standbys and waits until they are in sync.
+    pub fn start() -> Result<Self> {
+        Self::with_standbys(DEFAULT_STANDBYS)
+    }
+
+    /// Starts a primary and `standbys` streaming standbys and waits until they are in sync.
+    pub fn with_standbys(standbys: usize) -> Result<Self> {
+        let bin = find_pg_bin()?;
+        let who = Identity::detect()?;
+        let template = template_dir(&bin, &who)?;
+        let base = tempfile::Builder::new()
+            .prefix("pgsplit-cluster-")
+            .tempdir()
+            .map_err(io_err("creating the cluster base directory"))?
+            .keep();
+        // From here on `Drop` owns cleanup, so every early return below tears down.
+        let mut cluster = Cluster {
+            bin,
+            who,
+            base,
+            nodes: Vec::new(),
+            watchdog: None,
+        };
+        cluster.who.own(&cluster.base)?;
+        cluster.watchdog = Some(spawn_watchdog(&cluster.base)?);
+
+        let primary_dir = cluster.base.join("primary");
+        run(cluster
+            .who
+            .command("cp")
+            .arg("-a")
+            .arg(template.join("data"))
+            .arg(&primary_dir))?;
+        cluster.nodes.push(Node {
+            name: "primary".into(),
+            port: 0,
+            data_dir: primary_dir,
+        });
+        start_on_fresh_port(&cluster.bin, &cluster.who, &mut cluster.nodes[0])?;
+        for i in 1..=standbys {
+            cluster.add_standby(i)?;
+        }
+        cluster.wait_until_ready()?;
+        Ok(cluster)
+    }
+
+    fn add_standby(&mut self, i: usize) -> Result<()> {
+        let name = format!("standby{i}");
+        let dir = self.base.join(&name);
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={REPLICATION_USER} password={REPLICATION_PASSWORD}",
+            self.nodes[0].port
+        );
+        // -C -S creates the physical slot up front, so the primary retains WAL for the
+        // standby from the backup's start onwards.
+        run(self
+            .who
+            .command(self.bin.join("pg_basebackup"))
+            .arg("-D")
+            .arg(&dir)
+            .args(["-c", "fast", "-X", "stream", "-C", "-S", &name])
+            .args(["--no-sync", "-w", "-d", &conninfo]))?;
+        // The copy carries the primary's log; a standby's errors must show its own.
+        let _ = fs::remove_file(dir.join("postgres.log"));
+        write_owned(&self.who, &dir.join("standby.signal"), "")?;
+        append(
+            &dir.join("postgresql.auto.conf"),
+            &format!(
+                "primary_conninfo = '{conninfo} application_name={name}'\n\
+                 primary_slot_name = '{name}'\n"
+            ),
+        )?;
+        self.nodes.push(Node {
+            name,
+            port: 0,
+            data_dir: dir,
+        });
+        let (bin, who) = (&self.bin, &self.who);
+        match self.nodes.last_mut() {
+            Some(node) => start_on_fresh_port(bin, who, node),
+            None => Err(ClusterError::Unexpected("standby vanished".into())),
+        }
+    }
+
+    fn wait_until_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+            let sql = format!(
+                "SELECT count(*) FROM pg_stat_replication \
+                 WHERE state = 'streaming' AND application_name = '{}'",
+                node.name
+            );
+            let what = format!("{} to stream from the primary", node.name);
+            self.wait_until(i, &what, deadline, || {
+                Ok(self.sql(0, "postgres", &sql)? == "1")
+            })?;
+        }
+        let lsn = self.sql(0, "postgres", "SELECT pg_current_wal_lsn()")?;
+        for i in 1..self.nodes.len() {
+            self.wait_for_lsn(i, &lsn, deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Polls `check` until it returns true; on timeout reports node `log_node`'s log tail.
+    fn wait_until(
+        &self,
+        log_node: usize,
+        what: &str,
+        deadline: Instant,
+        mut check: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            // Errors are retried: a node that is still starting up refuses connections.
+            let last_error = match check() {
+                Ok(true) => return Ok(()),
+                Ok(false) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if Instant::now() >= deadline {
+                let log = self.node(log_node)?.log_file();
+                let what = match last_error {
+                    Some(e) => format!("{what} (last error: {e})"),
+                    None => what.to_string(),
+                };
+                return Err(ClusterError::Timeout {
+                    what,
+                    timeout: started.elapsed(),
+                    log_tail: log_tail(&log, 30),
+                    log,
+                });
+            }
+            sleep(POLL_INTERVAL);
+        }
+    }
+
+    fn wait_for_lsn(&self, i: usize, lsn: &str, deadline: Instant) -> Result<()> {
+        let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+        let what = format!("{} to replay up to {lsn}", self.node(i)?.name);
+        self.wait_until(i, &what, deadline, || {
+            Ok(self.sql(i, "postgres", &sql)? == "t")
+        })
+    }
+
+    fn node(&self, index: usize) -> Result<&Node> {
+        self.nodes.get(index).ok_or(ClusterError::NoSuchNode {
+            index,
+            count: self.nodes.len(),
+        })
+    }
+
+    /// All nodes; index 0 is the original primary, then `standby1`, `standby2`, ….
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The original primary (index 0); after a failover it may be stopped or a standby.
+    pub fn primary(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// The standbys, in creation order (indices 1.. of [`Cluster::nodes`]).
+    pub fn standbys(&self) -> &[Node] {
+        &self.nodes[1..]
+    }
+
+    /// Password of the [`SUPERUSER`] role.
+    pub fn superuser_password(&self) -> &str {
+        SUPERUSER_PASSWORD
+    }
+
+    /// Directory of the server binaries used, so callers can run pgbench/psql from it.
+    pub fn pg_bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Directory holding every node's data directory; removed on drop.
+    pub fn base_dir(&self) -> &Path {
+        &self.base
+    }
+
+    /// Connection URI for node `i`. Panics if `i` is out of range, like slice indexing.
+    pub fn uri(&self, i: usize, user: &str, password: &str, dbname: &str) -> String {
+        self.nodes[i].uri(user, password, dbname)
+    }
+
+    /// Runs `sql` on node `node` as the superuser and returns psql's trimmed unaligned output.
+    pub fn sql(&self, node: usize, dbname: &str, sql: &str) -> Result<String> {
+        self.sql_as(node, SUPERUSER, Some(SUPERUSER_PASSWORD), dbname, sql)
+    }
+
+    /// Runs `sql` on node `node` as `user`; `None` sends no password at all.
+    pub fn sql_as(
+        &self,
+        node: usize,
+        user: &str,
+        password: Option<&str>,
+        dbname: &str,
+        sql: &str,
+    ) -> Result<String> {
+        psql(&self.bin, self.node(node)?, user, password, dbname, sql)
+    }
+
+    /// Pauses WAL replay on standby `i` and waits until the pause has taken effect.
+    pub fn pause_replay(&self, i: usize) -> Result<()> {
+        self.sql(i, "postgres", "SELECT pg_wal_replay_pause()")?;
+        let what = format!("{} to pause replay", self.node(i)?.name);
+        self.wait_until(i, &what, Instant::now() + WAIT_TIMEOUT, || {
+            Ok(self.sql(i, "postgres", "SELECT pg_get_wal_replay_pause_state()")? == "paused")
+        })
+    }
+
+    /// Resumes WAL replay on standby `i`.
+    pub fn resume_replay(&self, i: usize) -> Result<()> {
+        self.sql(i, "postgres", "SELECT pg_wal_replay_resume()")
+            .map(drop)
+    }
+
+    /// Stops node `i` by signalling its postmaster and waits for it to exit; no-op if stopped.
+    pub fn stop(&self, i: usize, mode: StopMode) -> Result<()> {
+        let node = self.node(i)?;
+        let Some(pid) = node.running_pid() else {
+            return Ok(());
+        };
+        // Signalling works as root and as the owner, unlike `pg_ctl stop`, which refuses root.
+        match kill(Pid::from_raw(pid), mode.signal()) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(source) => {
+                return Err(ClusterError::Os {
+                    context: format!("signalling the postmaster of {}", node.name),
+                    source,
+                })
+            }
+        }
+        let what = format!("{} (pid {pid}) to stop", node.name);
+        self.wait_until(i, &what, Instant::now() + STOP_TIMEOUT, || {
+            Ok(!pid_alive(pid))
+        })
+    }
+
+    /// Starts a stopped node on its previous port and waits until it accepts connections.
+    pub fn start_node(&self, i: usize) -> Result<()> {
+        let node = self.node(i)?;
+        if node.running_pid().is_some() {
+            return Ok(());
+        }
+        pg_ctl_start(&self.bin, &self.who, node)
+    }
+
+    /// Promotes standby `i` and waits until it has left recovery.
+    pub fn promote(&self, i: usize) -> Result<()> {
+        self.sql(i, "postgres", "SELECT pg_promote()")?;
+        let what = format!("{} to leave recovery", self.node(i)?.name);
+        self.wait_until(i, &what, Instant::now() + WAIT_TIMEOUT, || {
+            Ok(self.sql(i, "postgres", "SELECT pg_is_in_recovery()")? == "f")
+        })
+    }
+
+    /// Waits until standby `i` has replayed the current primary's current WAL position.
+    pub fn wait_for_replay(&self, i: usize) -> Result<()> {
+        self.node(i)?;
+        let primary = self.current_primary()?;
+        let lsn = self.sql(primary, "postgres", "SELECT pg_current_wal_lsn()")?;
+        self.wait_for_lsn(i, &lsn, Instant::now() + WAIT_TIMEOUT)
+    }
+
+    /// Index of the first running node that is not in recovery.
+    pub fn current_primary(&self) -> Result<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.is_running(*i))
+            .find(|i| {
+                self.sql(*i, "postgres", "SELECT pg_is_in_recovery()")
+                    .is_ok_and(|r| r == "f")
+            })
+            .ok_or(ClusterError::NoPrimary)
+    }
+
+    /// Whether node `i`'s postmaster is alive (false for an unknown index).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes
+            .get(i)
+            .is_some_and(|node| node.running_pid().is_some())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Immediate stop: nothing in a throwaway cluster is worth a shutdown checkpoint.
+        let pids: Vec<i32> = self.nodes.iter().filter_map(Node::running_pid).collect();
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGQUIT);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while pids.iter().any(|pid| pid_alive(*pid)) && Instant::now() < deadline {
+            sleep(POLL_INTERVAL);
+        }
+        let _ = fs::remove_dir_all(&self.base);
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // It leads its own process group; killing the group also ends its `sleep`.
+            if let Ok(pid) = i32::try_from(watchdog.id()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+/// Returns the template directory (containing `data/`), building it on first use.
+fn template_dir(bin: &Path, who: &Identity) -> Result<PathBuf> {
+    let version = server_version(bin)?;
+    let tmp_root = std::env::temp_dir();
+    let name = format!(
+        "pgsplit-pgtemplate-{version}-{}-r{TEMPLATE_REVISION}",
+        who.uid
+    );
+    let dir = tmp_root.join(&name);
+    let _guard = TEMPLATE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !dir.join("data").is_dir() {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{name}.tmp-"))
+            .tempdir_in(&tmp_root)
+            .map_err(io_err("creating a template build directory"))?;
+        who.own(tmp.path())?;
+        build_template(bin, who, tmp.path())?;
+        // rename is atomic: readers see either no template or a complete one. If another
+        // process renamed first, ours fails and is deleted when `tmp` drops.
+        match fs::rename(tmp.path(), &dir) {
+            Ok(()) => drop(tmp.keep()),
+            Err(_) if dir.join("data").is_dir() => {}
+            Err(e) => {
+                return Err(io_err(format!("renaming template into {}", dir.display()))(
+                    e,
+                ))
+            }
+        }
+    }
+    // /tmp is shared: refuse a template someone else planted under our name.
+    let owner = fs::metadata(&dir)
+        .map_err(io_err(format!("inspecting {}", dir.display())))?
+        .uid();
+    if owner != who.uid {
+        return Err(ClusterError::Unexpected(format!(
+            "template {} is owned by uid {owner}, expected {}",
+            dir.display(),
+            who.uid
+        )));
+    }
+    Ok(dir)
+}
+
+fn build_template(bin: &Path, who: &Identity, dir: &Path) -> Result<()> {
+    let pwfile = dir.join("pwfile");
+    write_owned(who, &pwfile, SUPERUSER_PASSWORD)?;
+    let data = dir.join("data");
+    run(who
+        .command(bin.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-N", "-U", SUPERUSER, "--auth-local=trust"])
+        .args(["--auth-host=scram-sha-256", "--locale=C", "--encoding=UTF8"])
+        .arg(format!("--pwfile={}", pwfile.display())))?;
+    fs::remove_file(&pwfile).map_err(io_err("removing the password file"))?;
+    append(&data.join("postgresql.conf"), SERVER_SETTINGS)?;
+    fs::write(data.join("pg_hba.conf"), PG_HBA).map_err(io_err("writing pg_hba.conf"))?;
+
+    // Roles live in the template so each cluster saves a round of SQL at start-up.
+    let mut node = Node {
+        name: "template".into(),
+        port: 0,
+        data_dir: data,
+    };
+    start_on_fresh_port(bin, who, &mut node)?;
+    let created = create_roles(bin, &node);
+    let stopped = stop_and_wait(&node, StopMode::Fast);
+    created?;
+    stopped?;
+    let _ = fs::remove_file(node.log_file());
+    Ok(())
+}
+
+fn create_roles(bin: &Path, node: &Node) -> Result<()> {
+    // CREATE DATABASE cannot run inside the implicit transaction of a multi-statement -c.
+    let statements = [
+        format!(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE {REPLICATION_USER} REPLICATION LOGIN PASSWORD '{REPLICATION_PASSWORD}'; \
+             CREATE ROLE {MONITOR_USER} LOGIN PASSWORD '{MONITOR_PASSWORD}'; \
+             GRANT pg_monitor TO {MONITOR_USER}; \
+             CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD '{APP_PASSWORD}';"
+        ),
+        format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}"),
+    ];
+    for sql in &statements {
+        psql(
+            bin,
+            node,
+            SUPERUSER,
+            Some(SUPERUSER_PASSWORD),
+            "postgres",
+            sql,
+        )?;
+    }
+    Ok(())
+}
+
+fn stop_and_wait(node: &Node, mode: StopMode) -> Result<()> {
+    let Some(pid) = node.running_pid() else {
+        return Ok(());
+    };
+    let _ = kill(Pid::from_raw(pid), mode.signal());
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while pid_alive(pid) {
+        if Instant::now() >= deadline {
+            let log = node.log_file();
+            return Err(ClusterError::Timeout {
+                what: format!("{} (pid {pid}) to stop", node.name),
+                timeout: STOP_TIMEOUT,
+                log_tail: log_tail(&log, 30),
+                log,
+            });
+        }
+        sleep(POLL_INTERVAL);
+    }
+    Ok(())
+}
+
+/// Picks a free port and starts the node, retrying when someone else grabs the port first.
+fn start_on_fresh_port(bin: &Path, who: &Identity, node: &mut Node) -> Result<()> {
+    let conf = node.data_dir.join("postgresql.conf");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        node.port = free_port()?;
+        append(&conf, &format!("port = {}\n", node.port))?;
+        let log_start = fs::metadata(node.log_file()).map_or(0, |m| m.len());
+        match pg_ctl_start(bin, who, node) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < START_ATTEMPTS && port_clash(&node.log_file(), log_start) => {
+                tracing::debug!(node = %node.name, port = node.port, "port taken, retrying: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn port_clash(log: &Path, from: u64) -> bool {
+    let text = fs::read(log).unwrap_or_default();
+    let new = text
+        .get(usize::try_from(from).unwrap_or(0)..)
+        .unwrap_or(&[]);
+    let new = String::from_utf8_lossy(new);
+    new.contains("could not create any TCP/IP sockets") || new.contains("Address already in use")
+}
+
+fn pg_ctl_start(bin: &Path, who: &Identity, node: &Node) -> Result<()> {
+    let log = node.log_file();
+    run(who
+        .command(bin.join("pg_ctl"))
+        .args(["start", "-w", "-t", "60", "-D"])
+        .arg(&node.data_dir)
+        .arg("-l")
+        .arg(&log))
+    .map(drop)
+    .map_err(|cause| ClusterError::StartFailed {
+        node: node.name.clone(),
+        cause: Box::new(cause),
+        log_tail: log_tail(&log, 30),
+        log,
+    })
+}
+
+fn psql(
+    bin: &Path,
+    node: &Node,
+    user: &str,
+    password: Option<&str>,
+    dbname: &str,
+    sql: &str,
+) -> Result<String> {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={} dbname={} connect_timeout=10",
+        node.port,
+        conn_value(user),
+        conn_value(dbname)
+    );
+    let mut cmd = Command::new(bin.join("psql"));
+    cmd.args(["-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1"])
+        .arg(conninfo)
+        .arg("-c")
+        .arg(sql)
+        .stdin(Stdio::null())
+        .env("PGPASSFILE", NO_PASSFILE)
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .env_remove("PGOPTIONS");
+    if let Some(password) = password {
+        cmd.env("PGPASSWORD", password);
+    }
+    let out = cmd.output().map_err(io_err("running psql"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(ClusterError::Sql {
+            node: node.name.clone(),
+            sql: sql.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Runs a helper to completion; its stdout on success, otherwise a `CommandFailed`.
+fn run(cmd: &mut Command) -> Result<String> {
+    let command = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|part| part.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = cmd.output().map_err(io_err(format!("running {command}")))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Err(ClusterError::CommandFailed {
+        command,
+        status: out.status.to_string(),
+        output: output.trim().to_string(),
+    })
+}
+
+fn spawn_watchdog(base: &Path) -> Result<Child> {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(WATCHDOG_SCRIPT)
+        .arg("pgsplit-cluster-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(base)
+        .current_dir("/")
+        // Inherited pipes would keep `cargo test` waiting for EOF until the watchdog exits.
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group, so Ctrl-C aimed at the owner does not kill the cleaner.
+        .process_group(0)
+        .spawn()
+        .map_err(io_err("spawning the cluster watchdog"))
+}
+
+fn server_version(bin: &Path) -> Result<String> {
+    let out = run(Command::new(bin.join("initdb")).arg("--version"))?;
+    // "initdb (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> "15.18"
+    out.split_whitespace()
+        .nth(2)
+        .map(|v| {
+            v.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+                .collect::<String>()
+        })
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ClusterError::Unexpected(format!("cannot parse `initdb --version`: {out}")))
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_err("reading the probe socket's port"))?;
+    Ok(addr.port())
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // Orphaned postmasters are reparented to PID 1, which in some containers never reaps
+    // them, so a zombie has to count as dead.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X'])),
+        Err(_) => !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH)),
+    }
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(io_err(format!("appending to {}", path.display())))
+}
+
+fn write_owned(who: &Identity, path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).map_err(io_err(format!("writing {}", path.display())))?;
+    who.own(path)
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Quotes a libpq keyword/value so spaces, quotes and backslashes survive.
+fn conn_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

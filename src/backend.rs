@@ -1,0 +1,227 @@
+//! Connections from pgsplit to PostgreSQL servers: startup, authentication, and a
+//! small simple-query client for the monitor.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::auth::ServerAuth;
+use crate::error::ProxyError;
+use crate::protocol::{encode, flush_to, read_cstr, BackendKey, ErrorFields, FrameReader};
+
+/// Who to log in as, where, and with which session parameters.
+#[derive(Debug, Clone)]
+pub struct Login<'a> {
+    /// Server address `host:port`.
+    pub address: &'a str,
+    /// Role name.
+    pub user: &'a str,
+    /// Its password.
+    pub password: &'a str,
+    /// Database.
+    pub database: &'a str,
+    /// Other startup parameters (application_name, options, GUCs).
+    pub params: &'a [(String, String)],
+}
+
+/// An authenticated server connection, ready for queries.
+pub struct ServerConn {
+    /// Frames from the server.
+    pub reader: FrameReader<OwnedReadHalf>,
+    /// Bytes to the server.
+    pub writer: OwnedWriteHalf,
+    /// ParameterStatus values the server reported at startup.
+    pub params: Vec<(String, String)>,
+    /// The server's cancel key.
+    pub key: BackendKey,
+    /// Address it was reached at.
+    pub address: String,
+}
+
+impl ServerConn {
+    /// Connects and logs in, all within `timeout`.
+    pub async fn connect(
+        login: &Login<'_>,
+        timeout: Duration,
+        max_message: usize,
+    ) -> Result<ServerConn, ProxyError> {
+        let unavailable = |reason: String| ProxyError::ServerUnavailable {
+            addr: login.address.to_owned(),
+            reason,
+        };
+        match tokio::time::timeout(timeout, Self::connect_inner(login, max_message)).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(ProxyError::Io(e))) => Err(unavailable(e.to_string())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(unavailable(format!("timed out after {timeout:?}"))),
+        }
+    }
+
+    async fn connect_inner(
+        login: &Login<'_>,
+        max_message: usize,
+    ) -> Result<ServerConn, ProxyError> {
+        let stream = TcpStream::connect(login.address).await?;
+        stream.set_nodelay(true)?;
+        let (read, mut writer) = stream.into_split();
+        let mut reader = FrameReader::new(read, max_message);
+        let mut out = BytesMut::new();
+        let mut params: Vec<(&str, &str)> =
+            vec![("user", login.user), ("database", login.database)];
+        params.extend(login.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        encode::startup(&mut out, &params);
+        flush_to(&mut writer, &mut out).await?;
+
+        let mut auth = ServerAuth::Idle;
+        let mut server_params = Vec::new();
+        let mut key = BackendKey { pid: 0, secret: 0 };
+        loop {
+            let frame = reader
+                .next()
+                .await?
+                .ok_or_else(|| ProxyError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
+            match frame.tag {
+                b'R' => {
+                    auth.respond(frame.body(), login.user, login.password, &mut out)
+                        .map_err(|reason| ProxyError::ServerUnavailable {
+                            addr: login.address.to_owned(),
+                            reason,
+                        })?;
+                    flush_to(&mut writer, &mut out).await?;
+                }
+                b'S' => {
+                    let mut body = frame.body();
+                    if let (Some(k), Some(v)) = (read_cstr(&mut body), read_cstr(&mut body)) {
+                        server_params.push((k, v));
+                    }
+                }
+                b'K' => {
+                    let b = frame.body();
+                    if b.len() >= 8 {
+                        key = BackendKey {
+                            pid: i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                            secret: i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                        };
+                    }
+                }
+                b'E' => {
+                    return Err(ProxyError::Server {
+                        fields: ErrorFields::parse(frame.body()),
+                        raw: frame.raw,
+                    })
+                }
+                b'Z' => {
+                    return Ok(ServerConn {
+                        reader,
+                        writer,
+                        params: server_params,
+                        key,
+                        address: login.address.to_owned(),
+                    })
+                }
+                // NoticeResponse and NegotiateProtocolVersion need no answer.
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one simple query and returns its rows as text; an ErrorResponse becomes an error.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ProxyError> {
+        let mut out = BytesMut::new();
+        encode::query(&mut out, sql);
+        flush_to(&mut self.writer, &mut out).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let frame = self
+                .reader
+                .next()
+                .await?
+                .ok_or_else(|| ProxyError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
+            match frame.tag {
+                b'D' => rows.push(parse_data_row(frame.body())?),
+                b'E' => {
+                    error = Some(ProxyError::Server {
+                        fields: ErrorFields::parse(frame.body()),
+                        raw: frame.raw,
+                    })
+                }
+                b'Z' => return error.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends Terminate and closes the socket.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        encode::terminate(&mut out);
+        let _ = self.writer.write_all(&out).await;
+        let _ = self.writer.shutdown().await;
+    }
+}
+
+/// Asks a server to cancel the query running under `key` (a fresh connection, as the protocol wants).
+pub async fn send_cancel(
+    address: &str,
+    key: BackendKey,
+    timeout: Duration,
+) -> Result<(), ProxyError> {
+    let mut out = BytesMut::new();
+    encode::cancel_request(&mut out, key);
+    let send = async {
+        let mut stream = TcpStream::connect(address).await?;
+        stream.write_all(&out).await?;
+        stream.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    };
+    match tokio::time::timeout(timeout, send).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ProxyError::ServerUnavailable {
+            addr: address.to_owned(),
+            reason: "cancel request timed out".into(),
+        }),
+    }
+}
+
+fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, ProxyError> {
+    let bad = || ProxyError::Protocol("malformed DataRow from server".into());
+    let (count, mut rest) = body.split_first_chunk::<2>().ok_or_else(bad)?;
+    let count = u16::from_be_bytes(*count) as usize;
+    let mut row = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (len, after) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = i32::from_be_bytes(*len);
+        if len < 0 {
+            row.push(None);
+            rest = after;
+        } else {
+            let len = len as usize;
+            let value = after.get(..len).ok_or_else(bad)?;
+            row.push(Some(String::from_utf8_lossy(value).into_owned()));
+            rest = &after[len..];
+        }
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_rows_parse_nulls_and_values() {
+        let body = [0, 2, 0, 0, 0, 1, b't', 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(
+            parse_data_row(&body).unwrap(),
+            vec![Some("t".to_string()), None]
+        );
+        assert!(parse_data_row(&[0, 1, 0, 0, 0, 5, b'x']).is_err());
+    }
+}

@@ -1,0 +1,448 @@
+//! Configuration: the TOML schema with defaults, and validation with messages that name the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{AuthMethod, Secret};
+
+/// A configuration problem, naming the key and saying what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// The parser's message, with line and key.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `nodes[1].address`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration. Every key is documented in `config/pgsplit.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to. Default `127.0.0.1:6432`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Most clients connected at once; more get SQLSTATE 53300. Default 1000.
+    #[serde(default = "default_max_client_conn")]
+    pub max_client_conn: usize,
+    /// Time a client has to send its startup packet and authenticate. Default 10 s.
+    #[serde(default = "default_auth_timeout", with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Time running queries get to finish on shutdown before clients are cut off. Default 30 s.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Time to open a server connection, including its authentication. Default 5 s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest protocol message accepted from a client or server, in bytes. Default 64 MiB.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// How pgsplit watches the cluster.
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    /// The PostgreSQL servers: one primary and any number of hot standbys.
+    pub nodes: Vec<NodeConfig>,
+    /// Users clients may log in as.
+    pub users: Vec<UserConfig>,
+}
+
+/// Settings of the topology monitor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Role the monitor logs in as (needs `pg_monitor`). Default `monitor`.
+    #[serde(default = "default_monitor_user")]
+    pub user: String,
+    /// Its password. Default empty (for trust or peer setups).
+    #[serde(default)]
+    pub password: String,
+    /// Database the monitor connects to. Default `postgres`.
+    #[serde(default = "default_monitor_database")]
+    pub database: String,
+    /// How often every node is checked. Default 500 ms.
+    #[serde(default = "default_lag_check_interval", with = "humantime_serde")]
+    pub lag_check_interval: Duration,
+    /// Bound on one check query. Default 2 s.
+    #[serde(default = "default_query_timeout", with = "humantime_serde")]
+    pub query_timeout: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            user: default_monitor_user(),
+            password: String::new(),
+            database: default_monitor_database(),
+            lag_check_interval: default_lag_check_interval(),
+            query_timeout: default_query_timeout(),
+        }
+    }
+}
+
+/// One PostgreSQL server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name in logs and the admin console; for standbys, the `application_name`
+    /// in their `primary_conninfo`. Default `node<index>`.
+    pub name: Option<String>,
+    /// `host:port` of the server.
+    pub address: String,
+    /// Share of reads relative to other standbys. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// One user clients may authenticate as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// User name clients send in their startup packet.
+    pub name: String,
+    /// Plaintext password, a `SCRAM-SHA-256$…` verifier, or an `md5…` hash.
+    #[serde(default)]
+    pub password: String,
+    /// How clients prove who they are: `scram-sha-256` (default), `md5` or `trust`.
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+    /// Role pgsplit logs in as on the servers. Default: `name`.
+    pub server_user: Option<String>,
+    /// Password for `server_user`. Default: `password` when it is plaintext.
+    pub server_password: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_max_client_conn() -> usize {
+    1000
+}
+fn default_auth_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_message_size() -> usize {
+    64 << 20
+}
+fn default_monitor_user() -> String {
+    "monitor".into()
+}
+fn default_monitor_database() -> String {
+    "postgres".into()
+}
+fn default_lag_check_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_query_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_weight() -> u32 {
+    1
+}
+
+/// A user ready for authentication: secrets derived once at load time.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Client-facing name.
+    pub name: String,
+    /// Client authentication method.
+    pub method: AuthMethod,
+    /// What the client must prove.
+    pub secret: Secret,
+    /// Role on the servers.
+    pub server_user: String,
+    /// Password on the servers.
+    pub server_password: String,
+}
+
+/// A node with its name resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Unique name.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Read weight.
+    pub weight: u32,
+}
+
+/// A validated configuration: what the proxy runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file as written, for display and for settings that need no derivation.
+    pub raw: Config,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Nodes with names.
+    pub nodes: Vec<Node>,
+    /// Users with derived secrets.
+    pub users: Vec<User>,
+}
+
+impl Settings {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Settings::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let raw: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "config".into(),
+            message: e.to_string(),
+        })?;
+        Settings::validate(raw)
+    }
+
+    /// Checks a parsed configuration and derives what the proxy needs.
+    pub fn validate(raw: Config) -> Result<Settings, ConfigError> {
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!(
+                    "\"{}\" is not an IP address with a port, e.g. 127.0.0.1:6432",
+                    raw.listen
+                ),
+            )
+        })?;
+        if raw.max_client_conn == 0 {
+            return Err(invalid("max_client_conn", "must be at least 1"));
+        }
+        if raw.max_message_size < 1024 {
+            return Err(invalid("max_message_size", "must be at least 1024 bytes"));
+        }
+        for (key, value) in [
+            ("auth_timeout", raw.auth_timeout),
+            ("connect_timeout", raw.connect_timeout),
+            ("monitor.lag_check_interval", raw.monitor.lag_check_interval),
+            ("monitor.query_timeout", raw.monitor.query_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if raw.nodes.is_empty() {
+            return Err(invalid("nodes", "at least one node is required"));
+        }
+        let mut nodes: Vec<Node> = Vec::with_capacity(raw.nodes.len());
+        for (i, n) in raw.nodes.iter().enumerate() {
+            let key = format!("nodes[{i}]");
+            check_host_port(&n.address).map_err(|m| invalid(format!("{key}.address"), m))?;
+            let name = n.name.clone().unwrap_or_else(|| format!("node{i}"));
+            if name.is_empty() {
+                return Err(invalid(format!("{key}.name"), "must not be empty"));
+            }
+            if nodes.iter().any(|m| m.name == name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("\"{name}\" is used twice"),
+                ));
+            }
+            nodes.push(Node {
+                name,
+                address: n.address.clone(),
+                weight: n.weight,
+            });
+        }
+        if raw.users.is_empty() {
+            return Err(invalid("users", "at least one user is required"));
+        }
+        let mut users: Vec<User> = Vec::with_capacity(raw.users.len());
+        for (i, u) in raw.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty() {
+                return Err(invalid(format!("{key}.name"), "must not be empty"));
+            }
+            if users.iter().any(|v| v.name == u.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("\"{}\" is listed twice", u.name),
+                ));
+            }
+            let secret = Secret::from_config(&u.name, &u.password, u.auth_method)
+                .map_err(|m| invalid(format!("{key}.password"), m))?;
+            let server_password = match (&u.server_password, secret.plaintext()) {
+                (Some(p), _) => p.clone(),
+                (None, Some(p)) => p.to_owned(),
+                (None, None) if u.password.is_empty() => String::new(),
+                (None, None) => {
+                    return Err(invalid(
+                        format!("{key}.server_password"),
+                        "required when password is a hash or verifier: pgsplit needs a password to log in to the servers",
+                    ))
+                }
+            };
+            users.push(User {
+                name: u.name.clone(),
+                method: u.auth_method,
+                secret,
+                server_user: u.server_user.clone().unwrap_or_else(|| u.name.clone()),
+                server_password,
+            });
+        }
+        Ok(Settings {
+            listen,
+            nodes,
+            users,
+            raw,
+        })
+    }
+
+    /// The user clients name in their startup packet.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+fn check_host_port(address: &str) -> Result<(), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("\"{address}\" is not host:port"))?;
+    if host.is_empty() {
+        return Err(format!("\"{address}\" has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("\"{address}\" has no valid port (1-65535)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[nodes]]
+        address = "127.0.0.1:5432"
+        [[users]]
+        name = "app"
+        password = "secret"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = Settings::parse(MINIMAL).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:6432");
+        assert_eq!(s.nodes[0].name, "node0");
+        assert_eq!(s.nodes[0].weight, 1);
+        assert_eq!(s.raw.monitor.lag_check_interval, Duration::from_millis(500));
+        let app = s.user("app").unwrap();
+        assert_eq!(app.method, AuthMethod::ScramSha256);
+        assert_eq!(
+            (app.server_user.as_str(), app.server_password.as_str()),
+            ("app", "secret")
+        );
+    }
+
+    #[test]
+    fn example_config_file_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgsplit.toml");
+        let s = Settings::load(Path::new(path)).unwrap();
+        assert!(s.nodes.len() >= 2);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            ("listen = \"nowhere\"\n", "listen"),
+            ("max_client_conn = 0\n", "max_client_conn"),
+            ("auth_timeout = \"0s\"\n", "auth_timeout"),
+            (
+                "[monitor]\nlag_check_interval = \"0ms\"\n",
+                "monitor.lag_check_interval",
+            ),
+        ];
+        for (prefix, key) in cases {
+            let text = format!("{prefix}{MINIMAL}");
+            match Settings::parse(&text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected an error on {key}, got {other:?}"),
+            }
+        }
+        let bad_nodes = [
+            ("[[nodes]]\naddress = \"localhost\"\n", "nodes[0].address"),
+            ("[[nodes]]\naddress = \"h:70000\"\n", "nodes[0].address"),
+            (
+                "[[nodes]]\nname = \"a\"\naddress = \"h:1\"\n[[nodes]]\nname = \"a\"\naddress = \"h:2\"\n",
+                "nodes[1].name",
+            ),
+        ];
+        for (nodes, key) in bad_nodes {
+            let text = format!("{nodes}[[users]]\nname = \"app\"\npassword = \"x\"\n");
+            match Settings::parse(&text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected an error on {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn hashed_passwords_need_a_server_password() {
+        let text = r#"
+            [[nodes]]
+            address = "127.0.0.1:5432"
+            [[users]]
+            name = "app"
+            auth_method = "md5"
+            password = "md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "#;
+        match Settings::parse(text) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "users[0].server_password"),
+            other => panic!("expected server_password error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_methods_are_rejected() {
+        let typo = format!("listne = \"x\"\n{MINIMAL}");
+        let err = Settings::parse(&typo).unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+        let method = MINIMAL.replace("password = \"secret\"", "auth_method = \"kerberos\"");
+        let err = Settings::parse(&method).unwrap_err().to_string();
+        assert!(err.contains("kerberos"), "{err}");
+    }
+}

@@ -1,0 +1,92 @@
+//! `pgsplit demo`: a throwaway local primary + hot standbys with pgsplit in front.
+
+use std::process::Command;
+
+use crate::cluster::{
+    Cluster, APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER, SUPERUSER,
+};
+use crate::config::{ConfigError, Settings};
+use crate::proxy;
+
+/// The embedded default configuration for a local cluster, as a config file would say it.
+pub fn config_for(cluster: &Cluster, listen: &str) -> Result<Settings, ConfigError> {
+    let mut text = format!(
+        "listen = \"{listen}\"\n\n[monitor]\nuser = \"{MONITOR_USER}\"\npassword = \"{MONITOR_PASSWORD}\"\n\n\
+         [[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n\
+         [[users]]\nname = \"{SUPERUSER}\"\npassword = \"{}\"\n",
+        cluster.superuser_password()
+    );
+    for node in cluster.nodes() {
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = \"{}\"\naddress = \"{}\"\n",
+            node.name,
+            node.address()
+        ));
+    }
+    Settings::parse(&text)
+}
+
+/// Runs the demo until SIGINT/SIGTERM, then removes the cluster.
+pub async fn run(listen: &str, standbys: usize) -> Result<(), String> {
+    println!("Starting a local PostgreSQL primary and {standbys} hot standbys…");
+    let cluster = tokio::task::spawn_blocking(move || Cluster::with_standbys(standbys))
+        .await
+        .map_err(|e| format!("cluster setup panicked: {e}"))?
+        .map_err(|e| format!("cannot start the local cluster: {e}"))?;
+    let primary = cluster.primary();
+    let init = Command::new(cluster.pg_bin().join("pgbench"))
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            APP_USER,
+            APP_DATABASE,
+        ])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .map_err(|e| format!("cannot run pgbench -i: {e}"))?;
+    if !init.status.success() {
+        return Err(format!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        ));
+    }
+    for i in 1..cluster.nodes().len() {
+        cluster.wait_for_replay(i).map_err(|e| e.to_string())?;
+    }
+    let settings = config_for(&cluster, listen).map_err(|e| e.to_string())?;
+    let proxy = proxy::start(settings)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = proxy.local_addr();
+    let (host, port) = (addr.ip(), addr.port());
+    println!();
+    println!("pgsplit is listening on {addr}. Connect with:");
+    println!("  PGPASSWORD={APP_PASSWORD} psql -h {host} -p {port} -U {APP_USER} {APP_DATABASE}");
+    println!("  PGPASSWORD={APP_PASSWORD} pgbench -h {host} -p {port} -U {APP_USER} -S -c 8 -T 20 {APP_DATABASE}");
+    println!("  postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{APP_DATABASE}");
+    println!();
+    println!("Nodes (direct connections, bypassing pgsplit):");
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "standby" };
+        println!(
+            "  {role:<8} {}",
+            node.uri(SUPERUSER, cluster.superuser_password(), "postgres")
+        );
+    }
+    println!();
+    println!("Press Ctrl-C to stop pgsplit and remove the cluster.");
+    proxy::shutdown_signal().await;
+    println!("Stopping…");
+    proxy.shutdown().await;
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .map_err(|e| format!("cluster teardown panicked: {e}"))?;
+    Ok(())
+}

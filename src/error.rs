@@ -1,0 +1,89 @@
+//! Errors pgsplit reports, and the one place they map to SQLSTATEs.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::{encode, ErrorFields, Severity};
+
+/// An error in a client session or a server connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The peer broke the wire protocol.
+    #[error("{0}")]
+    Protocol(String),
+    /// The client asked for something pgsplit does not offer.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The startup packet named no user.
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
+    /// Authentication failed; the message never says whether the user exists.
+    #[error("password authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    /// Startup and authentication did not finish within `auth_timeout`.
+    #[error("canceling authentication due to timeout")]
+    AuthTimeout,
+    /// `max_client_conn` clients are already connected.
+    #[error("sorry, too many clients already")]
+    TooManyClients,
+    /// No node currently acts as the primary.
+    #[error("no primary server is available")]
+    NoPrimary,
+    /// A server could not be reached or failed during startup.
+    #[error("could not connect to server {addr}: {reason}")]
+    ServerUnavailable {
+        /// Node address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server sent an ErrorResponse during startup; relayed to the client as sent.
+    #[error("server error {}: {}", .fields.code, .fields.message)]
+    Server {
+        /// Parsed fields, for logs and SQLSTATE.
+        fields: ErrorFields,
+        /// The complete ErrorResponse frame.
+        raw: Bytes,
+    },
+    /// pgsplit is shutting down.
+    #[error("terminating connection due to administrator command")]
+    Shutdown,
+    /// A socket failed.
+    #[error("connection failure: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ProxyError {
+    /// The SQLSTATE a client sees for this error.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ProxyError::Protocol(_) => "08P01",
+            ProxyError::Unsupported(_) => "0A000",
+            ProxyError::NoUser => "28000",
+            ProxyError::AuthFailed(_) => "28P01",
+            ProxyError::AuthTimeout => "08006",
+            ProxyError::TooManyClients => "53300",
+            ProxyError::NoPrimary | ProxyError::ServerUnavailable { .. } => "08006",
+            ProxyError::Server { fields, .. } => &fields.code,
+            ProxyError::Shutdown => "57P01",
+            ProxyError::Io(_) => "08006",
+        }
+    }
+
+    /// Appends this error as a FATAL ErrorResponse (or the server's own frame).
+    pub fn encode_fatal(&self, out: &mut BytesMut) {
+        match self {
+            ProxyError::Server { raw, .. } => out.extend_from_slice(raw),
+            _ => encode::error(out, Severity::Fatal, self.sqlstate(), &self.to_string()),
+        }
+    }
+
+    /// Whether the peer simply went away (not worth a warning in the log).
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, ProxyError::Io(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        ))
+    }
+}

@@ -1,0 +1,454 @@
+//! PostgreSQL v3 wire protocol: framing in both directions, the startup packet,
+//! and the few messages pgsplit writes itself. Everything else is forwarded as raw bytes.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::ProxyError;
+
+/// Protocol version 3.0, the only one pgsplit speaks.
+pub const PROTOCOL_V3: i32 = 196_608;
+const SSL_REQUEST: i32 = 80_877_103;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const CANCEL_REQUEST: i32 = 80_877_102;
+/// PostgreSQL itself rejects startup packets longer than this.
+const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// What a client sends before any regular message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartupRequest {
+    /// SSLRequest: the client asks for TLS.
+    Ssl,
+    /// GSSENCRequest: the client asks for GSSAPI encryption.
+    GssEnc,
+    /// CancelRequest for the session holding this key.
+    Cancel(BackendKey),
+    /// StartupMessage with its parameters (user, database, options, GUCs)
+    /// and the protocol minor version the client asked for.
+    Startup {
+        /// Parameters in the order the client sent them.
+        params: Vec<(String, String)>,
+        /// Requested minor version of protocol 3; pgsplit negotiates down to 0.
+        minor: u16,
+    },
+}
+
+/// Process id and secret that identify a session for cancel requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    /// Process id (on a server) or session id (in pgsplit).
+    pub pid: i32,
+    /// Secret that authorises a cancel request.
+    pub secret: i32,
+}
+
+/// Reads one startup-phase packet (length-prefixed, no type byte).
+pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<StartupRequest, ProxyError> {
+    let len = r.read_i32().await? as i64;
+    if !(8..=MAX_STARTUP_PACKET as i64).contains(&len) {
+        return Err(ProxyError::Protocol(
+            "invalid length of startup packet".into(),
+        ));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    r.read_exact(&mut body).await?;
+    parse_startup(&body)
+}
+
+fn parse_startup(mut body: &[u8]) -> Result<StartupRequest, ProxyError> {
+    let code = body.get_i32();
+    match code {
+        SSL_REQUEST => Ok(StartupRequest::Ssl),
+        GSSENC_REQUEST => Ok(StartupRequest::GssEnc),
+        CANCEL_REQUEST if body.len() == 8 => Ok(StartupRequest::Cancel(BackendKey {
+            pid: body.get_i32(),
+            secret: body.get_i32(),
+        })),
+        _ if code >> 16 == 3 => {
+            let mut params = Vec::new();
+            let mut fields = body.split(|b| *b == 0);
+            loop {
+                let key = fields.next().ok_or_else(startup_layout)?;
+                if key.is_empty() {
+                    break;
+                }
+                let value = fields.next().ok_or_else(startup_layout)?;
+                params.push((utf8(key)?, utf8(value)?));
+            }
+            Ok(StartupRequest::Startup {
+                params,
+                minor: (code & 0xffff) as u16,
+            })
+        }
+        _ if code >> 16 != 1234 => Err(ProxyError::Unsupported(format!(
+            "unsupported frontend protocol {}.{}: server supports 3.0",
+            code >> 16,
+            code & 0xffff
+        ))),
+        _ => Err(startup_layout()),
+    }
+}
+
+fn startup_layout() -> ProxyError {
+    ProxyError::Protocol("invalid startup packet layout: expected terminator as last byte".into())
+}
+
+fn utf8(b: &[u8]) -> Result<String, ProxyError> {
+    String::from_utf8(b.to_vec())
+        .map_err(|_| ProxyError::Protocol("invalid UTF-8 in startup packet".into()))
+}
+
+/// One protocol message: its type byte and the whole frame (type, length, body).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Message type byte.
+    pub tag: u8,
+    /// The complete message as it travels on the wire.
+    pub raw: Bytes,
+}
+
+impl Frame {
+    /// The message body after the type byte and length.
+    pub fn body(&self) -> &[u8] {
+        &self.raw[5..]
+    }
+}
+
+/// Splits a byte stream into frames; owns its buffer so reads are cancel-safe in `select!`.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_len: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a reader; frames longer than `max_len` are a protocol error.
+    pub fn new(inner: R, max_len: usize) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+            max_len,
+        }
+    }
+
+    /// Next frame, or `None` at a clean end of stream between frames.
+    pub async fn next(&mut self) -> Result<Option<Frame>, ProxyError> {
+        loop {
+            if let Some(frame) = self.try_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(8 * 1024);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ProxyError::Protocol(
+                        "connection closed inside a message".into(),
+                    ))
+                };
+            }
+        }
+    }
+
+    /// Whether another complete frame is already buffered (so a writer can batch).
+    pub fn has_frame(&self) -> bool {
+        self.buf.len() >= 5 && {
+            let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+            len >= 4 && self.buf.len() > len as usize
+        }
+    }
+
+    fn try_frame(&mut self) -> Result<Option<Frame>, ProxyError> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        if len < 4 || len as usize > self.max_len {
+            return Err(ProxyError::Protocol(format!(
+                "invalid message length {len} for message type \"{}\" (max_message_size is {})",
+                self.buf[0].escape_ascii(),
+                self.max_len
+            )));
+        }
+        let total = len as usize + 1;
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        let raw = self.buf.split_to(total).freeze();
+        Ok(Some(Frame { tag: raw[0], raw }))
+    }
+
+    /// The wrapped reader.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+/// Severity of an error pgsplit reports itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The session ends.
+    Fatal,
+}
+
+/// Builders for the messages pgsplit writes itself.
+pub mod encode {
+    use super::*;
+
+    fn with_len(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+        out.put_u8(tag);
+        let at = out.len();
+        out.put_i32(0);
+        body(out);
+        let len = (out.len() - at) as i32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    fn cstr(out: &mut BytesMut, s: &str) {
+        out.put_slice(s.as_bytes());
+        out.put_u8(0);
+    }
+
+    /// ErrorResponse with severity, SQLSTATE and message.
+    pub fn error(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+        let sev = match severity {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        };
+        with_len(out, b'E', |b| {
+            for (field, value) in [(b'S', sev), (b'V', sev), (b'C', code), (b'M', message)] {
+                b.put_u8(field);
+                cstr(b, value);
+            }
+            b.put_u8(0);
+        });
+    }
+
+    /// Authentication request of the given kind with extra payload.
+    pub fn auth(out: &mut BytesMut, kind: i32, payload: &[u8]) {
+        with_len(out, b'R', |b| {
+            b.put_i32(kind);
+            b.put_slice(payload);
+        });
+    }
+
+    /// ParameterStatus.
+    pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+        with_len(out, b'S', |b| {
+            cstr(b, name);
+            cstr(b, value);
+        });
+    }
+
+    /// BackendKeyData.
+    pub fn backend_key(out: &mut BytesMut, key: BackendKey) {
+        with_len(out, b'K', |b| {
+            b.put_i32(key.pid);
+            b.put_i32(key.secret);
+        });
+    }
+
+    /// ReadyForQuery with a transaction status byte.
+    pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+        with_len(out, b'Z', |b| b.put_u8(status));
+    }
+
+    /// StartupMessage (protocol 3.0) with parameters.
+    pub fn startup(out: &mut BytesMut, params: &[(&str, &str)]) {
+        let at = out.len();
+        out.put_i32(0);
+        out.put_i32(PROTOCOL_V3);
+        for (k, v) in params {
+            cstr(out, k);
+            cstr(out, v);
+        }
+        out.put_u8(0);
+        let len = (out.len() - at) as i32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// CancelRequest packet for a server's key.
+    pub fn cancel_request(out: &mut BytesMut, key: BackendKey) {
+        out.put_i32(16);
+        out.put_i32(CANCEL_REQUEST);
+        out.put_i32(key.pid);
+        out.put_i32(key.secret);
+    }
+
+    /// PasswordMessage / SASLResponse: a `p` message with a raw payload.
+    pub fn password(out: &mut BytesMut, payload: &[u8]) {
+        with_len(out, b'p', |b| b.put_slice(payload));
+    }
+
+    /// SASLInitialResponse for a mechanism.
+    pub fn sasl_initial(out: &mut BytesMut, mechanism: &str, data: &[u8]) {
+        with_len(out, b'p', |b| {
+            cstr(b, mechanism);
+            b.put_i32(data.len() as i32);
+            b.put_slice(data);
+        });
+    }
+
+    /// NegotiateProtocolVersion: newest minor version supported and options not recognised.
+    pub fn negotiate_version(out: &mut BytesMut, minor: i32, unrecognized: &[&str]) {
+        with_len(out, b'v', |b| {
+            b.put_i32(minor);
+            b.put_i32(unrecognized.len() as i32);
+            for option in unrecognized {
+                cstr(b, option);
+            }
+        });
+    }
+
+    /// Simple Query.
+    pub fn query(out: &mut BytesMut, sql: &str) {
+        with_len(out, b'Q', |b| cstr(b, sql));
+    }
+
+    /// Terminate.
+    pub fn terminate(out: &mut BytesMut) {
+        with_len(out, b'X', |_| {});
+    }
+}
+
+/// Fields of an ErrorResponse or NoticeResponse body.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorFields {
+    /// Severity (non-localized when the server sent it).
+    pub severity: String,
+    /// SQLSTATE.
+    pub code: String,
+    /// Primary message.
+    pub message: String,
+}
+
+impl ErrorFields {
+    /// Parses an ErrorResponse/NoticeResponse body; unknown fields are skipped.
+    pub fn parse(body: &[u8]) -> Self {
+        let mut fields = ErrorFields::default();
+        for field in body.split(|b| *b == 0) {
+            let Some((&kind, value)) = field.split_first() else {
+                continue;
+            };
+            let value = String::from_utf8_lossy(value).into_owned();
+            match kind {
+                b'V' => fields.severity = value,
+                b'S' if fields.severity.is_empty() => fields.severity = value,
+                b'C' => fields.code = value,
+                b'M' => fields.message = value,
+                _ => {}
+            }
+        }
+        fields
+    }
+}
+
+/// Reads a NUL-terminated string from the front of `buf`.
+pub fn read_cstr(buf: &mut &[u8]) -> Option<String> {
+    let end = buf.iter().position(|b| *b == 0)?;
+    let s = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.advance(end + 1);
+    Some(s)
+}
+
+/// Writes buffered bytes and clears the buffer.
+pub async fn flush_to<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        w.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(code: i32, rest: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((8 + rest.len()) as i32).to_be_bytes());
+        v.extend_from_slice(&code.to_be_bytes());
+        v.extend_from_slice(rest);
+        v
+    }
+
+    #[tokio::test]
+    async fn startup_packets_decode() {
+        let cases: Vec<(Vec<u8>, Result<StartupRequest, &str>)> = vec![
+            (packet(SSL_REQUEST, b""), Ok(StartupRequest::Ssl)),
+            (packet(GSSENC_REQUEST, b""), Ok(StartupRequest::GssEnc)),
+            (
+                packet(CANCEL_REQUEST, &[0, 0, 0, 7, 0, 0, 0, 9]),
+                Ok(StartupRequest::Cancel(BackendKey { pid: 7, secret: 9 })),
+            ),
+            (
+                packet(PROTOCOL_V3, b"user\0app\0database\0db\0\0"),
+                Ok(StartupRequest::Startup {
+                    params: vec![
+                        ("user".into(), "app".into()),
+                        ("database".into(), "db".into()),
+                    ],
+                    minor: 0,
+                }),
+            ),
+            (
+                packet(PROTOCOL_V3 + 2, b"user\0app\0\0"),
+                Ok(StartupRequest::Startup {
+                    params: vec![("user".into(), "app".into())],
+                    minor: 2,
+                }),
+            ),
+            (packet(PROTOCOL_V3, b"user\0app"), Err("08P01")),
+            (packet(2 << 16, b""), Err("0A000")),
+            (vec![0, 0, 0, 3, 1, 2, 3], Err("08P01")),
+            (vec![0x7f, 0, 0, 0], Err("08P01")),
+        ];
+        for (bytes, want) in cases {
+            let got = read_startup(&mut &bytes[..]).await;
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w),
+                (Err(e), Err(code)) => assert_eq!(e.sqlstate(), code, "{e}"),
+                (g, w) => panic!("bytes {bytes:?}: got {g:?}, want {w:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_split_and_reject_absurd_lengths() {
+        let mut data = BytesMut::new();
+        encode::query(&mut data, "SELECT 1");
+        encode::terminate(&mut data);
+        let mut reader = FrameReader::new(&data[..], 1024);
+        let q = reader.next().await.unwrap().unwrap();
+        assert_eq!((q.tag, q.body()), (b'Q', &b"SELECT 1\0"[..]));
+        assert!(reader.has_frame());
+        assert_eq!(reader.next().await.unwrap().unwrap().tag, b'X');
+        assert!(reader.next().await.unwrap().is_none());
+
+        let huge = [b'Q', 0x7f, 0xff, 0xff, 0xff];
+        let err = FrameReader::new(&huge[..], 1024).next().await.unwrap_err();
+        assert_eq!(err.sqlstate(), "08P01");
+        let negative = [b'Q', 0, 0, 0, 2];
+        assert!(FrameReader::new(&negative[..], 1024).next().await.is_err());
+    }
+
+    #[test]
+    fn error_fields_parse() {
+        let mut out = BytesMut::new();
+        encode::error(
+            &mut out,
+            Severity::Fatal,
+            "3D000",
+            "database \"x\" does not exist",
+        );
+        let f = ErrorFields::parse(&out[5..]);
+        assert_eq!(f.code, "3D000");
+        assert_eq!(f.severity, "FATAL");
+        assert_eq!(f.message, "database \"x\" does not exist");
+    }
+}

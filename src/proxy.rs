@@ -1,0 +1,236 @@
+//! The listener: accepts clients within `max_client_conn`, runs the topology monitor,
+//! forwards cancel requests, and shuts down gracefully.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::protocol::BackendKey;
+use crate::session;
+use crate::topology::{Monitor, SharedTopology, Topology};
+
+/// Where the proxy is in its life; sessions watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving.
+    Running,
+    /// No new clients; sessions end at their next idle moment.
+    Draining,
+    /// Every session ends now.
+    Closing,
+}
+
+/// The server a cancel key points at.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    /// Server address.
+    pub address: String,
+    /// The server's own key for that backend.
+    pub key: BackendKey,
+}
+
+/// Cancel keys pgsplit handed to clients, mapped to the servers' keys.
+#[derive(Default)]
+pub struct CancelRegistry {
+    keys: Mutex<HashMap<BackendKey, CancelTarget>>,
+}
+
+impl CancelRegistry {
+    /// Hands out a fresh random key for `target`.
+    pub fn register(&self, target: CancelTarget) -> BackendKey {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let key = BackendKey {
+                pid: rand::random::<i32>() & i32::MAX,
+                secret: rand::random(),
+            };
+            if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(key) {
+                slot.insert(target);
+                return key;
+            }
+        }
+    }
+
+    /// The server behind a key, if the session still exists.
+    pub fn lookup(&self, key: BackendKey) -> Option<CancelTarget> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+    }
+
+    /// Forgets a key when its session ends.
+    pub fn remove(&self, key: BackendKey) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+}
+
+/// State every session shares.
+pub struct Shared {
+    /// Validated configuration.
+    pub settings: Arc<Settings>,
+    /// Latest cluster snapshot.
+    pub topology: SharedTopology,
+    /// Cancel keys.
+    pub cancels: CancelRegistry,
+    /// Lifecycle phase.
+    pub phase: watch::Sender<Phase>,
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    clients: Arc<Semaphore>,
+    max_clients: u32,
+    accept: JoinHandle<()>,
+    stop_monitor: watch::Sender<bool>,
+}
+
+/// Binds the listener, checks the cluster once, and starts serving.
+pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
+    let listener = TcpListener::bind(settings.listen).await?;
+    let local_addr = listener.local_addr()?;
+    let settings = Arc::new(settings);
+    let topology: SharedTopology =
+        Arc::new(ArcSwap::from_pointee(Topology::unknown(&settings.nodes)));
+    let mut monitor = Monitor::new(Arc::clone(&settings), Arc::clone(&topology));
+    monitor.check().await;
+    match topology.load().primary() {
+        Some(p) => {
+            tracing::info!(primary = %p.node.name, address = %p.node.address, "cluster checked")
+        }
+        None => tracing::warn!("no primary found yet; clients are refused until one is"),
+    }
+    let (stop_monitor, stop) = watch::channel(false);
+    tokio::spawn(monitor.run(stop));
+
+    let max_clients = u32::try_from(settings.raw.max_client_conn).unwrap_or(u32::MAX >> 3);
+    let clients = Arc::new(Semaphore::new(max_clients as usize));
+    let (phase, _) = watch::channel(Phase::Running);
+    let shared = Arc::new(Shared {
+        settings,
+        topology,
+        cancels: CancelRegistry::default(),
+        phase,
+    });
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        Arc::clone(&shared),
+        Arc::clone(&clients),
+    ));
+    tracing::info!(%local_addr, "pgsplit listening");
+    Ok(ProxyHandle {
+        local_addr,
+        shared,
+        clients,
+        max_clients,
+        accept,
+        stop_monitor,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, clients: Arc<Semaphore>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                // Over the limit the client still gets a proper 53300 after its startup packet.
+                let permit = Arc::clone(&clients).try_acquire_owned().ok();
+                tokio::spawn(session::serve(stream, Arc::clone(&shared), permit));
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl ProxyHandle {
+    /// Address clients connect to (useful when listening on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The latest cluster snapshot.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.shared.topology.load_full()
+    }
+
+    /// Stops accepting, lets running queries finish within `shutdown_timeout`,
+    /// then ends every remaining session with 57P01.
+    pub async fn shutdown(self) {
+        self.accept.abort();
+        let _ = self.shared.phase.send(Phase::Draining);
+        let timeout = self.shared.settings.raw.shutdown_timeout;
+        let drained =
+            tokio::time::timeout(timeout, self.clients.acquire_many(self.max_clients)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?timeout,
+                "sessions still busy after shutdown_timeout; cutting them off"
+            );
+            let _ = self.shared.phase.send(Phase::Closing);
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                self.clients.acquire_many(self.max_clients),
+            )
+            .await;
+        }
+        let _ = self.stop_monitor.send(true);
+        tracing::info!("pgsplit stopped");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers Ctrl-C still works through tokio's portable handler.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_keys_are_unique_and_forgotten() {
+        let registry = CancelRegistry::default();
+        let target = CancelTarget {
+            address: "h:1".into(),
+            key: BackendKey { pid: 1, secret: 2 },
+        };
+        let a = registry.register(target.clone());
+        let b = registry.register(target);
+        assert_ne!(a, b);
+        assert!(a.pid >= 0);
+        assert_eq!(registry.lookup(a).map(|t| t.key.pid), Some(1));
+        registry.remove(a);
+        assert!(registry.lookup(a).is_none());
+        assert!(registry.lookup(b).is_some());
+    }
+}

@@ -1,0 +1,422 @@
+//! One client's life: startup, authentication, a server connection, and the relay loop
+//! that moves frames both ways while tracking what routing and shutdown need to know.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use crate::auth::authenticate_client;
+use crate::backend::{send_cancel, Login, ServerConn};
+use crate::error::ProxyError;
+use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
+use crate::proxy::{CancelTarget, Phase, Shared};
+
+/// What the client asked for in its StartupMessage.
+struct Startup {
+    user: String,
+    database: String,
+    /// Parameters passed on to servers (application_name, options, GUCs).
+    params: Vec<(String, String)>,
+}
+
+/// Serves one client connection until it ends; never panics on client input.
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut phase = shared.phase.subscribe();
+    let auth_timeout = shared.settings.raw.auth_timeout;
+    let started = tokio::time::timeout(
+        auth_timeout,
+        handshake(read, &mut write, &shared, permit.is_some()),
+    )
+    .await;
+    let (client, server, startup) = match started {
+        Ok(Ok(Some(ready))) => ready,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return report(&mut write, &peer, e).await,
+        Err(_) => return report(&mut write, &peer, ProxyError::AuthTimeout).await,
+    };
+    tracing::debug!(%peer, user = %startup.user, database = %startup.database, server = %server.address, "client ready");
+    let key = shared.cancels.register(CancelTarget {
+        address: server.address.clone(),
+        key: server.key,
+    });
+    let mut out = BytesMut::new();
+    encode::backend_key(&mut out, key);
+    encode::ready_for_query(&mut out, b'I');
+    let result = match flush_to(&mut write, &mut out).await {
+        Ok(()) => {
+            Relay::new(client, write, server, &shared)
+                .run(&mut phase)
+                .await
+        }
+        Err(e) => Err(ProxyError::Io(e)),
+    };
+    shared.cancels.remove(key);
+    if let Err(e) = result {
+        if !e.is_disconnect() {
+            tracing::info!(%peer, user = %startup.user, error = %e, "session ended with an error");
+        }
+    }
+    drop(permit);
+}
+
+async fn report(write: &mut OwnedWriteHalf, peer: &str, e: ProxyError) {
+    if e.is_disconnect() {
+        return;
+    }
+    tracing::info!(%peer, sqlstate = e.sqlstate(), error = %e, "client refused");
+    let mut out = BytesMut::new();
+    e.encode_fatal(&mut out);
+    let _ = flush_to(write, &mut out).await;
+    let _ = write.shutdown().await;
+}
+
+/// Startup packet, TLS refusal, authentication and the server login.
+/// `Ok(None)` means the connection was a cancel request and is done.
+async fn handshake(
+    mut read: OwnedReadHalf,
+    write: &mut OwnedWriteHalf,
+    shared: &Shared,
+    admitted: bool,
+) -> Result<Option<(FrameReader<OwnedReadHalf>, ServerConn, Startup)>, ProxyError> {
+    let (params, minor) = loop {
+        match read_startup(&mut read).await? {
+            // TLS and GSSAPI encryption are not offered: 'N' tells the client to go on in clear.
+            StartupRequest::Ssl | StartupRequest::GssEnc => write.write_all(b"N").await?,
+            StartupRequest::Cancel(key) => {
+                forward_cancel(shared, key).await;
+                return Ok(None);
+            }
+            StartupRequest::Startup { params, minor } => break (params, minor),
+        }
+    };
+    let mut out = BytesMut::new();
+    let startup = parse_params(params, minor, &mut out)?;
+    flush_to(write, &mut out).await?;
+    if !admitted {
+        return Err(ProxyError::TooManyClients);
+    }
+    if *shared.phase.borrow() != Phase::Running {
+        return Err(ProxyError::Shutdown);
+    }
+    let settings = &shared.settings;
+    let mut reader = FrameReader::new(read, settings.raw.max_message_size);
+    let user = settings.user(&startup.user);
+    authenticate_client(&mut reader, write, &startup.user, user).await?;
+    let user = user.ok_or_else(|| ProxyError::AuthFailed(startup.user.clone()))?;
+
+    let topology = shared.topology.load();
+    let primary = topology.primary().ok_or(ProxyError::NoPrimary)?;
+    let login = Login {
+        address: &primary.node.address,
+        user: &user.server_user,
+        password: &user.server_password,
+        database: &startup.database,
+        params: &startup.params,
+    };
+    let server = ServerConn::connect(
+        &login,
+        settings.raw.connect_timeout,
+        settings.raw.max_message_size,
+    )
+    .await?;
+    encode::auth(&mut out, 0, &[]);
+    for (name, value) in &server.params {
+        encode::parameter_status(&mut out, name, value);
+    }
+    flush_to(write, &mut out).await?;
+    Ok(Some((reader, server, startup)))
+}
+
+/// Checks the StartupMessage parameters; writes NegotiateProtocolVersion when the client
+/// asked for a newer minor version or for protocol options pgsplit does not know.
+fn parse_params(
+    params: Vec<(String, String)>,
+    minor: u16,
+    out: &mut BytesMut,
+) -> Result<Startup, ProxyError> {
+    let mut user = None;
+    let mut database = None;
+    let mut passed = Vec::new();
+    let mut unknown_options = Vec::new();
+    for (key, value) in params {
+        match key.as_str() {
+            "user" => user = Some(value),
+            "database" => database = Some(value),
+            "replication" if !matches!(value.as_str(), "false" | "off" | "no" | "0") => {
+                return Err(ProxyError::Unsupported(
+                    "replication connections are not supported by pgsplit; connect to the primary directly".into(),
+                ))
+            }
+            "replication" => {}
+            _ if key.starts_with("_pq_.") => unknown_options.push(key),
+            _ => passed.push((key, value)),
+        }
+    }
+    if minor > 0 || !unknown_options.is_empty() {
+        let names: Vec<&str> = unknown_options.iter().map(String::as_str).collect();
+        encode::negotiate_version(out, 0, &names);
+    }
+    let user = user.filter(|u| !u.is_empty()).ok_or(ProxyError::NoUser)?;
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    Ok(Startup {
+        user,
+        database,
+        params: passed,
+    })
+}
+
+async fn forward_cancel(shared: &Shared, key: BackendKey) {
+    let Some(target) = shared.cancels.lookup(key) else {
+        tracing::debug!("cancel request with an unknown key ignored");
+        return;
+    };
+    if let Err(e) = send_cancel(
+        &target.address,
+        target.key,
+        shared.settings.raw.connect_timeout,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "could not forward a cancel request");
+    }
+}
+
+/// The relay between an authenticated client and its server connection.
+struct Relay<'a> {
+    client: FrameReader<OwnedReadHalf>,
+    client_out: OwnedWriteHalf,
+    server: ServerConn,
+    shared: &'a Shared,
+    to_server: BytesMut,
+    to_client: BytesMut,
+    /// Query, Sync and FunctionCall messages not yet answered by ReadyForQuery.
+    pending: usize,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    /// Transaction status from the last ReadyForQuery.
+    txn: u8,
+    /// Shutdown asked this session to end at its next idle moment.
+    draining: bool,
+}
+
+enum Step {
+    Continue,
+    Done,
+}
+
+impl<'a> Relay<'a> {
+    fn new(
+        client: FrameReader<OwnedReadHalf>,
+        client_out: OwnedWriteHalf,
+        server: ServerConn,
+        shared: &'a Shared,
+    ) -> Self {
+        Relay {
+            client,
+            client_out,
+            server,
+            shared,
+            to_server: BytesMut::with_capacity(4096),
+            to_client: BytesMut::with_capacity(8192),
+            pending: 0,
+            unsynced: false,
+            txn: b'I',
+            draining: false,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.pending == 0 && !self.unsynced && self.txn == b'I'
+    }
+
+    async fn run(mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), ProxyError> {
+        let result = loop {
+            let step = tokio::select! {
+                frame = self.client.next() => self.from_client(frame).await,
+                frame = self.server.reader.next() => self.from_server(frame).await,
+                changed = phase.changed() => {
+                    let now = if changed.is_ok() { *phase.borrow() } else { Phase::Closing };
+                    self.on_phase(now).await
+                }
+            };
+            match step {
+                Ok(Step::Continue) => {}
+                Ok(Step::Done) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.server.terminate().await;
+        result
+    }
+
+    async fn from_client(
+        &mut self,
+        frame: Result<Option<crate::protocol::Frame>, ProxyError>,
+    ) -> Result<Step, ProxyError> {
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                self.cancel_if_busy().await;
+                return Ok(Step::Done);
+            }
+            Err(e) => {
+                self.cancel_if_busy().await;
+                if !e.is_disconnect() {
+                    let mut out = BytesMut::new();
+                    e.encode_fatal(&mut out);
+                    let _ = flush_to(&mut self.client_out, &mut out).await;
+                }
+                return Err(e);
+            }
+        };
+        match frame.tag {
+            b'X' => return Ok(Step::Done),
+            b'Q' | b'F' => self.pending += 1,
+            b'S' => {
+                self.pending += 1;
+                self.unsynced = false;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
+            _ => {}
+        }
+        self.to_server.extend_from_slice(&frame.raw);
+        if !self.client.has_frame() {
+            flush_to(&mut self.server.writer, &mut self.to_server).await?;
+        }
+        Ok(Step::Continue)
+    }
+
+    async fn from_server(
+        &mut self,
+        frame: Result<Option<crate::protocol::Frame>, ProxyError>,
+    ) -> Result<Step, ProxyError> {
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(_) => {
+                let gone = ProxyError::ServerUnavailable {
+                    addr: self.server.address.clone(),
+                    reason: "server closed the connection unexpectedly".into(),
+                };
+                // Whatever the server managed to send (often its own FATAL) goes first.
+                let mut out = std::mem::take(&mut self.to_client);
+                gone.encode_fatal(&mut out);
+                let _ = flush_to(&mut self.client_out, &mut out).await;
+                return Err(gone);
+            }
+        };
+        if frame.tag == b'Z' {
+            self.pending = self.pending.saturating_sub(1);
+            self.txn = frame.body().first().copied().unwrap_or(b'I');
+        }
+        self.to_client.extend_from_slice(&frame.raw);
+        if !self.server.reader.has_frame() {
+            flush_to(&mut self.client_out, &mut self.to_client).await?;
+            if self.draining && self.idle() {
+                return self.say_goodbye().await;
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    async fn on_phase(&mut self, phase: Phase) -> Result<Step, ProxyError> {
+        match phase {
+            Phase::Running => Ok(Step::Continue),
+            Phase::Draining if !self.idle() => {
+                self.draining = true;
+                Ok(Step::Continue)
+            }
+            Phase::Draining | Phase::Closing => {
+                self.cancel_if_busy().await;
+                self.say_goodbye().await
+            }
+        }
+    }
+
+    async fn say_goodbye(&mut self) -> Result<Step, ProxyError> {
+        let mut out = std::mem::take(&mut self.to_client);
+        ProxyError::Shutdown.encode_fatal(&mut out);
+        flush_to(&mut self.client_out, &mut out).await?;
+        let _ = self.client_out.shutdown().await;
+        Ok(Step::Done)
+    }
+
+    /// A query still running for a client that left would run to its end on the server:
+    /// cancel it so the backend is freed now.
+    async fn cancel_if_busy(&self) {
+        if self.pending > 0 || self.unsynced {
+            let timeout = self.shared.settings.raw.connect_timeout;
+            if let Err(e) = send_cancel(&self.server.address, self.server.key, timeout).await {
+                tracing::warn!(error = %e, "could not cancel the query of a departed client");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn startup_parameters_split_into_user_database_and_passed_on() {
+        let mut out = BytesMut::new();
+        let s = parse_params(
+            params(&[
+                ("user", "app"),
+                ("application_name", "psql"),
+                ("options", "-c work_mem=8MB"),
+            ]),
+            0,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!((s.user.as_str(), s.database.as_str()), ("app", "app"));
+        assert_eq!(
+            s.params,
+            params(&[("application_name", "psql"), ("options", "-c work_mem=8MB")])
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn newer_minor_versions_and_protocol_options_are_negotiated_down() {
+        let mut out = BytesMut::new();
+        let s = parse_params(params(&[("user", "app"), ("_pq_.x", "1")]), 2, &mut out).unwrap();
+        assert!(s.params.is_empty());
+        assert_eq!(out[0], b'v');
+    }
+
+    #[test]
+    fn bad_startup_parameters_are_refused_with_their_sqlstate() {
+        let cases = [
+            (params(&[("database", "db")]), "28000"),
+            (params(&[("user", "")]), "28000"),
+            (
+                params(&[("user", "app"), ("replication", "database")]),
+                "0A000",
+            ),
+        ];
+        for (p, code) in cases {
+            let err = parse_params(p.clone(), 0, &mut BytesMut::new()).err();
+            assert_eq!(err.as_ref().map(|e| e.sqlstate()), Some(code), "{p:?}");
+        }
+    }
+}
