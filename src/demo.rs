@@ -10,6 +10,12 @@ use crate::proxy;
 
 /// The embedded default configuration for a local cluster, as a config file would say it.
 pub fn config_for(cluster: &Cluster, listen: &str) -> Result<Settings, ConfigError> {
+    Settings::parse(&config_text(cluster, listen))
+}
+
+/// TOML text of the default configuration; it starts with a top-level key, so more
+/// top-level keys may be put before it and more tables after it.
+pub fn config_text(cluster: &Cluster, listen: &str) -> String {
     let mut text = format!(
         "listen = \"{listen}\"\n\n[monitor]\nuser = \"{MONITOR_USER}\"\npassword = \"{MONITOR_PASSWORD}\"\n\n\
          [[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n\
@@ -23,7 +29,7 @@ pub fn config_for(cluster: &Cluster, listen: &str) -> Result<Settings, ConfigErr
             node.address()
         ));
     }
-    Settings::parse(&text)
+    text
 }
 
 /// Runs the demo until SIGINT/SIGTERM, then removes the cluster.

@@ -1,0 +1,129 @@
+//! Shared test support: one real cluster per test binary, pgsplit instances in front of it,
+//! and client helpers. Tests fail loudly when PostgreSQL is missing.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit::config::Settings;
+use pgsplit::proxy::ProxyHandle;
+use tokio::runtime::Runtime;
+
+/// The binary's cluster: a primary and two hot standbys, torn down by the harness's watchdog.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        Cluster::with_standbys(2).unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"))
+    })
+}
+
+/// Proxies run on their own runtime so they outlive any one `#[tokio::test]`.
+fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+/// A pgsplit instance in front of the test cluster.
+pub struct TestProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    handle: Option<ProxyHandle>,
+}
+
+impl TestProxy {
+    /// Starts pgsplit with the demo configuration; `top` adds top-level keys, `tables` more tables.
+    pub async fn start_with(top: &str, tables: &str) -> TestProxy {
+        let text = format!(
+            "{top}\n{}\n{tables}",
+            pgsplit::demo::config_text(cluster(), "127.0.0.1:0")
+        );
+        let settings =
+            Settings::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let handle = runtime()
+            .spawn(pgsplit::proxy::start(settings))
+            .await
+            .expect("proxy start task")
+            .expect("proxy listens");
+        TestProxy {
+            addr: handle.local_addr(),
+            handle: Some(handle),
+        }
+    }
+
+    /// Starts pgsplit with the demo configuration.
+    pub async fn start() -> TestProxy {
+        Self::start_with("", "").await
+    }
+
+    /// Runs the graceful shutdown on the proxy's runtime; resolves when it is done.
+    pub fn shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        let handle = self.handle.take().expect("proxy already shut down");
+        runtime().spawn(handle.shutdown())
+    }
+
+    /// A libpq connection string for `user` / `password`.
+    pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.addr.port()
+        )
+    }
+
+    /// Connects as the application role with tokio-postgres.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        self.connect_as(APP_USER, APP_PASSWORD, APP_DATABASE)
+            .await
+            .expect("connect through pgsplit")
+    }
+
+    /// Connects with tokio-postgres; the connection task is spawned on the caller's runtime.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conninfo(user, password, db), tokio_postgres::NoTls)
+                .await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// Runs a PostgreSQL client program (psql, pgbench) from the cluster's bin dir against the proxy.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        let port = self.addr.port().to_string();
+        Command::new(cluster().pg_bin().join(program))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", APP_USER])
+            .args(args)
+            .env("PGPASSWORD", APP_PASSWORD)
+            .env("PGPASSFILE", "/nonexistent")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+}
+
+/// The SQLSTATE of a tokio-postgres error, or a description of why there is none.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE ({e})"))
+}
+
+/// Output as text for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
