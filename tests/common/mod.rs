@@ -127,3 +127,75 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Minimal raw wire-protocol helpers for tests that must send what no client library would.
+pub mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A StartupMessage for protocol 3.0.
+    pub fn startup(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = 196_608i32.to_be_bytes().to_vec();
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend(body);
+        packet
+    }
+
+    /// Reads one message; `None` when the server closed the connection.
+    pub async fn read_message(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        let tag = stream.read_u8().await.ok()?;
+        let len = stream.read_i32().await.ok()?;
+        let mut body = vec![0; (len as usize).saturating_sub(4)];
+        stream.read_exact(&mut body).await.ok()?;
+        Some((tag, body))
+    }
+
+    /// The SQLSTATE field of an ErrorResponse body.
+    pub fn error_code(body: &[u8]) -> String {
+        body.split(|b| *b == 0)
+            .find_map(|f| f.strip_prefix(b"C"))
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Reads until ReadyForQuery; panics on an ErrorResponse.
+    pub async fn until_ready(stream: &mut TcpStream) {
+        loop {
+            match read_message(stream).await {
+                Some((b'Z', _)) => return,
+                Some((b'E', body)) => panic!("unexpected error {}", error_code(&body)),
+                Some(_) => {}
+                None => panic!("connection closed before ReadyForQuery"),
+            }
+        }
+    }
+
+    /// Connects and logs in as a trust user, ready for queries.
+    pub async fn login(addr: std::net::SocketAddr, user: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(&startup(&[("user", user), ("database", "app")]))
+            .await
+            .expect("send startup");
+        until_ready(&mut stream).await;
+        stream
+    }
+
+    /// Waits for the next ErrorResponse and returns its SQLSTATE; `None` if the connection closed first.
+    pub async fn next_error(stream: &mut TcpStream) -> Option<String> {
+        loop {
+            match read_message(stream).await {
+                Some((b'E', body)) => return Some(error_code(&body)),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    }
+}
