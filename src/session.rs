@@ -244,8 +244,8 @@ impl<'a> Relay<'a> {
     async fn run(mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), ProxyError> {
         let result = loop {
             let step = tokio::select! {
-                frame = self.client.next() => self.from_client(frame).await,
-                frame = self.server.reader.next() => self.from_server(frame).await,
+                frame = self.client.next() => self.on_client_frame(frame).await,
+                frame = self.server.reader.next() => self.on_server_frame(frame).await,
                 changed = phase.changed() => {
                     let now = if changed.is_ok() { *phase.borrow() } else { Phase::Closing };
                     self.on_phase(now).await
@@ -261,7 +261,7 @@ impl<'a> Relay<'a> {
         result
     }
 
-    async fn from_client(
+    async fn on_client_frame(
         &mut self,
         frame: Result<Option<crate::protocol::Frame>, ProxyError>,
     ) -> Result<Step, ProxyError> {
@@ -298,7 +298,7 @@ impl<'a> Relay<'a> {
         Ok(Step::Continue)
     }
 
-    async fn from_server(
+    async fn on_server_frame(
         &mut self,
         frame: Result<Option<crate::protocol::Frame>, ProxyError>,
     ) -> Result<Step, ProxyError> {

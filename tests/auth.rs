@@ -81,13 +81,11 @@ async fn an_unknown_user_is_refused_exactly_like_a_wrong_password() {
     let unknown = proxy
         .connect_as("nobody", "whatever", APP_DATABASE)
         .await
-        .err()
-        .expect("unknown user refused");
+        .expect_err("unknown user refused");
     let wrong = proxy
         .connect_as(APP_USER, "whatever", APP_DATABASE)
         .await
-        .err()
-        .expect("wrong password refused");
+        .expect_err("wrong password refused");
     assert_eq!(sqlstate(&unknown), "28P01");
     let unknown_message = unknown
         .as_db_error()
@@ -107,8 +105,7 @@ async fn an_unknown_database_is_refused_with_3d000() {
     let err = proxy
         .connect_as(APP_USER, APP_PASSWORD, "no_such_db")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(sqlstate(&err), "3D000");
 }
 

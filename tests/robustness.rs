@@ -108,8 +108,7 @@ async fn clients_beyond_max_client_conn_get_53300() {
     let third = proxy
         .connect_as(APP_USER, APP_PASSWORD, "app")
         .await
-        .err()
-        .expect("third client refused");
+        .expect_err("third client refused");
     assert_eq!(sqlstate(&third), "53300");
     drop(first);
     // The freed slot is usable again once the first session has ended.
