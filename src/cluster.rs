@@ -119,9 +119,11 @@ rm -rf "$base"
 static TEMPLATE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Everything that can go wrong while building or driving a cluster.
+///
+/// `log_tail` fields hold the last lines of the server log of the node at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// The server binaries are missing; tests must fail loudly rather than skip.
+    /// The server binaries are missing; callers must fail loudly rather than skip.
     #[error(
         "PostgreSQL server binaries not found: {} does not exist \
          (install PostgreSQL, or set PG_BIN to its bin directory)",
@@ -129,80 +131,45 @@ pub enum ClusterError {
     )]
     BinariesNotFound(PathBuf),
     /// Running as root, but there is no `postgres` OS user to run the server as.
-    #[error(
-        "running as root but OS user `postgres` does not exist; PostgreSQL refuses to run as root"
-    )]
+    #[error("running as root but OS user `postgres` does not exist (PostgreSQL refuses root)")]
     NoPostgresUser,
-    /// A filesystem or process-spawning operation failed.
+    /// A filesystem or process-spawning operation failed while doing `context`.
     #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// A system call made through `nix` failed.
+    Io { context: String, source: io::Error },
+    /// A system call made through `nix` failed while doing `context`.
     #[error("{context}: {source}")]
-    Os {
-        /// What was being done.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: nix::Error,
-    },
-    /// A helper program exited unsuccessfully.
+    Os { context: String, source: nix::Error },
+    /// A helper program exited unsuccessfully; `output` is its stderr then stdout.
     #[error("`{command}` failed ({status}): {output}")]
     CommandFailed {
-        /// Program and arguments.
         command: String,
-        /// Exit status.
         status: String,
-        /// Its stderr followed by its stdout.
         output: String,
     },
-    /// A node did not start; the log tail usually says why.
-    #[error("could not start {node}: {cause}\n--- tail of {} ---\n{log_tail}", log.display())]
+    /// `pg_ctl start` failed for `node`.
+    #[error("could not start {node}: {cause}\n{log_tail}")]
     StartFailed {
-        /// Node name.
         node: String,
-        /// The failing `pg_ctl` invocation.
         cause: Box<ClusterError>,
-        /// The node's server log.
-        log: PathBuf,
-        /// Last lines of that log.
         log_tail: String,
     },
-    /// `psql` reported an error.
+    /// `psql` reported an error on `node`.
     #[error("SQL on {node} failed: {stderr}\n  statement: {sql}")]
     Sql {
-        /// Node name.
         node: String,
-        /// The statement that failed.
         sql: String,
-        /// psql's stderr.
         stderr: String,
     },
-    /// A bounded wait expired.
-    #[error("timed out after {timeout:?} waiting for {what}\n--- tail of {} ---\n{log_tail}", log.display())]
+    /// A bounded wait for `what` expired.
+    #[error("timed out after {waited:?} waiting for {what}\n{log_tail}")]
     Timeout {
-        /// The condition that never became true (with the last error, if any).
         what: String,
-        /// How long we waited.
-        timeout: Duration,
-        /// The log of the node most likely at fault.
-        log: PathBuf,
-        /// Last lines of that log.
+        waited: Duration,
         log_tail: String,
     },
     /// A node index outside `nodes()`.
     #[error("no node with index {index} (the cluster has {count})")]
-    NoSuchNode {
-        /// The index asked for.
-        index: usize,
-        /// How many nodes there are.
-        count: usize,
-    },
+    NoSuchNode { index: usize, count: usize },
     /// No running node is out of recovery.
     #[error("no running primary: every running node is in recovery")]
     NoPrimary,
@@ -251,6 +218,15 @@ pub struct Node {
 }
 
 impl Node {
+    fn new(name: &str, data_dir: PathBuf) -> Self {
+        let (name, port) = (name.to_string(), 0);
+        Self {
+            name,
+            port,
+            data_dir,
+        }
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -277,8 +253,14 @@ impl Node {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// The postmaster pid if it is alive and still a postgres process: after a crash the
+    /// pid file can be stale and the pid reused, and we signal as root.
     fn running_pid(&self) -> Option<i32> {
-        self.postmaster_pid().filter(|pid| pid_alive(*pid))
+        let pid = self.postmaster_pid().filter(|pid| pid_alive(*pid))?;
+        match fs::read_to_string(format!("/proc/{pid}/comm")) {
+            Ok(comm) if comm.trim() != "postgres" => None,
+            _ => Some(pid),
+        }
     }
 }
 
@@ -292,24 +274,24 @@ struct Identity {
 
 impl Identity {
     fn detect() -> Result<Self> {
-        let euid = Uid::effective();
-        if !euid.is_root() {
-            let gid = nix::unistd::Gid::effective().as_raw();
+        let (uid, gid) = (Uid::effective(), nix::unistd::Gid::effective());
+        if !uid.is_root() {
+            let (uid, gid) = (uid.as_raw(), gid.as_raw());
             return Ok(Self {
-                uid: euid.as_raw(),
+                uid,
                 gid,
                 switch: false,
             });
         }
-        let user = User::from_name("postgres")
-            .map_err(|source| ClusterError::Os {
-                context: "looking up OS user `postgres`".into(),
-                source,
-            })?
-            .ok_or(ClusterError::NoPostgresUser)?;
+        let user = User::from_name("postgres").map_err(|source| ClusterError::Os {
+            context: "looking up OS user `postgres`".into(),
+            source,
+        })?;
+        let user = user.ok_or(ClusterError::NoPostgresUser)?;
+        let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
         Ok(Self {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
+            uid,
+            gid,
             switch: true,
         })
     }
@@ -366,7 +348,8 @@ pub struct Cluster {
     who: Identity,
     base: PathBuf,
     nodes: Vec<Node>,
-    watchdog: Option<Child>,
+    // Declared last so it is dropped (killed) only after `Drop::drop` has cleaned up.
+    watchdog: Option<Watchdog>,
 }
 
 impl Cluster {
@@ -379,7 +362,7 @@ impl Cluster {
     pub fn with_standbys(standbys: usize) -> Result<Self> {
         let bin = find_pg_bin()?;
         let who = Identity::detect()?;
-        let template = template_dir(&bin, &who)?;
+        let template = template_data_dir(&bin, &who)?;
         let base = tempfile::Builder::new()
             .prefix("pgsplit-cluster-")
             .tempdir()
@@ -394,43 +377,63 @@ impl Cluster {
             watchdog: None,
         };
         cluster.who.own(&cluster.base)?;
-        cluster.watchdog = Some(spawn_watchdog(&cluster.base)?);
+        cluster.watchdog = Some(Watchdog::spawn(&cluster.base)?);
 
         let primary_dir = cluster.base.join("primary");
-        run(cluster
-            .who
-            .command("cp")
-            .arg("-a")
-            .arg(template.join("data"))
-            .arg(&primary_dir))?;
-        cluster.nodes.push(Node {
-            name: "primary".into(),
-            port: 0,
-            data_dir: primary_dir,
-        });
+        let mut copy = cluster.who.command("cp");
+        run(copy.arg("-a").arg(&template).arg(&primary_dir))?;
+        cluster.nodes.push(Node::new("primary", primary_dir));
         start_on_fresh_port(&cluster.bin, &cluster.who, &mut cluster.nodes[0])?;
-        for i in 1..=standbys {
-            cluster.add_standby(i)?;
+        // Slots are created (reserving WAL now) before any backup starts: each backup
+        // start switches WAL segment and checkpoints, which would otherwise remove
+        // segments a concurrent backup still has to stream.
+        let slots: Vec<String> = (1..=standbys)
+            .map(|i| format!("pg_create_physical_replication_slot('standby{i}', true)"))
+            .collect();
+        if !slots.is_empty() {
+            cluster.sql(0, "postgres", &format!("SELECT {}", slots.join(", ")))?;
+        }
+        // Base backups dominate start-up (file creation is slow on some disks) and
+        // overlap well, so all standbys are cloned concurrently.
+        let clones: Vec<Result<Node>> = std::thread::scope(|scope| {
+            let this = &cluster;
+            let jobs: Vec<_> = (1..=standbys)
+                .map(|i| scope.spawn(move || this.clone_standby(i)))
+                .collect();
+            jobs.into_iter()
+                .map(|job| {
+                    job.join().unwrap_or_else(|_| {
+                        Err(ClusterError::Unexpected(
+                            "cloning a standby panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        for clone in clones {
+            let mut node = clone?;
+            start_on_fresh_port(&cluster.bin, &cluster.who, &mut node)?;
+            cluster.nodes.push(node);
         }
         cluster.wait_until_ready()?;
         Ok(cluster)
     }
 
-    fn add_standby(&mut self, i: usize) -> Result<()> {
+    /// Base-backs-up the primary into `standbyI` and configures it to stream from it.
+    fn clone_standby(&self, i: usize) -> Result<Node> {
         let name = format!("standby{i}");
         let dir = self.base.join(&name);
         let conninfo = format!(
             "host=127.0.0.1 port={} user={REPLICATION_USER} password={REPLICATION_PASSWORD}",
             self.nodes[0].port
         );
-        // -C -S creates the physical slot up front, so the primary retains WAL for the
-        // standby from the backup's start onwards.
+        // -S streams the backup's WAL through the standby's own, already reserved slot.
         run(self
             .who
             .command(self.bin.join("pg_basebackup"))
             .arg("-D")
             .arg(&dir)
-            .args(["-c", "fast", "-X", "stream", "-C", "-S", &name])
+            .args(["-c", "fast", "-X", "stream", "-S", &name])
             .args(["--no-sync", "-w", "-d", &conninfo]))?;
         // The copy carries the primary's log; a standby's errors must show its own.
         let _ = fs::remove_file(dir.join("postgres.log"));
@@ -442,16 +445,7 @@ impl Cluster {
                  primary_slot_name = '{name}'\n"
             ),
         )?;
-        self.nodes.push(Node {
-            name,
-            port: 0,
-            data_dir: dir,
-        });
-        let (bin, who) = (&self.bin, &self.who);
-        match self.nodes.last_mut() {
-            Some(node) => start_on_fresh_port(bin, who, node),
-            None => Err(ClusterError::Unexpected("standby vanished".into())),
-        }
+        Ok(Node::new(&name, dir))
     }
 
     fn wait_until_ready(&self) -> Result<()> {
@@ -462,56 +456,29 @@ impl Cluster {
                  WHERE state = 'streaming' AND application_name = '{}'",
                 node.name
             );
-            let what = format!("{} to stream from the primary", node.name);
-            self.wait_until(i, &what, deadline, || {
-                Ok(self.sql(0, "postgres", &sql)? == "1")
-            })?;
+            self.await_sql(0, i, &sql, "1", deadline)?;
         }
         let lsn = self.sql(0, "postgres", "SELECT pg_current_wal_lsn()")?;
-        for i in 1..self.nodes.len() {
-            self.wait_for_lsn(i, &lsn, deadline)?;
-        }
-        Ok(())
+        (1..self.nodes.len()).try_for_each(|i| self.await_lsn(i, &lsn, deadline))
     }
 
-    /// Polls `check` until it returns true; on timeout reports node `log_node`'s log tail.
-    fn wait_until(
-        &self,
-        log_node: usize,
-        what: &str,
-        deadline: Instant,
-        mut check: impl FnMut() -> Result<bool>,
-    ) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            // Errors are retried: a node that is still starting up refuses connections.
-            let last_error = match check() {
-                Ok(true) => return Ok(()),
-                Ok(false) => None,
-                Err(e) => Some(e.to_string()),
-            };
-            if Instant::now() >= deadline {
-                let log = self.node(log_node)?.log_file();
-                let what = match last_error {
-                    Some(e) => format!("{what} (last error: {e})"),
-                    None => what.to_string(),
-                };
-                return Err(ClusterError::Timeout {
-                    what,
-                    timeout: started.elapsed(),
-                    log_tail: log_tail(&log, 30),
-                    log,
-                });
-            }
-            sleep(POLL_INTERVAL);
-        }
-    }
-
-    fn wait_for_lsn(&self, i: usize, lsn: &str, deadline: Instant) -> Result<()> {
+    fn await_lsn(&self, i: usize, lsn: &str, deadline: Instant) -> Result<()> {
         let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
-        let what = format!("{} to replay up to {lsn}", self.node(i)?.name);
-        self.wait_until(i, &what, deadline, || {
-            Ok(self.sql(i, "postgres", &sql)? == "t")
+        self.await_sql(i, i, &sql, "t", deadline)
+    }
+
+    /// Polls until `sql` on node `on` returns `want`; a timeout shows node `blame`'s log.
+    fn await_sql(
+        &self,
+        on: usize,
+        blame: usize,
+        sql: &str,
+        want: &str,
+        deadline: Instant,
+    ) -> Result<()> {
+        let what = format!("`{sql}` on {} to return {want}", self.node(on)?.name);
+        wait_until(self.node(blame)?, &what, deadline, || {
+            Ok(self.sql(on, "postgres", sql)? == want)
         })
     }
 
@@ -577,10 +544,8 @@ impl Cluster {
     /// Pauses WAL replay on standby `i` and waits until the pause has taken effect.
     pub fn pause_replay(&self, i: usize) -> Result<()> {
         self.sql(i, "postgres", "SELECT pg_wal_replay_pause()")?;
-        let what = format!("{} to pause replay", self.node(i)?.name);
-        self.wait_until(i, &what, Instant::now() + WAIT_TIMEOUT, || {
-            Ok(self.sql(i, "postgres", "SELECT pg_get_wal_replay_pause_state()")? == "paused")
-        })
+        let state = "SELECT pg_get_wal_replay_pause_state()";
+        self.await_sql(i, i, state, "paused", Instant::now() + WAIT_TIMEOUT)
     }
 
     /// Resumes WAL replay on standby `i`.
@@ -591,24 +556,7 @@ impl Cluster {
 
     /// Stops node `i` by signalling its postmaster and waits for it to exit; no-op if stopped.
     pub fn stop(&self, i: usize, mode: StopMode) -> Result<()> {
-        let node = self.node(i)?;
-        let Some(pid) = node.running_pid() else {
-            return Ok(());
-        };
-        // Signalling works as root and as the owner, unlike `pg_ctl stop`, which refuses root.
-        match kill(Pid::from_raw(pid), mode.signal()) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(source) => {
-                return Err(ClusterError::Os {
-                    context: format!("signalling the postmaster of {}", node.name),
-                    source,
-                })
-            }
-        }
-        let what = format!("{} (pid {pid}) to stop", node.name);
-        self.wait_until(i, &what, Instant::now() + STOP_TIMEOUT, || {
-            Ok(!pid_alive(pid))
-        })
+        stop_node(self.node(i)?, mode)
     }
 
     /// Starts a stopped node on its previous port and waits until it accepts connections.
@@ -623,10 +571,8 @@ impl Cluster {
     /// Promotes standby `i` and waits until it has left recovery.
     pub fn promote(&self, i: usize) -> Result<()> {
         self.sql(i, "postgres", "SELECT pg_promote()")?;
-        let what = format!("{} to leave recovery", self.node(i)?.name);
-        self.wait_until(i, &what, Instant::now() + WAIT_TIMEOUT, || {
-            Ok(self.sql(i, "postgres", "SELECT pg_is_in_recovery()")? == "f")
-        })
+        let in_recovery = "SELECT pg_is_in_recovery()";
+        self.await_sql(i, i, in_recovery, "f", Instant::now() + WAIT_TIMEOUT)
     }
 
     /// Waits until standby `i` has replayed the current primary's current WAL position.
@@ -634,7 +580,7 @@ impl Cluster {
         self.node(i)?;
         let primary = self.current_primary()?;
         let lsn = self.sql(primary, "postgres", "SELECT pg_current_wal_lsn()")?;
-        self.wait_for_lsn(i, &lsn, Instant::now() + WAIT_TIMEOUT)
+        self.await_lsn(i, &lsn, Instant::now() + WAIT_TIMEOUT)
     }
 
     /// Index of the first running node that is not in recovery.
@@ -658,8 +604,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Immediate stop: nothing in a throwaway cluster is worth a shutdown checkpoint.
-        let pids: Vec<i32> = self.nodes.iter().filter_map(Node::running_pid).collect();
+        // Scan the base directory rather than `nodes`, so a node that failed half-way
+        // through start-up is stopped too. Immediate stop: nothing here is worth a checkpoint.
+        let dirs = fs::read_dir(&self.base).into_iter().flatten().flatten();
+        let pids: Vec<i32> = dirs
+            .filter_map(|entry| Node::new("", entry.path()).running_pid())
+            .collect();
         for pid in &pids {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGQUIT);
         }
@@ -668,18 +618,11 @@ impl Drop for Cluster {
             sleep(POLL_INTERVAL);
         }
         let _ = fs::remove_dir_all(&self.base);
-        if let Some(mut watchdog) = self.watchdog.take() {
-            // It leads its own process group; killing the group also ends its `sleep`.
-            if let Ok(pid) = i32::try_from(watchdog.id()) {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            let _ = watchdog.wait();
-        }
     }
 }
 
-/// Returns the template directory (containing `data/`), building it on first use.
-fn template_dir(bin: &Path, who: &Identity) -> Result<PathBuf> {
+/// Returns the template's data directory, building the template on first use.
+fn template_data_dir(bin: &Path, who: &Identity) -> Result<PathBuf> {
     let version = server_version(bin)?;
     let tmp_root = std::env::temp_dir();
     let name = format!(
@@ -694,31 +637,31 @@ fn template_dir(bin: &Path, who: &Identity) -> Result<PathBuf> {
             .tempdir_in(&tmp_root)
             .map_err(io_err("creating a template build directory"))?;
         who.own(tmp.path())?;
+        // The template server runs briefly; if we die meanwhile, the watchdog stops it.
+        let _watchdog = Watchdog::spawn(tmp.path())?;
         build_template(bin, who, tmp.path())?;
         // rename is atomic: readers see either no template or a complete one. If another
         // process renamed first, ours fails and is deleted when `tmp` drops.
-        match fs::rename(tmp.path(), &dir) {
-            Ok(()) => drop(tmp.keep()),
-            Err(_) if dir.join("data").is_dir() => {}
-            Err(e) => {
-                return Err(io_err(format!("renaming template into {}", dir.display()))(
-                    e,
-                ))
+        if let Err(e) = fs::rename(tmp.path(), &dir) {
+            if !dir.join("data").is_dir() {
+                return Err(io_err(format!("renaming into {}", dir.display()))(e));
             }
+        } else {
+            drop(tmp.keep());
         }
     }
     // /tmp is shared: refuse a template someone else planted under our name.
-    let owner = fs::metadata(&dir)
-        .map_err(io_err(format!("inspecting {}", dir.display())))?
-        .uid();
-    if owner != who.uid {
-        return Err(ClusterError::Unexpected(format!(
-            "template {} is owned by uid {owner}, expected {}",
+    let meta = fs::metadata(&dir).map_err(io_err(format!("inspecting {}", dir.display())))?;
+    if meta.uid() != who.uid {
+        let msg = format!(
+            "{} is owned by uid {}, not {}",
             dir.display(),
+            meta.uid(),
             who.uid
-        )));
+        );
+        return Err(ClusterError::Unexpected(msg));
     }
-    Ok(dir)
+    Ok(dir.join("data"))
 }
 
 fn build_template(bin: &Path, who: &Identity, dir: &Path) -> Result<()> {
@@ -737,64 +680,82 @@ fn build_template(bin: &Path, who: &Identity, dir: &Path) -> Result<()> {
     fs::write(data.join("pg_hba.conf"), PG_HBA).map_err(io_err("writing pg_hba.conf"))?;
 
     // Roles live in the template so each cluster saves a round of SQL at start-up.
-    let mut node = Node {
-        name: "template".into(),
-        port: 0,
-        data_dir: data,
-    };
+    let mut node = Node::new("template", data);
     start_on_fresh_port(bin, who, &mut node)?;
-    let created = create_roles(bin, &node);
-    let stopped = stop_and_wait(&node, StopMode::Fast);
+    let roles = format!(
+        "SET password_encryption = 'scram-sha-256'; \
+         CREATE ROLE {REPLICATION_USER} REPLICATION LOGIN PASSWORD '{REPLICATION_PASSWORD}'; \
+         CREATE ROLE {MONITOR_USER} LOGIN PASSWORD '{MONITOR_PASSWORD}'; \
+         GRANT pg_monitor TO {MONITOR_USER}; \
+         CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD '{APP_PASSWORD}';"
+    );
+    // CREATE DATABASE cannot run inside the implicit transaction of a multi-statement -c.
+    let database = format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}");
+    let created = [roles, database].iter().try_for_each(|sql| {
+        psql(
+            bin,
+            &node,
+            SUPERUSER,
+            Some(SUPERUSER_PASSWORD),
+            "postgres",
+            sql,
+        )
+        .map(drop)
+    });
+    let stopped = stop_node(&node, StopMode::Fast);
     created?;
     stopped?;
     let _ = fs::remove_file(node.log_file());
     Ok(())
 }
 
-fn create_roles(bin: &Path, node: &Node) -> Result<()> {
-    // CREATE DATABASE cannot run inside the implicit transaction of a multi-statement -c.
-    let statements = [
-        format!(
-            "SET password_encryption = 'scram-sha-256'; \
-             CREATE ROLE {REPLICATION_USER} REPLICATION LOGIN PASSWORD '{REPLICATION_PASSWORD}'; \
-             CREATE ROLE {MONITOR_USER} LOGIN PASSWORD '{MONITOR_PASSWORD}'; \
-             GRANT pg_monitor TO {MONITOR_USER}; \
-             CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD '{APP_PASSWORD}';"
-        ),
-        format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}"),
-    ];
-    for sql in &statements {
-        psql(
-            bin,
-            node,
-            SUPERUSER,
-            Some(SUPERUSER_PASSWORD),
-            "postgres",
-            sql,
-        )?;
-    }
-    Ok(())
-}
-
-fn stop_and_wait(node: &Node, mode: StopMode) -> Result<()> {
+/// Signals the postmaster (which works as root, unlike `pg_ctl stop`) and waits for it to exit.
+fn stop_node(node: &Node, mode: StopMode) -> Result<()> {
     let Some(pid) = node.running_pid() else {
         return Ok(());
     };
-    let _ = kill(Pid::from_raw(pid), mode.signal());
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while pid_alive(pid) {
+    match kill(Pid::from_raw(pid), mode.signal()) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(source) => {
+            let context = format!("signalling the postmaster of {}", node.name);
+            return Err(ClusterError::Os { context, source });
+        }
+    }
+    let what = format!("{} (pid {pid}) to stop", node.name);
+    wait_until(node, &what, Instant::now() + STOP_TIMEOUT, || {
+        Ok(!pid_alive(pid))
+    })
+}
+
+/// Polls `check` until it returns true; on timeout reports `node`'s log tail.
+fn wait_until(
+    node: &Node,
+    what: &str,
+    deadline: Instant,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        // Errors are retried: a node that is still starting up refuses connections.
+        let last_error = match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => None,
+            Err(e) => Some(e),
+        };
         if Instant::now() >= deadline {
-            let log = node.log_file();
+            let what = match last_error {
+                Some(e) => format!("{what} (last error: {e})"),
+                None => what.to_string(),
+            };
+            let (waited, log_tail) = (started.elapsed(), log_tail(node));
             return Err(ClusterError::Timeout {
-                what: format!("{} (pid {pid}) to stop", node.name),
-                timeout: STOP_TIMEOUT,
-                log_tail: log_tail(&log, 30),
-                log,
+                what,
+                waited,
+                log_tail,
             });
         }
         sleep(POLL_INTERVAL);
     }
-    Ok(())
 }
 
 /// Picks a free port and starts the node, retrying when someone else grabs the port first.
@@ -818,28 +779,22 @@ fn start_on_fresh_port(bin: &Path, who: &Identity, node: &mut Node) -> Result<()
 
 fn port_clash(log: &Path, from: u64) -> bool {
     let text = fs::read(log).unwrap_or_default();
-    let new = text
-        .get(usize::try_from(from).unwrap_or(0)..)
-        .unwrap_or(&[]);
-    let new = String::from_utf8_lossy(new);
+    let new = String::from_utf8_lossy(text.get(from as usize..).unwrap_or(&[]));
     new.contains("could not create any TCP/IP sockets") || new.contains("Address already in use")
 }
 
 fn pg_ctl_start(bin: &Path, who: &Identity, node: &Node) -> Result<()> {
-    let log = node.log_file();
-    run(who
-        .command(bin.join("pg_ctl"))
+    let mut pg_ctl = who.command(bin.join("pg_ctl"));
+    pg_ctl
         .args(["start", "-w", "-t", "60", "-D"])
-        .arg(&node.data_dir)
-        .arg("-l")
-        .arg(&log))
-    .map(drop)
-    .map_err(|cause| ClusterError::StartFailed {
-        node: node.name.clone(),
-        cause: Box::new(cause),
-        log_tail: log_tail(&log, 30),
-        log,
-    })
+        .arg(&node.data_dir);
+    run(pg_ctl.arg("-l").arg(node.log_file()))
+        .map(drop)
+        .map_err(|cause| ClusterError::StartFailed {
+            node: node.name.clone(),
+            cause: Box::new(cause),
+            log_tail: log_tail(node),
+        })
 }
 
 fn psql(
@@ -883,66 +838,88 @@ fn psql(
 
 /// Runs a helper to completion; its stdout on success, otherwise a `CommandFailed`.
 fn run(cmd: &mut Command) -> Result<String> {
-    let command = std::iter::once(cmd.get_program())
+    let parts: Vec<_> = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
-        .map(|part| part.to_string_lossy())
+        .collect();
+    let command = parts
+        .iter()
+        .map(|p| p.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
     let out = cmd.output().map_err(io_err(format!("running {command}")))?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        return Ok(text(&out.stdout));
     }
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let output = format!("{}{}", text(&out.stderr), text(&out.stdout))
+        .trim()
+        .to_string();
+    let status = out.status.to_string();
     Err(ClusterError::CommandFailed {
         command,
-        status: out.status.to_string(),
-        output: output.trim().to_string(),
+        status,
+        output,
     })
 }
 
-fn spawn_watchdog(base: &Path) -> Result<Child> {
-    Command::new("/bin/sh")
-        .arg("-c")
-        .arg(WATCHDOG_SCRIPT)
-        .arg("pgsplit-cluster-watchdog")
-        .arg(std::process::id().to_string())
-        .arg(base)
-        .current_dir("/")
-        // Inherited pipes would keep `cargo test` waiting for EOF until the watchdog exits.
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        // Its own process group, so Ctrl-C aimed at the owner does not kill the cleaner.
-        .process_group(0)
-        .spawn()
-        .map_err(io_err("spawning the cluster watchdog"))
+/// A detached `sh` that stops the postmasters under `base` and deletes it once this
+/// process is gone; dropping the guard dismisses it.
+#[derive(Debug)]
+struct Watchdog(Child);
+
+impl Watchdog {
+    fn spawn(base: &Path) -> Result<Self> {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(WATCHDOG_SCRIPT)
+            .arg("pgsplit-cluster-watchdog")
+            .arg(std::process::id().to_string())
+            .arg(base)
+            .current_dir("/")
+            // Inherited pipes would keep `cargo test` waiting for EOF until it exits.
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group, so Ctrl-C aimed at the owner does not kill the cleaner.
+            .process_group(0)
+            .spawn()
+            .map(Watchdog)
+            .map_err(io_err("spawning the cluster watchdog"))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // It leads its own process group; killing the group also ends its `sleep`.
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
 }
 
 fn server_version(bin: &Path) -> Result<String> {
     let out = run(Command::new(bin.join("initdb")).arg("--version"))?;
     // "initdb (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> "15.18"
-    out.split_whitespace()
-        .nth(2)
-        .map(|v| {
-            v.chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
-                .collect::<String>()
-        })
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| ClusterError::Unexpected(format!("cannot parse `initdb --version`: {out}")))
+    let version = out.split_whitespace().nth(2).unwrap_or_default();
+    let version: String = version
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .collect();
+    if version.is_empty() {
+        return Err(ClusterError::Unexpected(format!(
+            "cannot parse `initdb --version`: {out}"
+        )));
+    }
+    Ok(version)
 }
 
 fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))
-        .map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(io_err("reading the probe socket's port"))?;
-    Ok(addr.port())
+    let listener = TcpListener::bind(("127.0.0.1", 0));
+    let addr = listener.and_then(|l| l.local_addr());
+    Ok(addr
+        .map_err(io_err("probing 127.0.0.1:0 for a free port"))?
+        .port())
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -969,12 +946,15 @@ fn write_owned(who: &Identity, path: &Path, text: &str) -> Result<()> {
     who.own(path)
 }
 
-fn log_tail(path: &Path, lines: usize) -> String {
-    match fs::read(path) {
+/// The header and last lines of a node's server log, for error messages.
+fn log_tail(node: &Node) -> String {
+    let path = node.log_file();
+    match fs::read(&path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            format!("--- tail of {} ---\n{tail}", path.display())
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
