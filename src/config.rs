@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{AuthMethod, Secret};
+use crate::balance::{PrimaryReads, Strategy};
 
 /// A configuration problem, naming the key and saying what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,9 @@ pub struct Config {
     /// How pgsplit watches the cluster.
     #[serde(default)]
     pub monitor: MonitorConfig,
+    /// Where statements go.
+    #[serde(default)]
+    pub routing: RoutingConfig,
     /// The PostgreSQL servers: one primary and any number of hot standbys.
     pub nodes: Vec<NodeConfig>,
     /// Users clients may log in as.
@@ -106,6 +110,60 @@ impl Default for MonitorConfig {
             query_timeout: default_query_timeout(),
         }
     }
+}
+
+/// Routing and read balancing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// How an explicit transaction picks its node: `read_only` (default: only read-only
+    /// transactions go to a standby) or `first_statement` (a transaction whose first
+    /// statement is a read goes to a standby; a later write in it fails there).
+    #[serde(default)]
+    pub transaction_routing: TransactionRouting,
+    /// How reads are spread: `weighted_round_robin` (default), `least_outstanding`, `random`.
+    #[serde(default)]
+    pub balance_strategy: Strategy,
+    /// Whether the primary serves reads: `never`, `fallback` (default), `always`.
+    #[serde(default)]
+    pub primary_reads: PrimaryReads,
+    /// Classified statement shapes kept in memory; 0 disables the cache. Default 10000.
+    #[serde(default = "default_classify_cache_size")]
+    pub classify_cache_size: usize,
+    /// Functions that may run on a standby whatever the catalog says (`name` or `schema.name`).
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
+    /// Functions that always send their statement to the primary.
+    #[serde(default)]
+    pub write_functions: Vec<String>,
+    /// How often function volatility is re-read from `pg_proc`. Default 60 s.
+    #[serde(default = "default_function_refresh_interval", with = "humantime_serde")]
+    pub function_refresh_interval: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            transaction_routing: TransactionRouting::default(),
+            balance_strategy: Strategy::default(),
+            primary_reads: PrimaryReads::default(),
+            classify_cache_size: default_classify_cache_size(),
+            read_only_functions: Vec::new(),
+            write_functions: Vec::new(),
+            function_refresh_interval: default_function_refresh_interval(),
+        }
+    }
+}
+
+/// How an explicit transaction is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionRouting {
+    /// Read-only transactions on a standby, all others on the primary.
+    #[default]
+    ReadOnly,
+    /// By the transaction's first statement.
+    FirstStatement,
 }
 
 /// One PostgreSQL server.
@@ -169,6 +227,12 @@ fn default_lag_check_interval() -> Duration {
 }
 fn default_query_timeout() -> Duration {
     Duration::from_secs(2)
+}
+fn default_classify_cache_size() -> usize {
+    10_000
+}
+fn default_function_refresh_interval() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_weight() -> u32 {
     1
@@ -260,6 +324,7 @@ impl Settings {
             ("connect_timeout", raw.connect_timeout),
             ("monitor.lag_check_interval", raw.monitor.lag_check_interval),
             ("monitor.query_timeout", raw.monitor.query_timeout),
+            ("routing.function_refresh_interval", raw.routing.function_refresh_interval),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));

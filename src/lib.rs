@@ -4,7 +4,10 @@
 //! [`topology`] monitor keeps a snapshot of which node is the primary.
 
 pub mod auth;
+pub mod balance;
 pub mod backend;
+pub mod catalog;
+pub mod classify;
 pub mod cluster;
 pub mod config;
 pub mod demo;
@@ -12,4 +15,5 @@ pub mod error;
 pub mod protocol;
 pub mod proxy;
 pub mod session;
+pub mod stats;
 pub mod topology;

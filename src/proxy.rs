@@ -10,7 +10,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::catalog::FunctionCatalogs;
+use crate::classify::{CacheStats, Classifier};
 use crate::config::Settings;
+use crate::stats::{Stats, StatsSnapshot};
 use crate::protocol::BackendKey;
 use crate::session;
 use crate::topology::{Monitor, SharedTopology, Topology};
@@ -66,6 +69,13 @@ impl CancelRegistry {
             .cloned()
     }
 
+    /// Points a key at the server now running the session's request.
+    pub fn update(&self, key: BackendKey, target: CancelTarget) {
+        if let Some(slot) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
+            *slot = target;
+        }
+    }
+
     /// Forgets a key when its session ends.
     pub fn remove(&self, key: BackendKey) {
         self.keys
@@ -85,6 +95,12 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Lifecycle phase.
     pub phase: watch::Sender<Phase>,
+    /// Statement classifier with its cache.
+    pub classifier: Classifier,
+    /// Function volatility per database.
+    pub functions: Arc<FunctionCatalogs>,
+    /// Routing counters.
+    pub stats: Stats,
 }
 
 /// A running proxy.
@@ -113,16 +129,21 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
         None => tracing::warn!("no primary found yet; clients are refused until one is"),
     }
     let (stop_monitor, stop) = watch::channel(false);
-    tokio::spawn(monitor.run(stop));
+    tokio::spawn(monitor.run(stop.clone()));
+    let functions = Arc::new(FunctionCatalogs::new(Arc::clone(&settings)));
+    tokio::spawn(Arc::clone(&functions).run(Arc::clone(&topology), stop));
 
     let max_clients = u32::try_from(settings.raw.max_client_conn).unwrap_or(u32::MAX >> 3);
     let clients = Arc::new(Semaphore::new(max_clients as usize));
     let (phase, _) = watch::channel(Phase::Running);
     let shared = Arc::new(Shared {
+        classifier: Classifier::new(settings.raw.routing.classify_cache_size),
+        stats: Stats::new(settings.nodes.len()),
         settings,
         topology,
         cancels: CancelRegistry::default(),
         phase,
+        functions,
     });
     let accept = tokio::spawn(accept_loop(
         listener,
@@ -163,6 +184,16 @@ impl ProxyHandle {
         self.local_addr
     }
 
+    /// Routing counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Classification cache counters so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared.classifier.stats()
+    }
+
     /// The latest cluster snapshot.
     pub fn topology(&self) -> Arc<Topology> {
         self.shared.topology.load_full()
@@ -189,7 +220,16 @@ impl ProxyHandle {
             .await;
         }
         let _ = self.stop_monitor.send(true);
-        tracing::info!("pgsplit stopped");
+        let stats = self.stats();
+        let cache = self.cache_stats();
+        tracing::info!(
+            to_primary = stats.to_primary,
+            to_standby = stats.to_standby,
+            per_node = ?stats.statements_per_node,
+            cache_hits = cache.hits,
+            cache_misses = cache.misses,
+            "pgsplit stopped"
+        );
     }
 }
 

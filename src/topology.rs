@@ -56,9 +56,14 @@ impl Topology {
 
     /// The node that accepts writes, if exactly one does.
     pub fn primary(&self) -> Option<&NodeState> {
-        let mut primaries = self.nodes.iter().filter(|n| n.role == Role::Primary);
+        self.primary_index().map(|i| &self.nodes[i])
+    }
+
+    /// Index of the node that accepts writes, if exactly one does.
+    pub fn primary_index(&self) -> Option<usize> {
+        let mut primaries = self.nodes.iter().enumerate().filter(|(_, n)| n.role == Role::Primary);
         match (primaries.next(), primaries.next()) {
-            (Some(p), None) => Some(p),
+            (Some((i, _)), None) => Some(i),
             _ => None,
         }
     }

@@ -69,6 +69,11 @@ impl TestProxy {
         runtime().spawn(handle.shutdown())
     }
 
+    /// Routing counters of this proxy.
+    pub fn stats(&self) -> pgsplit::stats::StatsSnapshot {
+        self.handle.as_ref().expect("proxy running").stats()
+    }
+
     /// A libpq connection string for `user` / `password`.
     pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
         format!(

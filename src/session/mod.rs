@@ -1,5 +1,8 @@
-//! One client's life: startup, authentication, a server connection, and the relay loop
-//! that moves frames both ways while tracking what routing and shutdown need to know.
+//! One client's life: startup, authentication, its primary connection, then the relay
+//! ([`relay`]) that routes each request by the routing state ([`state`]).
+
+mod relay;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -7,20 +10,23 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::authenticate_client;
 use crate::backend::{send_cancel, Login, ServerConn};
 use crate::error::ProxyError;
 use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
 use crate::proxy::{CancelTarget, Phase, Shared};
+use relay::Relay;
 
 /// What the client asked for in its StartupMessage.
-struct Startup {
-    user: String,
-    database: String,
+pub struct Startup {
+    /// User name.
+    pub user: String,
+    /// Database name.
+    pub database: String,
     /// Parameters passed on to servers (application_name, options, GUCs).
-    params: Vec<(String, String)>,
+    pub params: Vec<(String, String)>,
 }
 
 /// Serves one client connection until it ends; never panics on client input.
@@ -38,7 +44,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedS
         handshake(read, &mut write, &shared, permit.is_some()),
     )
     .await;
-    let (client, server, startup) = match started {
+    let (client, server, node, startup) = match started {
         Ok(Ok(Some(ready))) => ready,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return report(&mut write, &peer, e).await,
@@ -58,12 +64,12 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedS
                 .run(&mut phase)
                 .await
         }
-        Err(e) => Err(ProxyError::Io(e)),
+        Err(e) => Err((String::new(), ProxyError::Io(e))),
     };
     shared.cancels.remove(key);
-    if let Err(e) = result {
+    if let Err((user, e)) = result {
         if !e.is_disconnect() {
-            tracing::info!(%peer, user = %startup.user, error = %e, "session ended with an error");
+            tracing::info!(%peer, %user, error = %e, "session ended with an error");
         }
     }
     drop(permit);
@@ -87,7 +93,7 @@ async fn handshake(
     write: &mut OwnedWriteHalf,
     shared: &Shared,
     admitted: bool,
-) -> Result<Option<(FrameReader<OwnedReadHalf>, ServerConn, Startup)>, ProxyError> {
+) -> Result<Option<(FrameReader<OwnedReadHalf>, ServerConn, usize, Startup)>, ProxyError> {
     let (params, minor) = loop {
         match read_startup(&mut read).await? {
             // TLS and GSSAPI encryption are not offered: 'N' tells the client to go on in clear.
@@ -115,7 +121,8 @@ async fn handshake(
     let user = user.ok_or_else(|| ProxyError::AuthFailed(startup.user.clone()))?;
 
     let topology = shared.topology.load();
-    let primary = topology.primary().ok_or(ProxyError::NoPrimary)?;
+    let node = topology.primary_index().ok_or(ProxyError::NoPrimary)?;
+    let primary = &topology.nodes[node];
     let login = Login {
         address: &primary.node.address,
         user: &user.server_user,
@@ -134,7 +141,7 @@ async fn handshake(
         encode::parameter_status(&mut out, name, value);
     }
     flush_to(write, &mut out).await?;
-    Ok(Some((reader, server, startup)))
+    Ok(Some((reader, server, node, startup)))
 }
 
 /// Checks the StartupMessage parameters; writes NegotiateProtocolVersion when the client
@@ -190,177 +197,6 @@ async fn forward_cancel(shared: &Shared, key: BackendKey) {
     .await
     {
         tracing::warn!(error = %e, "could not forward a cancel request");
-    }
-}
-
-/// The relay between an authenticated client and its server connection.
-struct Relay<'a> {
-    client: FrameReader<OwnedReadHalf>,
-    client_out: OwnedWriteHalf,
-    server: ServerConn,
-    shared: &'a Shared,
-    to_server: BytesMut,
-    to_client: BytesMut,
-    /// Query, Sync and FunctionCall messages not yet answered by ReadyForQuery.
-    pending: usize,
-    /// Extended-protocol messages sent since the last Sync.
-    unsynced: bool,
-    /// Transaction status from the last ReadyForQuery.
-    txn: u8,
-    /// Shutdown asked this session to end at its next idle moment.
-    draining: bool,
-}
-
-enum Step {
-    Continue,
-    Done,
-}
-
-impl<'a> Relay<'a> {
-    fn new(
-        client: FrameReader<OwnedReadHalf>,
-        client_out: OwnedWriteHalf,
-        server: ServerConn,
-        shared: &'a Shared,
-    ) -> Self {
-        Relay {
-            client,
-            client_out,
-            server,
-            shared,
-            to_server: BytesMut::with_capacity(4096),
-            to_client: BytesMut::with_capacity(8192),
-            pending: 0,
-            unsynced: false,
-            txn: b'I',
-            draining: false,
-        }
-    }
-
-    fn idle(&self) -> bool {
-        self.pending == 0 && !self.unsynced && self.txn == b'I'
-    }
-
-    async fn run(mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), ProxyError> {
-        let result = loop {
-            let step = tokio::select! {
-                frame = self.client.next() => self.on_client_frame(frame).await,
-                frame = self.server.reader.next() => self.on_server_frame(frame).await,
-                changed = phase.changed() => {
-                    let now = if changed.is_ok() { *phase.borrow() } else { Phase::Closing };
-                    self.on_phase(now).await
-                }
-            };
-            match step {
-                Ok(Step::Continue) => {}
-                Ok(Step::Done) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
-        self.server.terminate().await;
-        result
-    }
-
-    async fn on_client_frame(
-        &mut self,
-        frame: Result<Option<crate::protocol::Frame>, ProxyError>,
-    ) -> Result<Step, ProxyError> {
-        let frame = match frame {
-            Ok(Some(frame)) => frame,
-            Ok(None) => {
-                self.cancel_if_busy().await;
-                return Ok(Step::Done);
-            }
-            Err(e) => {
-                self.cancel_if_busy().await;
-                if !e.is_disconnect() {
-                    let mut out = BytesMut::new();
-                    e.encode_fatal(&mut out);
-                    let _ = flush_to(&mut self.client_out, &mut out).await;
-                }
-                return Err(e);
-            }
-        };
-        match frame.tag {
-            b'X' => return Ok(Step::Done),
-            b'Q' | b'F' => self.pending += 1,
-            b'S' => {
-                self.pending += 1;
-                self.unsynced = false;
-            }
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
-            _ => {}
-        }
-        self.to_server.extend_from_slice(&frame.raw);
-        if !self.client.has_frame() {
-            flush_to(&mut self.server.writer, &mut self.to_server).await?;
-        }
-        Ok(Step::Continue)
-    }
-
-    async fn on_server_frame(
-        &mut self,
-        frame: Result<Option<crate::protocol::Frame>, ProxyError>,
-    ) -> Result<Step, ProxyError> {
-        let frame = match frame {
-            Ok(Some(frame)) => frame,
-            Ok(None) | Err(_) => {
-                let gone = ProxyError::ServerUnavailable {
-                    addr: self.server.address.clone(),
-                    reason: "server closed the connection unexpectedly".into(),
-                };
-                // Whatever the server managed to send (often its own FATAL) goes first.
-                let mut out = std::mem::take(&mut self.to_client);
-                gone.encode_fatal(&mut out);
-                let _ = flush_to(&mut self.client_out, &mut out).await;
-                return Err(gone);
-            }
-        };
-        if frame.tag == b'Z' {
-            self.pending = self.pending.saturating_sub(1);
-            self.txn = frame.body().first().copied().unwrap_or(b'I');
-        }
-        self.to_client.extend_from_slice(&frame.raw);
-        if !self.server.reader.has_frame() {
-            flush_to(&mut self.client_out, &mut self.to_client).await?;
-            if self.draining && self.idle() {
-                return self.say_goodbye().await;
-            }
-        }
-        Ok(Step::Continue)
-    }
-
-    async fn on_phase(&mut self, phase: Phase) -> Result<Step, ProxyError> {
-        match phase {
-            Phase::Running => Ok(Step::Continue),
-            Phase::Draining if !self.idle() => {
-                self.draining = true;
-                Ok(Step::Continue)
-            }
-            Phase::Draining | Phase::Closing => {
-                self.cancel_if_busy().await;
-                self.say_goodbye().await
-            }
-        }
-    }
-
-    async fn say_goodbye(&mut self) -> Result<Step, ProxyError> {
-        let mut out = std::mem::take(&mut self.to_client);
-        ProxyError::Shutdown.encode_fatal(&mut out);
-        flush_to(&mut self.client_out, &mut out).await?;
-        let _ = self.client_out.shutdown().await;
-        Ok(Step::Done)
-    }
-
-    /// A query still running for a client that left would run to its end on the server:
-    /// cancel it so the backend is freed now.
-    async fn cancel_if_busy(&self) {
-        if self.pending > 0 || self.unsynced {
-            let timeout = self.shared.settings.raw.connect_timeout;
-            if let Err(e) = send_cancel(&self.server.address, self.server.key, timeout).await {
-                tracing::warn!(error = %e, "could not cancel the query of a departed client");
-            }
-        }
     }
 }
 

@@ -1,0 +1,126 @@
+//! Function volatility from `pg_proc`, per database, read from the primary at start,
+//! on `function_refresh_interval`, and soon after a client changes a function.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+
+use crate::backend::{Login, ServerConn};
+use crate::classify::Functions;
+use crate::config::Settings;
+use crate::topology::SharedTopology;
+
+const CATALOG_SQL: &str = "SELECT n.nspname, p.proname, p.provolatile \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
+
+/// The function catalogs of every database clients use.
+pub struct FunctionCatalogs {
+    settings: Arc<Settings>,
+    by_database: ArcSwap<HashMap<String, Arc<Functions>>>,
+    /// Used until a database's catalog is loaded: overrides and well-known built-ins only.
+    unloaded: Arc<Functions>,
+    wanted: Mutex<HashSet<String>>,
+    refresh: Notify,
+}
+
+impl FunctionCatalogs {
+    /// No catalog loaded yet.
+    pub fn new(settings: Arc<Settings>) -> FunctionCatalogs {
+        let routing = &settings.raw.routing;
+        let unloaded = Arc::new(Functions::new(std::iter::empty(), &routing.read_only_functions, &routing.write_functions));
+        FunctionCatalogs {
+            settings,
+            by_database: ArcSwap::from_pointee(HashMap::new()),
+            unloaded,
+            wanted: Mutex::new(HashSet::new()),
+            refresh: Notify::new(),
+        }
+    }
+
+    /// The functions of `database` (lock-free).
+    pub fn for_database(&self, database: &str) -> Arc<Functions> {
+        self.by_database
+            .load()
+            .get(database)
+            .cloned()
+            .unwrap_or_else(|| Arc::clone(&self.unloaded))
+    }
+
+    /// Asks for `database`'s catalog to be kept loaded.
+    pub fn want(&self, database: &str) {
+        let new = self.wanted.lock().unwrap_or_else(|e| e.into_inner()).insert(database.to_owned());
+        if new {
+            self.refresh.notify_one();
+        }
+    }
+
+    /// A client changed a function: reload soon.
+    pub fn changed(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Reloads wanted catalogs on every interval or request until `stop` changes.
+    pub async fn run(self: Arc<Self>, topology: SharedTopology, mut stop: watch::Receiver<bool>) {
+        let interval = self.settings.raw.routing.function_refresh_interval;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.refresh.notified() => {}
+                _ = stop.changed() => return,
+            }
+            self.reload(&topology).await;
+        }
+    }
+
+    async fn reload(&self, topology: &SharedTopology) {
+        let Some(primary) = topology.load().primary().map(|p| p.node.address.clone()) else {
+            return;
+        };
+        let databases: Vec<String> = self.wanted.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let routing = &self.settings.raw.routing;
+        let mut next = (**self.by_database.load()).clone();
+        for database in databases {
+            match self.load(&primary, &database).await {
+                Ok(rows) => {
+                    let functions = Functions::new(rows, &routing.read_only_functions, &routing.write_functions);
+                    next.insert(database, Arc::new(functions));
+                }
+                Err(e) => tracing::warn!(%database, error = %e, "cannot read function volatility; keeping the previous catalog"),
+            }
+        }
+        self.by_database.store(Arc::new(next));
+    }
+
+    async fn load(&self, primary: &str, database: &str) -> Result<Vec<(String, String, char)>, String> {
+        let monitor = &self.settings.raw.monitor;
+        let login = Login {
+            address: primary,
+            user: &monitor.user,
+            password: &monitor.password,
+            database,
+            params: &[("application_name".to_owned(), "pgsplit-catalog".to_owned())],
+        };
+        let work = async {
+            let mut conn = ServerConn::connect(&login, self.settings.raw.connect_timeout, self.settings.raw.max_message_size)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rows = conn.simple_query(CATALOG_SQL).await.map_err(|e| e.to_string());
+            conn.terminate().await;
+            rows
+        };
+        let rows = tokio::time::timeout(monitor.query_timeout * 5, work)
+            .await
+            .map_err(|_| "timed out".to_string())??;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| match row.as_slice() {
+                [Some(schema), Some(name), Some(volatility)] => {
+                    Some((schema.clone(), name.clone(), volatility.chars().next().unwrap_or('v')))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,742 @@
+//! The relay loop: frames from the client are grouped into requests (a Query, or an
+//! extended-protocol batch up to Sync or Flush), classified, planned by [`RoutingState`],
+//! and sent to the client's primary or standby connection; replies stream back.
+//! Messages pgsplit injects itself (setting sync, deferred BEGIN, re-prepares) have their
+//! replies swallowed so the client sees exactly what it asked for.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+use super::state::{guc_sync_sql, Conn, Gucs, Plan, Prepared, RoutingState};
+use super::Startup;
+use crate::backend::{send_cancel, Login, ServerConn};
+use crate::balance::{pick_read, ReadTarget};
+use crate::classify::{Classification, Effect, Route};
+use crate::error::ProxyError;
+use crate::protocol::{encode, flush_to, read_cstr, BackendKey, Frame, FrameReader, Severity};
+use crate::proxy::{CancelTarget, Phase, Shared};
+
+/// A reply pgsplit expects for a message it injected, and drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Swallow {
+    /// Everything up to and including the next ReadyForQuery.
+    UntilReady,
+    /// One ParseComplete.
+    ParseComplete,
+    /// One CloseComplete.
+    CloseComplete,
+}
+
+/// One of the client's server connections and what pgsplit knows about its state.
+struct Slot {
+    conn: Option<ServerConn>,
+    /// Topology index of the node it is connected to.
+    node: usize,
+    /// ReadyForQuery messages still expected (the client's and injected ones).
+    pending: usize,
+    swallow: VecDeque<Swallow>,
+    /// Settings applied on it; `None` when unknown (after an error), so a sync starts with RESET ALL.
+    gucs: Option<Gucs>,
+    /// Named statements prepared on it.
+    prepared: HashSet<String>,
+    /// Which version of the unnamed statement it holds.
+    unnamed: Option<u64>,
+}
+
+impl Slot {
+    fn empty() -> Slot {
+        Slot {
+            conn: None,
+            node: 0,
+            pending: 0,
+            swallow: VecDeque::new(),
+            gucs: Some(Gucs::new()),
+            prepared: HashSet::new(),
+            unnamed: None,
+        }
+    }
+
+    fn open(conn: ServerConn, node: usize) -> Slot {
+        Slot {
+            conn: Some(conn),
+            node,
+            ..Slot::empty()
+        }
+    }
+}
+
+/// A unit of client work that goes to one server connection.
+enum Request {
+    Query(Frame),
+    Batch { frames: Vec<Frame>, sync: bool },
+    Function(Frame),
+}
+
+/// The relay for one authenticated client.
+pub struct Relay<'a> {
+    client: FrameReader<OwnedReadHalf>,
+    client_out: OwnedWriteHalf,
+    shared: &'a Shared,
+    startup: Startup,
+    key: BackendKey,
+    state: RoutingState,
+    primary: Slot,
+    standby: Slot,
+    to_client: BytesMut,
+    /// Extended-protocol messages waiting for their Sync or Flush.
+    batch: Vec<Frame>,
+    /// After a Flush the rest of the batch must follow to the same connection.
+    sticky: Option<Conn>,
+    /// A request waiting for the other connection to finish answering.
+    held: Option<Request>,
+    /// Connection of the last request (COPY data follows it).
+    last: Option<Conn>,
+    unnamed_version: u64,
+    /// Settings before a request that changed them, restored if that request fails.
+    guc_undo: Option<(Conn, Gucs)>,
+    draining: bool,
+}
+
+enum Step {
+    Continue,
+    Done,
+}
+
+impl<'a> Relay<'a> {
+    /// A relay whose primary connection is already open.
+    pub fn new(
+        client: FrameReader<OwnedReadHalf>,
+        client_out: OwnedWriteHalf,
+        primary: ServerConn,
+        primary_node: usize,
+        shared: &'a Shared,
+        startup: Startup,
+        key: BackendKey,
+    ) -> Self {
+        Relay {
+            client,
+            client_out,
+            state: RoutingState::new(shared.settings.raw.routing.transaction_routing),
+            shared,
+            startup,
+            key,
+            primary: Slot::open(primary, primary_node),
+            standby: Slot::empty(),
+            to_client: BytesMut::with_capacity(8192),
+            batch: Vec::new(),
+            sticky: None,
+            held: None,
+            last: None,
+            unnamed_version: 0,
+            guc_undo: None,
+            draining: false,
+        }
+    }
+
+    fn slot(&mut self, conn: Conn) -> &mut Slot {
+        match conn {
+            Conn::Primary => &mut self.primary,
+            Conn::Standby => &mut self.standby,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.primary.pending > 0 || self.standby.pending > 0 || !self.batch.is_empty() || self.held.is_some()
+    }
+
+    fn idle(&self) -> bool {
+        !self.busy() && self.state.txn.is_none() && !self.state.begin_deferred()
+    }
+
+    /// Runs until the client leaves, an error ends the session, or shutdown.
+    pub async fn run(mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), ProxyError> {
+        let result = loop {
+            let accept_client = self.held.is_none();
+            let step = tokio::select! {
+                frame = self.client.next(), if accept_client => self.on_client_frame(frame).await,
+                frame = next_frame(&mut self.primary.conn) => self.on_server_frame(Conn::Primary, frame).await,
+                frame = next_frame(&mut self.standby.conn) => self.on_server_frame(Conn::Standby, frame).await,
+                changed = phase.changed() => {
+                    let now = if changed.is_ok() { *phase.borrow() } else { Phase::Closing };
+                    self.on_phase(now).await
+                }
+            };
+            match step {
+                Ok(Step::Continue) => {}
+                Ok(Step::Done) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if self.standby.conn.is_some() {
+            self.shared.stats.release(self.standby.node);
+        }
+        for slot in [&mut self.primary, &mut self.standby] {
+            if let Some(conn) = slot.conn.take() {
+                conn.terminate().await;
+            }
+        }
+        result
+    }
+
+    async fn on_client_frame(&mut self, frame: Result<Option<Frame>, ProxyError>) -> Result<Step, ProxyError> {
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                self.cancel_running().await;
+                return Ok(Step::Done);
+            }
+            Err(e) => {
+                self.cancel_running().await;
+                if !e.is_disconnect() {
+                    let mut out = BytesMut::new();
+                    e.encode_fatal(&mut out);
+                    let _ = flush_to(&mut self.client_out, &mut out).await;
+                }
+                return Err(e);
+            }
+        };
+        match frame.tag {
+            b'X' => return Ok(Step::Done),
+            b'Q' => self.dispatch(Request::Query(frame)).await?,
+            b'F' => self.dispatch(Request::Function(frame)).await?,
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(frame),
+            b'H' | b'S' => {
+                let sync = frame.tag == b'S';
+                self.batch.push(frame);
+                let frames = std::mem::take(&mut self.batch);
+                self.dispatch(Request::Batch { frames, sync }).await?;
+            }
+            // COPY data and anything else belongs to the connection of the last request.
+            _ => {
+                let conn = self.last.unwrap_or(Conn::Primary);
+                if let Some(server) = self.slot(conn).conn.as_mut() {
+                    server.writer.write_all(&frame.raw).await?;
+                }
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Sends a request, or holds it while the other connection still owes replies
+    /// (replies must reach the client in request order).
+    async fn dispatch(&mut self, request: Request) -> Result<(), ProxyError> {
+        match self.plan(&request) {
+            Ok((plan, class)) => {
+                let target = match &plan {
+                    Plan::Send(conn) | Plan::BeginThenSend(conn, _) => Some(*conn),
+                    _ => None,
+                };
+                let other_busy = match target {
+                    Some(Conn::Primary) => self.standby.pending > 0,
+                    Some(Conn::Standby) => self.primary.pending > 0,
+                    None => self.primary.pending > 0 || self.standby.pending > 0,
+                };
+                if other_busy {
+                    self.held = Some(request);
+                    return Ok(());
+                }
+                self.execute(plan, class, request).await
+            }
+            Err(e) => {
+                // Nothing reached a server: answer like a failed statement and carry on.
+                let mut out = BytesMut::new();
+                encode::error(&mut out, Severity::Error, e.sqlstate(), &e.to_string());
+                if matches!(request, Request::Query(_)) || matches!(request, Request::Batch { sync: true, .. }) {
+                    encode::ready_for_query(&mut out, self.client_status());
+                }
+                flush_to(&mut self.client_out, &mut out).await?;
+                Ok(())
+            }
+        }
+    }
+
+    fn client_status(&self) -> u8 {
+        if self.state.txn.is_some() || self.state.begin_deferred() {
+            b'T'
+        } else {
+            b'I'
+        }
+    }
+
+    /// Classifies a request and asks the routing state where it goes.
+    fn plan(&mut self, request: &Request) -> Result<(Plan, Arc<Classification>), ProxyError> {
+        let open = self.last;
+        match request {
+            Request::Query(frame) => {
+                let text = query_text(frame.body());
+                let class = self.classify(text);
+                let plan = self.state.plan_query(&class, text, class.statements == 1, open);
+                Ok((plan, class))
+            }
+            Request::Function(_) => Ok((Plan::Send(Conn::Primary), Arc::new(Classification::primary()))),
+            Request::Batch { frames, .. } => {
+                if let Some(conn) = self.sticky {
+                    return Ok((Plan::Send(conn), Arc::new(Classification::any())));
+                }
+                let class = self.classify_batch(frames);
+                let plan = self.state.plan_batch(&class, open);
+                Ok((plan, Arc::new(class)))
+            }
+        }
+    }
+
+    fn classify(&self, text: &str) -> Arc<Classification> {
+        let functions = self.shared.functions.for_database(&self.startup.database);
+        self.shared.classifier.classify(text, &functions)
+    }
+
+    /// The route of a batch is the strictest of the statements it parses or executes;
+    /// its effects are those of the statements it executes.
+    fn classify_batch(&mut self, frames: &[Frame]) -> Classification {
+        let mut combined = Classification::any();
+        for frame in frames {
+            match frame.tag {
+                b'P' => {
+                    let mut body = frame.body();
+                    let name = read_cstr(&mut body).unwrap_or_default();
+                    let text = read_cstr(&mut body).unwrap_or_default();
+                    let class = self.classify(&text);
+                    combined.route = combined.route.max(class.route);
+                    self.state.statements.insert(
+                        name,
+                        Prepared {
+                            class,
+                            parse: frame.raw.clone(),
+                        },
+                    );
+                }
+                b'B' => {
+                    let mut body = frame.body();
+                    let _portal = read_cstr(&mut body);
+                    let name = read_cstr(&mut body).unwrap_or_default();
+                    match self.state.statements.get(&name) {
+                        Some(p) => {
+                            combined.route = combined.route.max(p.class.route);
+                            combined.effects.extend(p.class.effects.iter().cloned());
+                        }
+                        // Unknown statement: the server will report the error; send it where writes go.
+                        None => combined.route = Route::Primary,
+                    }
+                }
+                _ => {}
+            }
+        }
+        combined
+    }
+
+    async fn execute(&mut self, plan: Plan, class: Arc<Classification>, request: Request) -> Result<(), ProxyError> {
+        let (conn, begin) = match plan {
+            Plan::Send(conn) => (conn, None),
+            Plan::BeginThenSend(conn, begin) => (conn, Some(begin)),
+            Plan::DeferBegin => return self.reply_here("BEGIN", b'T').await,
+            Plan::EndDeferred(tag) => return self.reply_here(tag, b'I').await,
+        };
+        let conn = self.ensure_open(conn, class.route).await?;
+        self.sync_settings(conn).await?;
+        if let Some(begin) = begin {
+            self.inject_query(conn, &begin).await?;
+        }
+        if class.effects.iter().any(|e| matches!(e, Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll | Effect::DiscardAll)) {
+            self.guc_undo = Some((conn, self.state.gucs.clone()));
+        }
+        self.state.apply(&class, conn);
+        let wanted = self.state.gucs.clone();
+        let slot = self.slot(conn);
+        if slot.gucs.is_some() {
+            slot.gucs = Some(wanted);
+        }
+        self.shared.stats.record(conn, self.slot(conn).node);
+        self.last = Some(conn);
+        let target = self.slot(conn).conn.as_ref().map(|c| CancelTarget {
+            address: c.address.clone(),
+            key: c.key,
+        });
+        if let Some(target) = target {
+            self.shared.cancels.update(self.key, target);
+        }
+        match request {
+            Request::Query(frame) | Request::Function(frame) => {
+                let slot = self.slot(conn);
+                slot.pending += 1;
+                // A simple Query destroys the unnamed statement on that server.
+                slot.unnamed = None;
+                write_to(slot, &frame.raw).await
+            }
+            Request::Batch { frames, sync } => {
+                self.sticky = if sync { None } else { Some(conn) };
+                self.send_batch(conn, frames, sync).await
+            }
+        }
+    }
+
+    /// Forwards a batch, first preparing statements the connection lacks and closing
+    /// stale ones whose names the client reuses.
+    async fn send_batch(&mut self, conn: Conn, frames: Vec<Frame>, sync: bool) -> Result<(), ProxyError> {
+        let mut out = BytesMut::new();
+        let mut swallow = Vec::new();
+        for frame in &frames {
+            match frame.tag {
+                b'P' => {
+                    let mut body = frame.body();
+                    let name = read_cstr(&mut body).unwrap_or_default();
+                    let slot = self.slot(conn);
+                    if name.is_empty() {
+                        self.unnamed_version += 1;
+                        let version = self.unnamed_version;
+                        self.slot(conn).unnamed = Some(version);
+                    } else if !slot.prepared.insert(name.clone()) {
+                        encode_close_statement(&mut out, &name);
+                        swallow.push(Swallow::CloseComplete);
+                    }
+                }
+                b'B' | b'D' => {
+                    let name = statement_named(frame);
+                    if let Some(name) = name {
+                        self.ensure_prepared(conn, &name, &mut out, &mut swallow);
+                    }
+                }
+                b'C' => {
+                    let mut body = frame.body();
+                    if body.first() == Some(&b'S') {
+                        body = &body[1..];
+                        let name = read_cstr(&mut body).unwrap_or_default();
+                        self.slot(conn).prepared.remove(&name);
+                        self.state.statements.remove(&name);
+                    }
+                }
+                _ => {}
+            }
+            out.extend_from_slice(&frame.raw);
+        }
+        let slot = self.slot(conn);
+        slot.swallow.extend(swallow);
+        if sync {
+            slot.pending += 1;
+        }
+        write_to(slot, &out).await
+    }
+
+    fn ensure_prepared(&mut self, conn: Conn, name: &str, out: &mut BytesMut, swallow: &mut Vec<Swallow>) {
+        let Some(prepared) = self.state.statements.get(name) else {
+            return;
+        };
+        let parse = prepared.parse.clone();
+        let version = self.unnamed_version;
+        let slot = self.slot(conn);
+        let present = if name.is_empty() {
+            slot.unnamed == Some(version)
+        } else {
+            slot.prepared.contains(name)
+        };
+        if !present {
+            out.extend_from_slice(&parse);
+            swallow.push(Swallow::ParseComplete);
+            if name.is_empty() {
+                slot.unnamed = Some(version);
+            } else {
+                slot.prepared.insert(name.to_owned());
+            }
+        }
+    }
+
+    /// Opens the connection a plan needs; a standby that cannot be reached is skipped
+    /// for another one, then for the primary (reads only).
+    async fn ensure_open(&mut self, conn: Conn, route: Route) -> Result<Conn, ProxyError> {
+        if conn == Conn::Primary {
+            return if self.primary.conn.is_some() { Ok(Conn::Primary) } else { Err(ProxyError::NoPrimary) };
+        }
+        let topology = self.shared.topology.load();
+        if let Some(server) = &self.standby.conn {
+            let still_standby = topology
+                .nodes
+                .get(self.standby.node)
+                .is_some_and(|n| n.role == crate::topology::Role::Standby && n.node.address == server.address);
+            if still_standby {
+                return Ok(Conn::Standby);
+            }
+            if let Some(old) = self.standby.conn.take() {
+                old.terminate().await;
+            }
+            self.shared.stats.release(self.standby.node);
+        }
+        let routing = &self.shared.settings.raw.routing;
+        let settings = &self.shared.settings;
+        let mut exclude = Vec::new();
+        loop {
+            let outstanding = self.shared.stats.outstanding();
+            let target = pick_read(
+                &topology,
+                routing.balance_strategy,
+                routing.primary_reads,
+                &exclude,
+                &outstanding,
+                self.shared.stats.next_turn(),
+                rand::random(),
+            );
+            let index = match target {
+                ReadTarget::Standby(i) => i,
+                ReadTarget::Primary => return Ok(Conn::Primary),
+                ReadTarget::Nowhere if route == Route::Any => return Ok(Conn::Primary),
+                ReadTarget::Nowhere => {
+                    return Err(ProxyError::ServerUnavailable {
+                        addr: "standbys".into(),
+                        reason: "no standby is available and primary_reads = \"never\"".into(),
+                    })
+                }
+            };
+            let user = settings.user(&self.startup.user).ok_or(ProxyError::NoPrimary)?;
+            let login = Login {
+                address: &topology.nodes[index].node.address,
+                user: &user.server_user,
+                password: &user.server_password,
+                database: &self.startup.database,
+                params: &self.startup.params,
+            };
+            match ServerConn::connect(&login, settings.raw.connect_timeout, settings.raw.max_message_size).await {
+                Ok(server) => {
+                    self.standby = Slot::open(server, index);
+                    self.shared.stats.acquire(index);
+                    return Ok(Conn::Standby);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %topology.nodes[index].node.name, error = %e, "standby unreachable; trying another node");
+                    exclude.push(index);
+                }
+            }
+        }
+    }
+
+    /// Brings a connection's settings in line with the session's before it serves the client.
+    async fn sync_settings(&mut self, conn: Conn) -> Result<(), ProxyError> {
+        let wanted = self.state.gucs.clone();
+        let slot = self.slot(conn);
+        let sql = match &slot.gucs {
+            Some(applied) => guc_sync_sql(applied, &wanted),
+            None => Some(format!("RESET ALL;{}", guc_sync_sql(&Gucs::new(), &wanted).unwrap_or_default())),
+        };
+        slot.gucs = Some(wanted);
+        match sql {
+            Some(sql) => self.inject_query(conn, &sql).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a query of pgsplit's own; its replies never reach the client.
+    async fn inject_query(&mut self, conn: Conn, sql: &str) -> Result<(), ProxyError> {
+        let mut out = BytesMut::new();
+        encode::query(&mut out, sql);
+        let slot = self.slot(conn);
+        slot.swallow.push_back(Swallow::UntilReady);
+        slot.pending += 1;
+        slot.unnamed = None;
+        write_to(slot, &out).await
+    }
+
+    /// Answers a request without a server (deferred BEGIN and its empty end).
+    async fn reply_here(&mut self, tag: &str, status: u8) -> Result<(), ProxyError> {
+        let mut out = BytesMut::new();
+        out.put_u8(b'C');
+        out.put_i32((4 + tag.len() + 1) as i32);
+        out.put_slice(tag.as_bytes());
+        out.put_u8(0);
+        encode::ready_for_query(&mut out, status);
+        flush_to(&mut self.client_out, &mut out).await?;
+        Ok(())
+    }
+
+    async fn on_server_frame(&mut self, conn: Conn, frame: Result<Option<Frame>, ProxyError>) -> Result<Step, ProxyError> {
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(_) => return self.server_lost(conn).await,
+        };
+        let slot = self.slot(conn);
+        let swallowed = match (slot.swallow.front().copied(), frame.tag) {
+            (Some(Swallow::UntilReady), tag) => {
+                if tag == b'E' {
+                    tracing::warn!(?conn, "a statement pgsplit sent to sync the session failed");
+                    slot.gucs = None;
+                }
+                if tag == b'Z' {
+                    slot.swallow.pop_front();
+                    slot.pending = slot.pending.saturating_sub(1);
+                }
+                true
+            }
+            (Some(Swallow::ParseComplete), b'1') | (Some(Swallow::CloseComplete), b'3') => {
+                slot.swallow.pop_front();
+                true
+            }
+            _ => false,
+        };
+        if !swallowed {
+            match frame.tag {
+                b'Z' => {
+                    slot.pending = slot.pending.saturating_sub(1);
+                    let status = frame.body().first().copied().unwrap_or(b'I');
+                    self.state.ready(conn, status);
+                    if self.guc_undo.as_ref().is_some_and(|(c, _)| *c == conn) && self.slot(conn).pending == 0 {
+                        self.guc_undo = None;
+                    }
+                }
+                b'E' => {
+                    // The server skips the rest of the batch, so re-prepares queued for it never answer.
+                    slot.swallow.retain(|s| *s == Swallow::UntilReady);
+                    if let Some((undo_conn, gucs)) = self.guc_undo.take() {
+                        if undo_conn == conn {
+                            self.state.gucs = gucs;
+                            self.slot(conn).gucs = None;
+                        } else {
+                            self.guc_undo = Some((undo_conn, gucs));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            self.to_client.extend_from_slice(&frame.raw);
+        }
+        let more = self.slot(conn).conn.as_ref().is_some_and(|c| c.reader.has_frame());
+        if !more {
+            flush_to(&mut self.client_out, &mut self.to_client).await?;
+            if let Some(held) = self.held.take() {
+                self.dispatch(held).await?;
+            }
+            if self.draining && self.idle() {
+                return self.say_goodbye().await;
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// A server connection closed. Losing the primary, or a standby in the middle of a
+    /// transaction, ends the session; an idle standby is simply replaced later.
+    async fn server_lost(&mut self, conn: Conn) -> Result<Step, ProxyError> {
+        let slot = self.slot(conn);
+        let address = slot.conn.as_ref().map(|c| c.address.clone()).unwrap_or_default();
+        let node = slot.node;
+        let was_busy = slot.pending > 0;
+        slot.conn = None;
+        slot.pending = 0;
+        slot.swallow.clear();
+        if conn == Conn::Standby {
+            self.shared.stats.release(node);
+            if !was_busy && self.state.txn != Some(Conn::Standby) {
+                tracing::info!(%address, "idle standby connection closed; another is opened on demand");
+                return Ok(Step::Continue);
+            }
+        }
+        let gone = ProxyError::ServerUnavailable {
+            addr: address,
+            reason: "server closed the connection unexpectedly".into(),
+        };
+        let mut out = std::mem::take(&mut self.to_client);
+        gone.encode_fatal(&mut out);
+        let _ = flush_to(&mut self.client_out, &mut out).await;
+        Err(gone)
+    }
+
+    async fn on_phase(&mut self, phase: Phase) -> Result<Step, ProxyError> {
+        match phase {
+            Phase::Running => Ok(Step::Continue),
+            Phase::Draining if !self.idle() => {
+                self.draining = true;
+                Ok(Step::Continue)
+            }
+            Phase::Draining | Phase::Closing => {
+                self.cancel_running().await;
+                self.say_goodbye().await
+            }
+        }
+    }
+
+    async fn say_goodbye(&mut self) -> Result<Step, ProxyError> {
+        let mut out = std::mem::take(&mut self.to_client);
+        ProxyError::Shutdown.encode_fatal(&mut out);
+        flush_to(&mut self.client_out, &mut out).await?;
+        let _ = self.client_out.shutdown().await;
+        Ok(Step::Done)
+    }
+
+    /// Queries still running for a client that left would run to their end on the
+    /// server: cancel them so the backends are freed now.
+    async fn cancel_running(&self) {
+        let timeout = self.shared.settings.raw.connect_timeout;
+        for slot in [&self.primary, &self.standby] {
+            if let (Some(server), true) = (&slot.conn, slot.pending > 0) {
+                if let Err(e) = send_cancel(&server.address, server.key, timeout).await {
+                    tracing::warn!(error = %e, "could not cancel the query of a departed client");
+                }
+            }
+        }
+    }
+
+}
+
+async fn next_frame(conn: &mut Option<ServerConn>) -> Result<Option<Frame>, ProxyError> {
+    match conn {
+        Some(c) => c.reader.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_to(slot: &mut Slot, bytes: &[u8]) -> Result<(), ProxyError> {
+    match slot.conn.as_mut() {
+        Some(server) => Ok(server.writer.write_all(bytes).await?),
+        None => Err(ProxyError::NoPrimary),
+    }
+}
+
+fn query_text(body: &[u8]) -> &str {
+    let body = body.strip_suffix(&[0]).unwrap_or(body);
+    std::str::from_utf8(body).unwrap_or("")
+}
+
+/// The prepared statement a Bind or a Describe('S') names.
+fn statement_named(frame: &Frame) -> Option<String> {
+    let mut body = frame.body();
+    match frame.tag {
+        b'B' => {
+            read_cstr(&mut body)?;
+            read_cstr(&mut body)
+        }
+        b'D' if body.first() == Some(&b'S') => {
+            body = &body[1..];
+            read_cstr(&mut body)
+        }
+        _ => None,
+    }
+}
+
+fn encode_close_statement(out: &mut BytesMut, name: &str) {
+    out.put_u8(b'C');
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+impl Classification {
+    /// A request whose text pgsplit cannot see goes to the primary.
+    fn primary() -> Classification {
+        Classification {
+            route: Route::Primary,
+            effects: Vec::new(),
+            cacheable: false,
+            statements: 1,
+        }
+    }
+
+    /// The neutral element for combining routes.
+    fn any() -> Classification {
+        Classification {
+            route: Route::Any,
+            effects: Vec::new(),
+            cacheable: false,
+            statements: 0,
+        }
+    }
+}
