@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod classify;
 pub mod cluster;
 pub mod config;
 pub mod demo;
