@@ -1,11 +1,12 @@
 //! pgsplit: a SQL-aware read/write load-balancing proxy for PostgreSQL.
 //!
-//! A client's bytes flow listener → [`session`] → [`backend`] server connection; the
-//! [`topology`] monitor keeps a snapshot of which node is the primary.
+//! A client's bytes flow listener ([`proxy`]) → [`session`], which asks [`classify`] what
+//! each request does and [`balance`] which standby serves reads, then relays to
+//! [`backend`] server connections; the [`topology`] monitor keeps the cluster snapshot.
 
 pub mod auth;
-pub mod balance;
 pub mod backend;
+pub mod balance;
 pub mod catalog;
 pub mod classify;
 pub mod cluster;

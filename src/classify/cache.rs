@@ -1,0 +1,194 @@
+//! A bounded LRU of classifications keyed by normalized text, so that the statements an
+//! application repeats with different constants are parsed once.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+use super::{classify, normalize, Classification, Functions};
+
+/// Cache counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that ran the classifier.
+    pub misses: u64,
+    /// Entries held now.
+    pub entries: usize,
+}
+
+/// Key: the catalog snapshot's id, so a reloaded catalog never reuses old decisions, and the
+/// normalized text.
+type Key = (u64, String);
+
+/// [`classify`] behind a bounded LRU cache; shareable across sessions.
+pub struct Classifier {
+    /// None when the capacity is 0: every call classifies.
+    cache: Option<Mutex<LruCache<Key, Arc<Classification>>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Classifier {
+    /// A classifier caching up to `capacity` decisions; 0 disables the cache.
+    pub fn new(capacity: usize) -> Classifier {
+        Classifier {
+            cache: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Classifies `sql`, from the cache when a statement of the same shape was seen with the
+    /// same catalog snapshot. Results that depend on constants are never stored.
+    pub fn classify(&self, sql: &str, functions: &Functions) -> Arc<Classification> {
+        let Some(cache) = &self.cache else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Arc::new(classify(sql, functions));
+        };
+        let key = (functions.id(), normalize(sql));
+        // A poisoned lock only means another thread panicked mid-update of an LRU whose
+        // entries are immutable values: keep using it.
+        let cached = cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(found) = cached {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return found;
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        // Classify without the lock held: parsing takes microseconds.
+        let result = Arc::new(classify(sql, functions));
+        if result.cacheable {
+            cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .put(key, Arc::clone(&result));
+        }
+        result
+    }
+
+    /// Hit and miss counts and the number of entries held.
+    pub fn stats(&self) -> CacheStats {
+        let entries = self.cache.as_ref().map_or(0, |cache| {
+            cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .len()
+        });
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Route;
+    use super::*;
+
+    #[test]
+    fn pgbench_simple_statements_share_a_key() {
+        let classifier = Classifier::new(100);
+        let functions = Functions::empty();
+        let a = classifier.classify(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+            &functions,
+        );
+        let b = classifier.classify(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 777;",
+            &functions,
+        );
+        assert_eq!(a.route, Route::Standby);
+        assert!(Arc::ptr_eq(&a, &b), "the second lookup should be a hit");
+        assert_eq!(
+            classifier.stats(),
+            CacheStats {
+                hits: 1,
+                misses: 1,
+                entries: 1
+            }
+        );
+    }
+
+    #[test]
+    fn settings_are_never_cached() {
+        let classifier = Classifier::new(100);
+        let functions = Functions::empty();
+        for value in ["'a'", "'b'", "'a'"] {
+            let c = classifier.classify(&format!("SET application_name = {value}"), &functions);
+            assert!(!c.cacheable);
+        }
+        for local in ["false", "true"] {
+            classifier.classify(
+                &format!("SELECT set_config('search_path', 'x', {local})"),
+                &functions,
+            );
+        }
+        let stats = classifier.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (0, 5, 0));
+    }
+
+    #[test]
+    fn catalog_snapshots_do_not_share_entries() {
+        let classifier = Classifier::new(100);
+        let old = Functions::empty();
+        let new = Functions::new([("public".to_string(), "f".to_string(), 's')], &[], &[]);
+        assert_eq!(
+            classifier.classify("SELECT f(1)", &old).route,
+            Route::Primary
+        );
+        assert_eq!(
+            classifier.classify("SELECT f(2)", &new).route,
+            Route::Standby
+        );
+        let stats = classifier.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (0, 2, 2));
+    }
+
+    #[test]
+    fn hints_are_part_of_the_key() {
+        let classifier = Classifier::new(100);
+        let functions = Functions::empty();
+        assert_eq!(
+            classifier.classify("SELECT 1", &functions).route,
+            Route::Standby
+        );
+        assert_eq!(
+            classifier
+                .classify("/* pgsplit:primary */ SELECT 2", &functions)
+                .route,
+            Route::Primary
+        );
+        assert_eq!(classifier.stats().hits, 0);
+    }
+
+    #[test]
+    fn capacity_bounds_and_zero_disables() {
+        let classifier = Classifier::new(2);
+        let functions = Functions::empty();
+        for table in ["a", "b", "c"] {
+            classifier.classify(&format!("SELECT * FROM {table}"), &functions);
+        }
+        assert_eq!(classifier.stats().entries, 2);
+
+        let off = Classifier::new(0);
+        off.classify("SELECT 1", &functions);
+        off.classify("SELECT 1", &functions);
+        assert_eq!(
+            off.stats(),
+            CacheStats {
+                hits: 0,
+                misses: 2,
+                entries: 0
+            }
+        );
+    }
+}

@@ -1,0 +1,474 @@
+//! Decides where a client's SQL may run and what it does to the session: a pure function
+//! of the text and the function catalog, with no I/O, and a cache in front of it.
+//!
+//! The rules live in `/work/shared/ROUTING.md`; the tests in `tests.rs` cover every row.
+//! Decisions that the reference leaves open:
+//! - `EXPLAIN` without `ANALYZE` takes the route of the statement it explains (so the plan
+//!   of a write is made on the primary): never wrong, and such plans are rare.
+//! - `BEGIN`/`SET TRANSACTION` route to `Any` unless a standby would refuse them
+//!   (`READ WRITE`, `SERIALIZABLE`), in which case `Primary`; the effect carries the mode.
+//! - `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN` have no effect: the chained transaction keeps
+//!   the same node and the same characteristics.
+//! - `SHOW` goes to a standby: session settings are replayed on every connection.
+
+mod cache;
+mod fallback;
+mod functions;
+mod lexer;
+mod settings;
+#[cfg(test)]
+mod tests;
+mod walk;
+
+use sqlparser::ast::{
+    CloseCursor, CopySource, CopyTarget, DiscardObject, Expr, Function, ObjectName, ObjectType,
+    Query, SelectItem, SetExpr, Statement, UtilityOption, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+pub use cache::{CacheStats, Classifier};
+pub use functions::Functions;
+pub use lexer::normalize;
+
+use functions::Decision;
+use walk::Walk;
+
+/// Where a statement may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Route {
+    /// Runs the same anywhere and needs no particular node; the session decides.
+    Any,
+    /// A read that a hot standby can serve.
+    Standby,
+    /// Must run on the primary.
+    Primary,
+}
+
+/// A kind of state that ties a session to its primary connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pin {
+    /// Temporary tables, views, sequences or functions.
+    TempObjects,
+    /// `LISTEN`: notifications arrive on that connection.
+    Listen,
+    /// A session-level advisory lock.
+    AdvisoryLock,
+    /// A cursor `WITH HOLD` outlives its transaction.
+    HoldCursor,
+    /// Session state the classifier cannot describe (a setting it cannot replay).
+    Unknown,
+}
+
+/// What a statement does to the session besides running.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Effect {
+    /// `BEGIN` / `START TRANSACTION`; `read_only` is None when unspecified.
+    Begin {
+        read_only: Option<bool>,
+        serializable: bool,
+    },
+    /// `SET TRANSACTION …` (also `SET transaction_read_only`, `SET transaction_isolation`);
+    /// `SET TRANSACTION SNAPSHOT` gives `read_only: None`.
+    SetTransaction {
+        read_only: Option<bool>,
+        serializable: bool,
+    },
+    /// `COMMIT` / `END` / `ROLLBACK` / `ABORT` (not `ROLLBACK TO`), and `PREPARE TRANSACTION`.
+    EndTransaction,
+    /// A session-level setting, replayed as `SET <name> TO <value>`; `name` is lower case and
+    /// `value` is quoted SQL text.
+    Set { name: String, value: String },
+    /// `RESET name` (also `SET name TO DEFAULT`).
+    Reset { name: String },
+    /// `RESET ALL`.
+    ResetAll,
+    /// The session must stay on its primary connection until released.
+    Pin(Pin),
+    /// Releases a pin: `UNLISTEN *`, `pg_advisory_unlock_all()`, `DISCARD TEMP`, `CLOSE ALL`.
+    Unpin(Pin),
+    /// SQL `PREPARE name AS stmt`, with the inner statement's route.
+    Prepare { name: String, route: Route },
+    /// SQL `EXECUTE name`.
+    Execute { name: String },
+    /// `DEALLOCATE [PREPARE] name`, or `ALL` (None).
+    Deallocate { name: Option<String> },
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// A function or procedure was created, changed or dropped: reload the catalog.
+    FunctionsChanged,
+}
+
+/// The classifier's answer for one Query message (or one Parse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    /// The strictest route of the statements in the text.
+    pub route: Route,
+    /// The statements' effects, in order.
+    pub effects: Vec<Effect>,
+    /// Whether another text with the same normalized form gets the same answer.
+    pub cacheable: bool,
+}
+
+impl Classification {
+    fn new() -> Classification {
+        Classification {
+            route: Route::Any,
+            effects: Vec::new(),
+            cacheable: true,
+        }
+    }
+
+    fn raise(&mut self, route: Route) {
+        self.route = self.route.max(route);
+    }
+}
+
+/// How deep `TABLE t` rewrites and `PREPARE … AS` bodies may nest before the rule of doubt.
+const MAX_DEPTH: u8 = 4;
+
+/// Classifies a Query message's text (or a Parse's) against a function catalog snapshot.
+pub fn classify(sql: &str, functions: &Functions) -> Classification {
+    let scan = lexer::scan(sql);
+    let mut out = Classification::new();
+    for &(start, end) in &scan.statements {
+        classify_one(sql.get(start..end).unwrap_or(""), functions, 0, &mut out);
+    }
+    if scan.hint {
+        out.raise(Route::Primary);
+    }
+    // Settings and transaction modes are decided by values that the cache key drops.
+    if out.effects.iter().any(|e| {
+        !matches!(
+            e,
+            Effect::Pin(_) | Effect::Unpin(_) | Effect::Execute { .. } | Effect::FunctionsChanged
+        )
+    }) {
+        out.cacheable = false;
+    }
+    out
+}
+
+/// Classifies one statement's text, with the keyword fallback when sqlparser fails.
+fn classify_one(text: &str, functions: &Functions, depth: u8, out: &mut Classification) {
+    if depth > MAX_DEPTH {
+        return out.raise(Route::Primary);
+    }
+    match Parser::parse_sql(&PostgreSqlDialect {}, text) {
+        Ok(statements) => {
+            for statement in &statements {
+                classify_statement(statement, functions, out);
+            }
+        }
+        Err(error) => {
+            tracing::debug!(statement = text, %error, "unparseable statement: keyword fallback");
+            fallback::classify(text, functions, depth, out);
+        }
+    }
+}
+
+/// Whether an object name is qualified with `pg_temp`, the session's temporary schema.
+fn in_pg_temp(name: &ObjectName) -> bool {
+    name.0.len() > 1
+        && name.0[0]
+            .as_ident()
+            .is_some_and(|i| i.quote_style.is_none() && i.value.eq_ignore_ascii_case("pg_temp"))
+}
+
+/// A statement or cursor name as PostgreSQL resolves it.
+fn ident_name(ident: &sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// Whether an `EXPLAIN (…)` option turns ANALYZE on: only an explicit false/off/0 turns it
+/// off (PostgreSQL's `defGetBoolean`); anything unreadable counts as on.
+fn analyze_option(option: &UtilityOption) -> bool {
+    if !option.name.value.eq_ignore_ascii_case("analyze") {
+        return false;
+    }
+    let text = match &option.arg {
+        None => return true,
+        Some(Expr::Identifier(i)) => i.value.clone(),
+        Some(Expr::Value(v)) => match &v.value {
+            Value::Boolean(b) => b.to_string(),
+            Value::Number(n, _) => n.clone(),
+            Value::SingleQuotedString(s) => s.clone(),
+            _ => return true,
+        },
+        Some(_) => return true,
+    };
+    settings::parse_bool(&text) != Some(false)
+}
+
+/// `set_config` calls at the top of a plain `SELECT` list (no FROM, no WHERE) run exactly
+/// once, so their literal arguments become session settings. Returns the calls handled, and
+/// whether they are the whole statement (which then runs the same anywhere).
+fn top_level_set_config(
+    query: &Query,
+    functions: &Functions,
+    out: &mut Classification,
+) -> (Vec<*const Function>, bool) {
+    let mut handled = Vec::new();
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return (handled, false);
+    };
+    if query.with.is_some() || !select.from.is_empty() || select.selection.is_some() {
+        return (handled, false);
+    }
+    for item in &select.projection {
+        let (SelectItem::UnnamedExpr(Expr::Function(f))
+        | SelectItem::ExprWithAlias {
+            expr: Expr::Function(f),
+            ..
+        }) = item
+        else {
+            continue;
+        };
+        let is_set_config = walk::called_name(&f.name)
+            .is_some_and(|name| functions.decide(&name) == Decision::SetConfig);
+        if !is_set_config {
+            continue;
+        }
+        match settings::set_config(f) {
+            settings::SetConfig::Session(effect) => {
+                out.effects.push(effect);
+                handled.push(f as *const Function);
+            }
+            settings::SetConfig::Local => handled.push(f as *const Function),
+            settings::SetConfig::Unknown => {}
+        }
+    }
+    let only_settings = handled.len() == select.projection.len()
+        && query.order_by.is_none()
+        && query.limit_clause.is_none()
+        && query.locks.is_empty();
+    (handled, only_settings)
+}
+
+/// Walks a query that runs now, as a read unless something in it needs the primary.
+fn read(query: &Query, functions: &Functions, out: &mut Classification) {
+    out.raise(Route::Standby);
+    Walk::run(query, functions, out, &[]);
+}
+
+/// Classifies one parsed statement into `out`. Any statement not named here is treated as
+/// DDL or administration: primary.
+fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Classification) {
+    use Statement as S;
+    match statement {
+        S::Query(query) => {
+            let (handled, only_settings) = top_level_set_config(query, functions, out);
+            if !only_settings {
+                out.raise(Route::Standby);
+            }
+            Walk::run(statement, functions, out, &handled);
+        }
+        S::Insert(_) | S::Update(_) | S::Delete(_) | S::Merge(_) => {
+            out.raise(Route::Primary);
+            Walk::run(statement, functions, out, &[]);
+        }
+        S::Copy {
+            source, to, target, ..
+        } => {
+            // Only COPY … TO STDOUT is a plain read; COPY TO a file or program writes on
+            // the server that runs it.
+            if !(*to && matches!(target, CopyTarget::Stdout)) {
+                out.raise(Route::Primary);
+            }
+            match source {
+                CopySource::Query(query) => read(query, functions, out),
+                CopySource::Table { .. } => out.raise(Route::Standby),
+            }
+        }
+        S::Explain {
+            analyze,
+            statement: inner,
+            options,
+            ..
+        } => {
+            // An option's value is a constant the cache key drops: `(ANALYZE 0)` vs `(ANALYZE 1)`.
+            if options.is_some() {
+                out.cacheable = false;
+            }
+            let analyze = *analyze || options.iter().flatten().any(analyze_option);
+            let mut explained = Classification::new();
+            classify_statement(inner, functions, &mut explained);
+            out.raise(Route::Standby);
+            out.raise(explained.route);
+            out.cacheable &= explained.cacheable;
+            if analyze {
+                // ANALYZE executes the statement, effects and all.
+                out.effects.extend(explained.effects);
+            } else {
+                // `EXPLAIN EXECUTE p` still needs p prepared on the connection.
+                out.effects.extend(
+                    explained
+                        .effects
+                        .into_iter()
+                        .filter(|e| matches!(e, Effect::Execute { .. })),
+                );
+            }
+        }
+        S::ShowVariable { .. } => out.raise(Route::Standby),
+        S::StartTransaction { modes, .. } => {
+            let (read_only, serializable) = settings::transaction_modes(modes);
+            begin(out, read_only, serializable);
+        }
+        S::Commit { chain, .. } => {
+            if !chain {
+                out.effects.push(Effect::EndTransaction);
+            }
+        }
+        S::Rollback { chain, savepoint } => {
+            if !chain && savepoint.is_none() {
+                out.effects.push(Effect::EndTransaction);
+            }
+        }
+        S::Savepoint { .. } | S::ReleaseSavepoint { .. } | S::Fetch { .. } => {}
+        S::Close { cursor } => {
+            if matches!(cursor, CloseCursor::All) {
+                out.effects.push(Effect::Unpin(Pin::HoldCursor));
+            }
+        }
+        S::Set(set) => settings::set(set, out),
+        S::Reset(reset) => settings::reset(reset, out),
+        S::Prepare {
+            name,
+            statement: inner,
+            ..
+        } => {
+            let mut prepared = Classification::new();
+            classify_statement(inner, functions, &mut prepared);
+            out.cacheable &= prepared.cacheable;
+            out.effects.push(Effect::Prepare {
+                name: ident_name(name),
+                route: prepared.route,
+            });
+        }
+        S::Execute {
+            name: Some(name),
+            parameters,
+            immediate: false,
+            ..
+        } if name.0.len() == 1 => {
+            // Parameters are evaluated now: `EXECUTE p(nextval('s'))`.
+            for parameter in parameters {
+                Walk::run(parameter, functions, out, &[]);
+            }
+            if let Some(ident) = name.0[0].as_ident() {
+                out.effects.push(Effect::Execute {
+                    name: ident_name(ident),
+                });
+            }
+        }
+        S::Deallocate { name, .. } => {
+            let all = name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all");
+            out.effects.push(Effect::Deallocate {
+                name: (!all).then(|| ident_name(name)),
+            });
+        }
+        S::Discard { object_type } => match object_type {
+            DiscardObject::ALL => out.effects.push(Effect::DiscardAll),
+            DiscardObject::TEMP => out.effects.push(Effect::Unpin(Pin::TempObjects)),
+            DiscardObject::PLANS | DiscardObject::SEQUENCES => {}
+        },
+        S::Declare { stmts, .. } => {
+            for declare in stmts {
+                match &declare.for_query {
+                    Some(query) => read(query, functions, out),
+                    None => out.raise(Route::Primary),
+                }
+                if declare.hold == Some(true) {
+                    out.raise(Route::Primary);
+                    out.effects.push(Effect::Pin(Pin::HoldCursor));
+                }
+            }
+        }
+        S::LISTEN { .. } => {
+            out.raise(Route::Primary);
+            out.effects.push(Effect::Pin(Pin::Listen));
+        }
+        S::UNLISTEN { channel } => {
+            out.raise(Route::Primary);
+            if channel.value == "*" && channel.quote_style.is_none() {
+                out.effects.push(Effect::Unpin(Pin::Listen));
+            }
+        }
+        S::Call(_) => {
+            // A procedure's effects are unknown; its arguments may still take locks.
+            out.raise(Route::Primary);
+            Walk::run(statement, functions, out, &[]);
+        }
+        S::CreateTable(create) => {
+            out.raise(Route::Primary);
+            if create.temporary || in_pg_temp(&create.name) {
+                out.effects.push(Effect::Pin(Pin::TempObjects));
+            }
+            // CREATE TABLE … AS runs its query now.
+            if let Some(query) = &create.query {
+                read(query, functions, out);
+            }
+        }
+        S::CreateView(create) => {
+            out.raise(Route::Primary);
+            if create.temporary || in_pg_temp(&create.name) {
+                out.effects.push(Effect::Pin(Pin::TempObjects));
+            }
+            if create.materialized {
+                read(&create.query, functions, out);
+            }
+        }
+        S::CreateSequence {
+            temporary, name, ..
+        } => {
+            out.raise(Route::Primary);
+            if *temporary || in_pg_temp(name) {
+                out.effects.push(Effect::Pin(Pin::TempObjects));
+            }
+        }
+        S::CreateFunction(create) => {
+            out.raise(Route::Primary);
+            if create.temporary || in_pg_temp(&create.name) {
+                out.effects.push(Effect::Pin(Pin::TempObjects));
+            }
+            out.effects.push(Effect::FunctionsChanged);
+        }
+        S::CreateProcedure { .. }
+        | S::AlterFunction(_)
+        | S::DropFunction(_)
+        | S::DropProcedure { .. }
+        | S::CreateAggregate(_)
+        | S::CreateExtension(_)
+        | S::DropExtension(_)
+        | S::AlterSchema(_)
+        | S::Drop {
+            object_type: ObjectType::Schema,
+            ..
+        } => {
+            // Functions appeared, changed volatility, or moved: the catalog is stale.
+            out.raise(Route::Primary);
+            out.effects.push(Effect::FunctionsChanged);
+        }
+        S::Load { .. } => {
+            // A library loaded into one backend: session state the session cannot replay.
+            out.raise(Route::Primary);
+            out.effects.push(Effect::Pin(Pin::Unknown));
+        }
+        _ => out.raise(Route::Primary),
+    }
+}
+
+/// Emits a transaction start. A standby refuses read-write and serializable transactions.
+fn begin(out: &mut Classification, read_only: Option<bool>, serializable: bool) {
+    if read_only == Some(false) || serializable {
+        out.raise(Route::Primary);
+    }
+    out.effects.push(Effect::Begin {
+        read_only,
+        serializable,
+    });
+}
