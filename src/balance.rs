@@ -81,8 +81,12 @@ pub fn pick_read(
                 .iter()
                 .min_by_key(|(i, w)| {
                     // Compare load per unit of weight; the turn breaks ties fairly.
-                    let load = outstanding.get(*i).copied().unwrap_or(0) as u64 * 1_000_000 / u64::from(*w);
-                    (load, (*i as u64).wrapping_add(turn) % candidates.len() as u64)
+                    let load = outstanding.get(*i).copied().unwrap_or(0) as u64 * 1_000_000
+                        / u64::from(*w);
+                    (
+                        load,
+                        (*i as u64).wrapping_add(turn) % candidates.len() as u64,
+                    )
                 })
                 .map(|(i, _)| *i),
         }
@@ -117,7 +121,11 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (role, weight))| NodeState {
-                    node: Node { name: format!("n{i}"), address: format!("h:{}", i + 1), weight: *weight },
+                    node: Node {
+                        name: format!("n{i}"),
+                        address: format!("h:{}", i + 1),
+                        weight: *weight,
+                    },
                     role: *role,
                     error: None,
                 })
@@ -141,8 +149,14 @@ mod tests {
     #[test]
     fn round_robin_follows_weights() {
         let t = topology(&[(Role::Primary, 1), (Role::Standby, 1), (Role::Standby, 2)]);
-        assert_eq!(shares(&t, Strategy::WeightedRoundRobin, PrimaryReads::Fallback), vec![0, 400, 800, 0]);
-        assert_eq!(shares(&t, Strategy::WeightedRoundRobin, PrimaryReads::Always), vec![300, 300, 600, 0]);
+        assert_eq!(
+            shares(&t, Strategy::WeightedRoundRobin, PrimaryReads::Fallback),
+            vec![0, 400, 800, 0]
+        );
+        assert_eq!(
+            shares(&t, Strategy::WeightedRoundRobin, PrimaryReads::Always),
+            vec![300, 300, 600, 0]
+        );
     }
 
     #[test]
@@ -150,27 +164,66 @@ mod tests {
         let t = topology(&[(Role::Primary, 1), (Role::Standby, 1), (Role::Standby, 3)]);
         let c = shares(&t, Strategy::Random, PrimaryReads::Fallback);
         assert_eq!(c[0], 0);
-        assert!(c[2] > 2 * c[1], "weight 3 should get about three times weight 1: {c:?}");
+        assert!(
+            c[2] > 2 * c[1],
+            "weight 3 should get about three times weight 1: {c:?}"
+        );
     }
 
     #[test]
     fn least_outstanding_prefers_the_idle_standby() {
         let t = topology(&[(Role::Primary, 1), (Role::Standby, 1), (Role::Standby, 1)]);
-        let target = pick_read(&t, Strategy::LeastOutstanding, PrimaryReads::Fallback, &[], &[0, 5, 1], 0, 0);
+        let target = pick_read(
+            &t,
+            Strategy::LeastOutstanding,
+            PrimaryReads::Fallback,
+            &[],
+            &[0, 5, 1],
+            0,
+            0,
+        );
         assert_eq!(target, ReadTarget::Standby(2));
     }
 
     #[test]
     fn without_an_available_standby_reads_fall_back_as_configured() {
         let cases = [
-            (vec![(Role::Primary, 1), (Role::Unknown, 1)], PrimaryReads::Fallback, ReadTarget::Primary),
-            (vec![(Role::Primary, 1), (Role::Unknown, 1)], PrimaryReads::Never, ReadTarget::Nowhere),
-            (vec![(Role::Primary, 1), (Role::Standby, 0)], PrimaryReads::Fallback, ReadTarget::Primary),
-            (vec![(Role::Unknown, 1), (Role::Standby, 1)], PrimaryReads::Always, ReadTarget::Standby(1)),
+            (
+                vec![(Role::Primary, 1), (Role::Unknown, 1)],
+                PrimaryReads::Fallback,
+                ReadTarget::Primary,
+            ),
+            (
+                vec![(Role::Primary, 1), (Role::Unknown, 1)],
+                PrimaryReads::Never,
+                ReadTarget::Nowhere,
+            ),
+            (
+                vec![(Role::Primary, 1), (Role::Standby, 0)],
+                PrimaryReads::Fallback,
+                ReadTarget::Primary,
+            ),
+            (
+                vec![(Role::Unknown, 1), (Role::Standby, 1)],
+                PrimaryReads::Always,
+                ReadTarget::Standby(1),
+            ),
         ];
         for (nodes, primary_reads, want) in cases {
             let t = topology(&nodes);
-            assert_eq!(pick_read(&t, Strategy::WeightedRoundRobin, primary_reads, &[], &[], 0, 0), want, "{nodes:?}");
+            assert_eq!(
+                pick_read(
+                    &t,
+                    Strategy::WeightedRoundRobin,
+                    primary_reads,
+                    &[],
+                    &[],
+                    0,
+                    0
+                ),
+                want,
+                "{nodes:?}"
+            );
         }
     }
 
@@ -178,10 +231,26 @@ mod tests {
     fn excluded_standbys_are_skipped() {
         let t = topology(&[(Role::Primary, 1), (Role::Standby, 1), (Role::Standby, 1)]);
         for turn in 0..10 {
-            let got = pick_read(&t, Strategy::WeightedRoundRobin, PrimaryReads::Fallback, &[1], &[], turn, 0);
+            let got = pick_read(
+                &t,
+                Strategy::WeightedRoundRobin,
+                PrimaryReads::Fallback,
+                &[1],
+                &[],
+                turn,
+                0,
+            );
             assert_eq!(got, ReadTarget::Standby(2));
         }
-        let got = pick_read(&t, Strategy::WeightedRoundRobin, PrimaryReads::Fallback, &[1, 2], &[], 0, 0);
+        let got = pick_read(
+            &t,
+            Strategy::WeightedRoundRobin,
+            PrimaryReads::Fallback,
+            &[1, 2],
+            &[],
+            0,
+            0,
+        );
         assert_eq!(got, ReadTarget::Primary);
     }
 }

@@ -29,7 +29,11 @@ impl FunctionCatalogs {
     /// No catalog loaded yet.
     pub fn new(settings: Arc<Settings>) -> FunctionCatalogs {
         let routing = &settings.raw.routing;
-        let unloaded = Arc::new(Functions::new(std::iter::empty(), &routing.read_only_functions, &routing.write_functions));
+        let unloaded = Arc::new(Functions::new(
+            std::iter::empty(),
+            &routing.read_only_functions,
+            &routing.write_functions,
+        ));
         FunctionCatalogs {
             settings,
             by_database: ArcSwap::from_pointee(HashMap::new()),
@@ -50,7 +54,11 @@ impl FunctionCatalogs {
 
     /// Asks for `database`'s catalog to be kept loaded.
     pub fn want(&self, database: &str) {
-        let new = self.wanted.lock().unwrap_or_else(|e| e.into_inner()).insert(database.to_owned());
+        let new = self
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(database.to_owned());
         if new {
             self.refresh.notify_one();
         }
@@ -78,22 +86,38 @@ impl FunctionCatalogs {
         let Some(primary) = topology.load().primary().map(|p| p.node.address.clone()) else {
             return;
         };
-        let databases: Vec<String> = self.wanted.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let databases: Vec<String> = self
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
         let routing = &self.settings.raw.routing;
         let mut next = (**self.by_database.load()).clone();
         for database in databases {
             match self.load(&primary, &database).await {
                 Ok(rows) => {
-                    let functions = Functions::new(rows, &routing.read_only_functions, &routing.write_functions);
+                    let functions = Functions::new(
+                        rows,
+                        &routing.read_only_functions,
+                        &routing.write_functions,
+                    );
                     next.insert(database, Arc::new(functions));
                 }
-                Err(e) => tracing::warn!(%database, error = %e, "cannot read function volatility; keeping the previous catalog"),
+                Err(e) => {
+                    tracing::warn!(%database, error = %e, "cannot read function volatility; keeping the previous catalog")
+                }
             }
         }
         self.by_database.store(Arc::new(next));
     }
 
-    async fn load(&self, primary: &str, database: &str) -> Result<Vec<(String, String, char)>, String> {
+    async fn load(
+        &self,
+        primary: &str,
+        database: &str,
+    ) -> Result<Vec<(String, String, char)>, String> {
         let monitor = &self.settings.raw.monitor;
         let login = Login {
             address: primary,
@@ -103,10 +127,17 @@ impl FunctionCatalogs {
             params: &[("application_name".to_owned(), "pgsplit-catalog".to_owned())],
         };
         let work = async {
-            let mut conn = ServerConn::connect(&login, self.settings.raw.connect_timeout, self.settings.raw.max_message_size)
+            let mut conn = ServerConn::connect(
+                &login,
+                self.settings.raw.connect_timeout,
+                self.settings.raw.max_message_size,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let rows = conn
+                .simple_query(CATALOG_SQL)
                 .await
-                .map_err(|e| e.to_string())?;
-            let rows = conn.simple_query(CATALOG_SQL).await.map_err(|e| e.to_string());
+                .map_err(|e| e.to_string());
             conn.terminate().await;
             rows
         };
@@ -116,9 +147,11 @@ impl FunctionCatalogs {
         Ok(rows
             .into_iter()
             .filter_map(|row| match row.as_slice() {
-                [Some(schema), Some(name), Some(volatility)] => {
-                    Some((schema.clone(), name.clone(), volatility.chars().next().unwrap_or('v')))
-                }
+                [Some(schema), Some(name), Some(volatility)] => Some((
+                    schema.clone(),
+                    name.clone(),
+                    volatility.chars().next().unwrap_or('v'),
+                )),
                 _ => None,
             })
             .collect())

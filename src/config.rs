@@ -137,7 +137,10 @@ pub struct RoutingConfig {
     #[serde(default)]
     pub write_functions: Vec<String>,
     /// How often function volatility is re-read from `pg_proc`. Default 60 s.
-    #[serde(default = "default_function_refresh_interval", with = "humantime_serde")]
+    #[serde(
+        default = "default_function_refresh_interval",
+        with = "humantime_serde"
+    )]
     pub function_refresh_interval: Duration,
 }
 
@@ -324,7 +327,10 @@ impl Settings {
             ("connect_timeout", raw.connect_timeout),
             ("monitor.lag_check_interval", raw.monitor.lag_check_interval),
             ("monitor.query_timeout", raw.monitor.query_timeout),
-            ("routing.function_refresh_interval", raw.routing.function_refresh_interval),
+            (
+                "routing.function_refresh_interval",
+                raw.routing.function_refresh_interval,
+            ),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));

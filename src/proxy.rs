@@ -13,9 +13,9 @@ use tokio::task::JoinHandle;
 use crate::catalog::FunctionCatalogs;
 use crate::classify::{CacheStats, Classifier};
 use crate::config::Settings;
-use crate::stats::{Stats, StatsSnapshot};
 use crate::protocol::BackendKey;
 use crate::session;
+use crate::stats::{Stats, StatsSnapshot};
 use crate::topology::{Monitor, SharedTopology, Topology};
 
 /// Where the proxy is in its life; sessions watch it.
@@ -71,7 +71,12 @@ impl CancelRegistry {
 
     /// Points a key at the server now running the session's request.
     pub fn update(&self, key: BackendKey, target: CancelTarget) {
-        if let Some(slot) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
+        if let Some(slot) = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&key)
+        {
             *slot = target;
         }
     }

@@ -65,13 +65,18 @@ impl Stats {
     /// A client stopped reading from `node`.
     pub fn release(&self, node: usize) {
         if let Some(n) = self.nodes.get(node) {
-            let _ = n.readers.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+            let _ = n
+                .readers
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
         }
     }
 
     /// Clients reading from each node.
     pub fn outstanding(&self) -> Vec<usize> {
-        self.nodes.iter().map(|n| n.readers.load(Ordering::Relaxed)).collect()
+        self.nodes
+            .iter()
+            .map(|n| n.readers.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The next round-robin turn.
@@ -82,7 +87,11 @@ impl Stats {
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
-            statements_per_node: self.nodes.iter().map(|n| n.statements.load(Ordering::Relaxed)).collect(),
+            statements_per_node: self
+                .nodes
+                .iter()
+                .map(|n| n.statements.load(Ordering::Relaxed))
+                .collect(),
             to_primary: self.to_primary.load(Ordering::Relaxed),
             to_standby: self.to_standby.load(Ordering::Relaxed),
         }

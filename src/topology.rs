@@ -61,7 +61,11 @@ impl Topology {
 
     /// Index of the node that accepts writes, if exactly one does.
     pub fn primary_index(&self) -> Option<usize> {
-        let mut primaries = self.nodes.iter().enumerate().filter(|(_, n)| n.role == Role::Primary);
+        let mut primaries = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.role == Role::Primary);
         match (primaries.next(), primaries.next()) {
             (Some((i, _)), None) => Some(i),
             _ => None,

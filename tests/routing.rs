@@ -18,7 +18,10 @@ fn standby_ports() -> HashSet<i32> {
 }
 
 async fn served_by(client: &Client, sql: &str) -> i32 {
-    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     rows.iter()
         .find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
@@ -29,7 +32,12 @@ async fn served_by(client: &Client, sql: &str) -> i32 {
 
 /// Runs DDL through pgsplit and waits until every standby has replayed it.
 async fn setup(proxy: &TestProxy, sql: &str) {
-    proxy.connect().await.batch_execute(sql).await.unwrap_or_else(|e| panic!("setup failed: {e}\n{sql}"));
+    proxy
+        .connect()
+        .await
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("setup failed: {e}\n{sql}"));
     for i in 1..cluster().nodes().len() {
         cluster().wait_for_replay(i).unwrap();
     }
@@ -43,14 +51,33 @@ async fn reads_land_on_standbys_and_writes_on_the_primary() {
     for _ in 0..6 {
         let client = proxy.connect().await;
         let port = served_by(&client, "SELECT inet_server_port()").await;
-        assert!(standby_ports().contains(&port), "a plain read was served by port {port}, not a standby");
+        assert!(
+            standby_ports().contains(&port),
+            "a plain read was served by port {port}, not a standby"
+        );
         read_ports.insert(port);
-        let write = served_by(&client, "INSERT INTO where_t SELECT inet_server_port() RETURNING port").await;
+        let write = served_by(
+            &client,
+            "INSERT INTO where_t SELECT inet_server_port() RETURNING port",
+        )
+        .await;
         assert_eq!(write, port_of(0), "an INSERT must run on the primary");
-        let side_effect = served_by(&client, "SELECT inet_server_port() FROM (SELECT txid_current()) t").await;
-        assert_eq!(side_effect, port_of(0), "txid_current() must run on the primary");
+        let side_effect = served_by(
+            &client,
+            "SELECT inet_server_port() FROM (SELECT txid_current()) t",
+        )
+        .await;
+        assert_eq!(
+            side_effect,
+            port_of(0),
+            "txid_current() must run on the primary"
+        );
     }
-    assert_eq!(read_ports, standby_ports(), "reads should be spread over both standbys");
+    assert_eq!(
+        read_ports,
+        standby_ports(),
+        "reads should be spread over both standbys"
+    );
 }
 
 #[tokio::test]
@@ -59,7 +86,10 @@ async fn transactions_run_wholly_on_one_node() {
     let client = proxy.connect().await;
     let cases = [
         ("BEGIN READ ONLY", true),
-        ("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY", true),
+        (
+            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            true,
+        ),
         ("BEGIN; SET TRANSACTION READ ONLY", true),
         ("BEGIN", false),
         ("BEGIN READ WRITE", false),
@@ -67,13 +97,20 @@ async fn transactions_run_wholly_on_one_node() {
     ];
     for (begin, on_standby) in cases {
         for stmt in begin.split("; ") {
-            client.batch_execute(stmt).await.unwrap_or_else(|e| panic!("{stmt}: {e}"));
+            client
+                .batch_execute(stmt)
+                .await
+                .unwrap_or_else(|e| panic!("{stmt}: {e}"));
         }
         let first = served_by(&client, "SELECT inet_server_port()").await;
         let second = served_by(&client, "SELECT inet_server_port()").await;
         client.batch_execute("COMMIT").await.unwrap();
         assert_eq!(first, second, "{begin}: a transaction moved between nodes");
-        assert_eq!(standby_ports().contains(&first), on_standby, "{begin}: served by port {first}");
+        assert_eq!(
+            standby_ports().contains(&first),
+            on_standby,
+            "{begin}: served by port {first}"
+        );
     }
     let rolled_back = client.batch_execute("BEGIN; ROLLBACK").await;
     assert!(rolled_back.is_ok(), "an empty transaction ends cleanly");
@@ -91,29 +128,57 @@ async fn set_search_path_applies_on_whichever_node_answers() {
     )
     .await;
     let client = proxy.connect().await;
-    client.batch_execute("SET search_path = path_s, public").await.unwrap();
-    let row = client.query_one("SELECT v, inet_server_port() FROM marker", &[]).await.unwrap();
+    client
+        .batch_execute("SET search_path = path_s, public")
+        .await
+        .unwrap();
+    let row = client
+        .query_one("SELECT v, inet_server_port() FROM marker", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, &str>(0), "from path_s");
-    assert!(standby_ports().contains(&row.get::<_, i32>(1)), "the read should run on a standby");
+    assert!(
+        standby_ports().contains(&row.get::<_, i32>(1)),
+        "the read should run on a standby"
+    );
     let shown = client.query_one("SHOW search_path", &[]).await.unwrap();
     assert_eq!(shown.get::<_, &str>(0), "path_s, public");
     client.batch_execute("RESET search_path").await.unwrap();
-    let err = client.query_one("SELECT v FROM marker", &[]).await.unwrap_err();
-    assert_eq!(sqlstate(&err), "42P01", "after RESET the schema is no longer searched");
+    let err = client
+        .query_one("SELECT v FROM marker", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&err),
+        "42P01",
+        "after RESET the schema is no longer searched"
+    );
 }
 
 #[tokio::test]
 async fn temp_tables_pin_the_session_to_the_primary() {
     let proxy = TestProxy::start().await;
     let client = proxy.connect().await;
-    client.batch_execute("CREATE TEMP TABLE scratch (a int)").await.unwrap();
-    client.batch_execute("INSERT INTO scratch VALUES (1), (2)").await.unwrap();
-    let row = client.query_one("SELECT count(*), inet_server_port() FROM scratch", &[]).await.unwrap();
+    client
+        .batch_execute("CREATE TEMP TABLE scratch (a int)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO scratch VALUES (1), (2)")
+        .await
+        .unwrap();
+    let row = client
+        .query_one("SELECT count(*), inet_server_port() FROM scratch", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i64>(0), 2);
     assert_eq!(row.get::<_, i32>(1), port_of(0));
     client.batch_execute("DISCARD TEMP").await.unwrap();
     let after = served_by(&client, "SELECT inet_server_port()").await;
-    assert!(standby_ports().contains(&after), "DISCARD TEMP releases the pin");
+    assert!(
+        standby_ports().contains(&after),
+        "DISCARD TEMP releases the pin"
+    );
 }
 
 #[tokio::test]
@@ -138,10 +203,21 @@ async fn user_functions_route_by_volatility_and_overrides() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(writes_port, port_of(0), "a volatile user function must run on the primary");
+    assert_eq!(
+        writes_port,
+        port_of(0),
+        "a volatile user function must run on the primary"
+    );
     let stable = served_by(&client, "SELECT fn_stable()").await;
-    assert!(standby_ports().contains(&stable), "a stable user function may run on a standby (ran on {stable})");
-    let immutable = served_by(&client, "SELECT inet_server_port() WHERE fn_immutable(2) = 4").await;
+    assert!(
+        standby_ports().contains(&stable),
+        "a stable user function may run on a standby (ran on {stable})"
+    );
+    let immutable = served_by(
+        &client,
+        "SELECT inet_server_port() WHERE fn_immutable(2) = 4",
+    )
+    .await;
     assert!(standby_ports().contains(&immutable));
 }
 
@@ -149,19 +225,32 @@ async fn user_functions_route_by_volatility_and_overrides() {
 async fn prepared_statements_follow_the_client_across_nodes() {
     let proxy = TestProxy::start().await;
     let client = proxy.connect().await;
-    let stmt = client.prepare("SELECT inet_server_port(), $1::int + 1").await.unwrap();
+    let stmt = client
+        .prepare("SELECT inet_server_port(), $1::int + 1")
+        .await
+        .unwrap();
     let on_read = client.query_one(&stmt, &[&1]).await.unwrap();
     assert!(standby_ports().contains(&on_read.get::<_, i32>(0)));
     assert_eq!(on_read.get::<_, i32>(1), 2);
     client.batch_execute("BEGIN READ WRITE").await.unwrap();
     let in_txn = client.query_one(&stmt, &[&41]).await.unwrap();
-    assert_eq!(in_txn.get::<_, i32>(0), port_of(0), "inside a read-write transaction the statement runs on the primary");
+    assert_eq!(
+        in_txn.get::<_, i32>(0),
+        port_of(0),
+        "inside a read-write transaction the statement runs on the primary"
+    );
     assert_eq!(in_txn.get::<_, i32>(1), 42);
     client.batch_execute("COMMIT").await.unwrap();
 
-    client.batch_execute("PREPARE sqlp AS SELECT inet_server_port()").await.unwrap();
+    client
+        .batch_execute("PREPARE sqlp AS SELECT inet_server_port()")
+        .await
+        .unwrap();
     let executed = served_by(&client, "EXECUTE sqlp").await;
-    assert!(standby_ports().contains(&executed), "a read PREPAREd in SQL executes on a standby");
+    assert!(
+        standby_ports().contains(&executed),
+        "a read PREPAREd in SQL executes on a standby"
+    );
     client.batch_execute("DEALLOCATE sqlp").await.unwrap();
 }
 
@@ -175,18 +264,45 @@ async fn pgbench_read_only_is_served_by_standbys_and_tpcb_has_no_failures() {
     }
     let before = proxy.stats();
     for mode in ["simple", "extended", "prepared"] {
-        let out = proxy.run("pgbench", &["-S", "-M", mode, "-c", "4", "-j", "2", "-T", "3", APP_DATABASE]);
+        let out = proxy.run(
+            "pgbench",
+            &[
+                "-S",
+                "-M",
+                mode,
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-T",
+                "3",
+                APP_DATABASE,
+            ],
+        );
         let report = text(&out);
-        assert!(out.status.success() && report.contains("number of failed transactions: 0 "), "pgbench -S -M {mode}: {report}");
+        assert!(
+            out.status.success() && report.contains("number of failed transactions: 0 "),
+            "pgbench -S -M {mode}: {report}"
+        );
     }
     let after = proxy.stats();
     let standby = after.to_standby - before.to_standby;
     let primary = after.to_primary - before.to_primary;
     let share = standby as f64 / (standby + primary) as f64;
-    assert!(share >= 0.9, "only {standby} of {} statements of pgbench -S reached a standby", standby + primary);
+    assert!(
+        share >= 0.9,
+        "only {standby} of {} statements of pgbench -S reached a standby",
+        standby + primary
+    );
     for mode in ["simple", "extended", "prepared"] {
-        let out = proxy.run("pgbench", &["-M", mode, "-c", "4", "-j", "2", "-T", "3", APP_DATABASE]);
+        let out = proxy.run(
+            "pgbench",
+            &["-M", mode, "-c", "4", "-j", "2", "-T", "3", APP_DATABASE],
+        );
         let report = text(&out);
-        assert!(out.status.success() && report.contains("number of failed transactions: 0 "), "pgbench TPC-B -M {mode}: {report}");
+        assert!(
+            out.status.success() && report.contains("number of failed transactions: 0 "),
+            "pgbench TPC-B -M {mode}: {report}"
+        );
     }
 }

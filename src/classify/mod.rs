@@ -108,6 +108,8 @@ pub struct Classification {
     pub effects: Vec<Effect>,
     /// Whether another text with the same normalized form gets the same answer.
     pub cacheable: bool,
+    /// How many statements the text holds (a bare `BEGIN` is 1).
+    pub statements: usize,
 }
 
 impl Classification {
@@ -116,6 +118,25 @@ impl Classification {
             route: Route::Any,
             effects: Vec::new(),
             cacheable: true,
+            statements: 0,
+        }
+    }
+
+    /// For requests whose text pgsplit cannot see (FunctionCall): the primary.
+    pub fn primary() -> Classification {
+        Classification {
+            route: Route::Primary,
+            cacheable: false,
+            statements: 1,
+            ..Classification::new()
+        }
+    }
+
+    /// The neutral element for combining the statements of an extended-protocol batch.
+    pub fn any() -> Classification {
+        Classification {
+            cacheable: false,
+            ..Classification::new()
         }
     }
 
@@ -131,6 +152,7 @@ const MAX_DEPTH: u8 = 4;
 pub fn classify(sql: &str, functions: &Functions) -> Classification {
     let scan = lexer::scan(sql);
     let mut out = Classification::new();
+    out.statements = scan.statements.len();
     for &(start, end) in &scan.statements {
         classify_one(sql.get(start..end).unwrap_or(""), functions, 0, &mut out);
     }

@@ -58,16 +58,17 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedS
     let mut out = BytesMut::new();
     encode::backend_key(&mut out, key);
     encode::ready_for_query(&mut out, b'I');
+    let user = startup.user.clone();
     let result = match flush_to(&mut write, &mut out).await {
         Ok(()) => {
-            Relay::new(client, write, server, &shared)
-                .run(&mut phase)
-                .await
+            shared.functions.want(&startup.database);
+            let relay = Relay::new(client, write, server, node, &shared, startup, key);
+            relay.run(&mut phase).await
         }
-        Err(e) => Err((String::new(), ProxyError::Io(e))),
+        Err(e) => Err(ProxyError::Io(e)),
     };
     shared.cancels.remove(key);
-    if let Err((user, e)) = result {
+    if let Err(e) = result {
         if !e.is_disconnect() {
             tracing::info!(%peer, %user, error = %e, "session ended with an error");
         }

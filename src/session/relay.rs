@@ -46,6 +46,10 @@ struct Slot {
     prepared: HashSet<String>,
     /// Which version of the unnamed statement it holds.
     unnamed: Option<u64>,
+    /// In COPY FROM STDIN: client data goes here, and Sync/Flush are ignored by the server.
+    copy_in: bool,
+    /// Whether the last request sent here ended with Sync.
+    last_synced: bool,
 }
 
 impl Slot {
@@ -58,6 +62,8 @@ impl Slot {
             gucs: Some(Gucs::new()),
             prepared: HashSet::new(),
             unnamed: None,
+            copy_in: false,
+            last_synced: false,
         }
     }
 
@@ -145,8 +151,22 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// The connection in COPY FROM STDIN, if any.
+    fn copying(&self) -> Option<Conn> {
+        if self.primary.copy_in {
+            Some(Conn::Primary)
+        } else if self.standby.copy_in {
+            Some(Conn::Standby)
+        } else {
+            None
+        }
+    }
+
     fn busy(&self) -> bool {
-        self.primary.pending > 0 || self.standby.pending > 0 || !self.batch.is_empty() || self.held.is_some()
+        self.primary.pending > 0
+            || self.standby.pending > 0
+            || !self.batch.is_empty()
+            || self.held.is_some()
     }
 
     fn idle(&self) -> bool {
@@ -183,7 +203,10 @@ impl<'a> Relay<'a> {
         result
     }
 
-    async fn on_client_frame(&mut self, frame: Result<Option<Frame>, ProxyError>) -> Result<Step, ProxyError> {
+    async fn on_client_frame(
+        &mut self,
+        frame: Result<Option<Frame>, ProxyError>,
+    ) -> Result<Step, ProxyError> {
         let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => {
@@ -205,6 +228,14 @@ impl<'a> Relay<'a> {
             b'Q' => self.dispatch(Request::Query(frame)).await?,
             b'F' => self.dispatch(Request::Function(frame)).await?,
             b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(frame),
+            b'H' | b'S' | b'd' | b'c' | b'f' if self.copying().is_some() => {
+                let conn = self.copying().unwrap_or(Conn::Primary);
+                let slot = self.slot(conn);
+                if matches!(frame.tag, b'c' | b'f') {
+                    slot.copy_in = false;
+                }
+                write_to(slot, &frame.raw).await?;
+            }
             b'H' | b'S' => {
                 let sync = frame.tag == b'S';
                 self.batch.push(frame);
@@ -246,7 +277,9 @@ impl<'a> Relay<'a> {
                 // Nothing reached a server: answer like a failed statement and carry on.
                 let mut out = BytesMut::new();
                 encode::error(&mut out, Severity::Error, e.sqlstate(), &e.to_string());
-                if matches!(request, Request::Query(_)) || matches!(request, Request::Batch { sync: true, .. }) {
+                if matches!(request, Request::Query(_))
+                    || matches!(request, Request::Batch { sync: true, .. })
+                {
                     encode::ready_for_query(&mut out, self.client_status());
                 }
                 flush_to(&mut self.client_out, &mut out).await?;
@@ -270,10 +303,15 @@ impl<'a> Relay<'a> {
             Request::Query(frame) => {
                 let text = query_text(frame.body());
                 let class = self.classify(text);
-                let plan = self.state.plan_query(&class, text, class.statements == 1, open);
+                let plan = self
+                    .state
+                    .plan_query(&class, text, class.statements == 1, open);
                 Ok((plan, class))
             }
-            Request::Function(_) => Ok((Plan::Send(Conn::Primary), Arc::new(Classification::primary()))),
+            Request::Function(_) => Ok((
+                Plan::Send(Conn::Primary),
+                Arc::new(Classification::primary()),
+            )),
             Request::Batch { frames, .. } => {
                 if let Some(conn) = self.sticky {
                     return Ok((Plan::Send(conn), Arc::new(Classification::any())));
@@ -329,7 +367,12 @@ impl<'a> Relay<'a> {
         combined
     }
 
-    async fn execute(&mut self, plan: Plan, class: Arc<Classification>, request: Request) -> Result<(), ProxyError> {
+    async fn execute(
+        &mut self,
+        plan: Plan,
+        class: Arc<Classification>,
+        request: Request,
+    ) -> Result<(), ProxyError> {
         let (conn, begin) = match plan {
             Plan::Send(conn) => (conn, None),
             Plan::BeginThenSend(conn, begin) => (conn, Some(begin)),
@@ -341,7 +384,12 @@ impl<'a> Relay<'a> {
         if let Some(begin) = begin {
             self.inject_query(conn, &begin).await?;
         }
-        if class.effects.iter().any(|e| matches!(e, Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll | Effect::DiscardAll)) {
+        if class.effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll | Effect::DiscardAll
+            )
+        }) {
             self.guc_undo = Some((conn, self.state.gucs.clone()));
         }
         self.state.apply(&class, conn);
@@ -363,6 +411,7 @@ impl<'a> Relay<'a> {
             Request::Query(frame) | Request::Function(frame) => {
                 let slot = self.slot(conn);
                 slot.pending += 1;
+                slot.last_synced = false;
                 // A simple Query destroys the unnamed statement on that server.
                 slot.unnamed = None;
                 write_to(slot, &frame.raw).await
@@ -376,7 +425,12 @@ impl<'a> Relay<'a> {
 
     /// Forwards a batch, first preparing statements the connection lacks and closing
     /// stale ones whose names the client reuses.
-    async fn send_batch(&mut self, conn: Conn, frames: Vec<Frame>, sync: bool) -> Result<(), ProxyError> {
+    async fn send_batch(
+        &mut self,
+        conn: Conn,
+        frames: Vec<Frame>,
+        sync: bool,
+    ) -> Result<(), ProxyError> {
         let mut out = BytesMut::new();
         let mut swallow = Vec::new();
         for frame in &frames {
@@ -415,13 +469,20 @@ impl<'a> Relay<'a> {
         }
         let slot = self.slot(conn);
         slot.swallow.extend(swallow);
+        slot.last_synced = sync;
         if sync {
             slot.pending += 1;
         }
         write_to(slot, &out).await
     }
 
-    fn ensure_prepared(&mut self, conn: Conn, name: &str, out: &mut BytesMut, swallow: &mut Vec<Swallow>) {
+    fn ensure_prepared(
+        &mut self,
+        conn: Conn,
+        name: &str,
+        out: &mut BytesMut,
+        swallow: &mut Vec<Swallow>,
+    ) {
         let Some(prepared) = self.state.statements.get(name) else {
             return;
         };
@@ -448,14 +509,17 @@ impl<'a> Relay<'a> {
     /// for another one, then for the primary (reads only).
     async fn ensure_open(&mut self, conn: Conn, route: Route) -> Result<Conn, ProxyError> {
         if conn == Conn::Primary {
-            return if self.primary.conn.is_some() { Ok(Conn::Primary) } else { Err(ProxyError::NoPrimary) };
+            return if self.primary.conn.is_some() {
+                Ok(Conn::Primary)
+            } else {
+                Err(ProxyError::NoPrimary)
+            };
         }
         let topology = self.shared.topology.load();
         if let Some(server) = &self.standby.conn {
-            let still_standby = topology
-                .nodes
-                .get(self.standby.node)
-                .is_some_and(|n| n.role == crate::topology::Role::Standby && n.node.address == server.address);
+            let still_standby = topology.nodes.get(self.standby.node).is_some_and(|n| {
+                n.role == crate::topology::Role::Standby && n.node.address == server.address
+            });
             if still_standby {
                 return Ok(Conn::Standby);
             }
@@ -489,7 +553,9 @@ impl<'a> Relay<'a> {
                     })
                 }
             };
-            let user = settings.user(&self.startup.user).ok_or(ProxyError::NoPrimary)?;
+            let user = settings
+                .user(&self.startup.user)
+                .ok_or(ProxyError::NoPrimary)?;
             let login = Login {
                 address: &topology.nodes[index].node.address,
                 user: &user.server_user,
@@ -497,7 +563,13 @@ impl<'a> Relay<'a> {
                 database: &self.startup.database,
                 params: &self.startup.params,
             };
-            match ServerConn::connect(&login, settings.raw.connect_timeout, settings.raw.max_message_size).await {
+            match ServerConn::connect(
+                &login,
+                settings.raw.connect_timeout,
+                settings.raw.max_message_size,
+            )
+            .await
+            {
                 Ok(server) => {
                     self.standby = Slot::open(server, index);
                     self.shared.stats.acquire(index);
@@ -517,7 +589,10 @@ impl<'a> Relay<'a> {
         let slot = self.slot(conn);
         let sql = match &slot.gucs {
             Some(applied) => guc_sync_sql(applied, &wanted),
-            None => Some(format!("RESET ALL;{}", guc_sync_sql(&Gucs::new(), &wanted).unwrap_or_default())),
+            None => Some(format!(
+                "RESET ALL;{}",
+                guc_sync_sql(&Gucs::new(), &wanted).unwrap_or_default()
+            )),
         };
         slot.gucs = Some(wanted);
         match sql {
@@ -549,7 +624,11 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
-    async fn on_server_frame(&mut self, conn: Conn, frame: Result<Option<Frame>, ProxyError>) -> Result<Step, ProxyError> {
+    async fn on_server_frame(
+        &mut self,
+        conn: Conn,
+        frame: Result<Option<Frame>, ProxyError>,
+    ) -> Result<Step, ProxyError> {
         let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) | Err(_) => return self.server_lost(conn).await,
@@ -579,11 +658,23 @@ impl<'a> Relay<'a> {
                     slot.pending = slot.pending.saturating_sub(1);
                     let status = frame.body().first().copied().unwrap_or(b'I');
                     self.state.ready(conn, status);
-                    if self.guc_undo.as_ref().is_some_and(|(c, _)| *c == conn) && self.slot(conn).pending == 0 {
+                    if self.guc_undo.as_ref().is_some_and(|(c, _)| *c == conn)
+                        && self.slot(conn).pending == 0
+                    {
                         self.guc_undo = None;
                     }
                 }
+                b'G' => {
+                    slot.copy_in = true;
+                    // The server ignores a Sync that arrives in COPY mode: the batch's own
+                    // Sync gets no ReadyForQuery; the one after CopyDone does.
+                    if slot.last_synced {
+                        slot.pending = slot.pending.saturating_sub(1);
+                        slot.last_synced = false;
+                    }
+                }
                 b'E' => {
+                    slot.copy_in = false;
                     // The server skips the rest of the batch, so re-prepares queued for it never answer.
                     slot.swallow.retain(|s| *s == Swallow::UntilReady);
                     if let Some((undo_conn, gucs)) = self.guc_undo.take() {
@@ -599,7 +690,11 @@ impl<'a> Relay<'a> {
             }
             self.to_client.extend_from_slice(&frame.raw);
         }
-        let more = self.slot(conn).conn.as_ref().is_some_and(|c| c.reader.has_frame());
+        let more = self
+            .slot(conn)
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.reader.has_frame());
         if !more {
             flush_to(&mut self.client_out, &mut self.to_client).await?;
             if let Some(held) = self.held.take() {
@@ -616,7 +711,11 @@ impl<'a> Relay<'a> {
     /// transaction, ends the session; an idle standby is simply replaced later.
     async fn server_lost(&mut self, conn: Conn) -> Result<Step, ProxyError> {
         let slot = self.slot(conn);
-        let address = slot.conn.as_ref().map(|c| c.address.clone()).unwrap_or_default();
+        let address = slot
+            .conn
+            .as_ref()
+            .map(|c| c.address.clone())
+            .unwrap_or_default();
         let node = slot.node;
         let was_busy = slot.pending > 0;
         slot.conn = None;
@@ -673,7 +772,6 @@ impl<'a> Relay<'a> {
             }
         }
     }
-
 }
 
 async fn next_frame(conn: &mut Option<ServerConn>) -> Result<Option<Frame>, ProxyError> {
@@ -717,26 +815,4 @@ fn encode_close_statement(out: &mut BytesMut, name: &str) {
     out.put_u8(b'S');
     out.put_slice(name.as_bytes());
     out.put_u8(0);
-}
-
-impl Classification {
-    /// A request whose text pgsplit cannot see goes to the primary.
-    fn primary() -> Classification {
-        Classification {
-            route: Route::Primary,
-            effects: Vec::new(),
-            cacheable: false,
-            statements: 1,
-        }
-    }
-
-    /// The neutral element for combining routes.
-    fn any() -> Classification {
-        Classification {
-            route: Route::Any,
-            effects: Vec::new(),
-            cacheable: false,
-            statements: 0,
-        }
-    }
 }

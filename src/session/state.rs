@@ -111,7 +111,9 @@ impl RoutingState {
     }
 
     fn default_read_only(&self) -> bool {
-        self.gucs.get("default_transaction_read_only").is_some_and(|v| is_on(v))
+        self.gucs
+            .get("default_transaction_read_only")
+            .is_some_and(|v| is_on(v))
     }
 
     fn default_serializable(&self) -> bool {
@@ -134,7 +136,13 @@ impl RoutingState {
 
     /// Plans a simple Query. `single` says the text is one statement; `open` is the
     /// connection used last (for statements that may run anywhere).
-    pub fn plan_query(&mut self, c: &Classification, text: &str, single: bool, open: Option<Conn>) -> Plan {
+    pub fn plan_query(
+        &mut self,
+        c: &Classification,
+        text: &str,
+        single: bool,
+        open: Option<Conn>,
+    ) -> Plan {
         let plan = self.plan(c, text, single, open);
         if plan == Plan::DeferBegin {
             self.deferred_begin = Some(text.to_owned());
@@ -160,7 +168,10 @@ impl RoutingState {
                 return Plan::EndDeferred(end_tag(text));
             }
             let read_only = match first {
-                Some(Effect::SetTransaction { read_only, serializable }) => *read_only == Some(true) && !serializable,
+                Some(Effect::SetTransaction {
+                    read_only,
+                    serializable,
+                }) => *read_only == Some(true) && !serializable,
                 _ => self.mode == TransactionRouting::FirstStatement && c.route == Route::Standby,
             };
             let conn = if read_only && !self.pinned() && !self.default_serializable() {
@@ -170,7 +181,11 @@ impl RoutingState {
             };
             return Plan::BeginThenSend(conn, begin);
         }
-        if let Some(Effect::Begin { read_only, serializable }) = first {
+        if let Some(Effect::Begin {
+            read_only,
+            serializable,
+        }) = first
+        {
             let serializable = *serializable || self.default_serializable();
             let read_only = read_only.unwrap_or_else(|| self.default_read_only());
             if self.pinned() || serializable {
@@ -179,18 +194,37 @@ impl RoutingState {
             if read_only {
                 return Plan::Send(Conn::Standby);
             }
-            let bare = single && c.effects.len() == 1;
+            // Only an unqualified BEGIN can still become read-only by SET TRANSACTION.
+            let bare = single
+                && c.effects.len() == 1
+                && !matches!(
+                    first,
+                    Some(Effect::Begin {
+                        read_only: Some(_),
+                        ..
+                    })
+                );
             if bare {
                 return Plan::DeferBegin;
             }
             return match self.mode {
-                TransactionRouting::FirstStatement if c.route <= Route::Standby => Plan::Send(Conn::Standby),
+                TransactionRouting::FirstStatement if c.route <= Route::Standby => {
+                    Plan::Send(Conn::Standby)
+                }
                 _ => Plan::Send(Conn::Primary),
             };
         }
+        if let Some(Effect::Prepare { route, .. }) = first {
+            // Prepare where the statement will run, so EXECUTE finds it there.
+            return Plan::Send(self.autocommit(*route, open));
+        }
         if let Some(Effect::Execute { name }) = first {
             if let Some((conn, route)) = self.sql_prepared.get(&name.to_ascii_lowercase()) {
-                return Plan::Send(if self.pinned() || *route == Route::Primary { Conn::Primary } else { *conn });
+                return Plan::Send(if self.pinned() || *route == Route::Primary {
+                    Conn::Primary
+                } else {
+                    *conn
+                });
             }
             return Plan::Send(Conn::Primary);
         }
@@ -215,7 +249,8 @@ impl RoutingState {
                     self.pins.remove(&p.into());
                 }
                 Effect::Prepare { name, route } => {
-                    self.sql_prepared.insert(name.to_ascii_lowercase(), (conn, *route));
+                    self.sql_prepared
+                        .insert(name.to_ascii_lowercase(), (conn, *route));
                 }
                 Effect::Deallocate { name: Some(name) } => {
                     self.sql_prepared.remove(&name.to_ascii_lowercase());
@@ -247,7 +282,12 @@ impl RoutingState {
 
 /// The command tag PostgreSQL answers an empty transaction's end with.
 fn end_tag(text: &str) -> &'static str {
-    let word: String = text.trim_start().chars().take(6).collect::<String>().to_ascii_lowercase();
+    let word: String = text
+        .trim_start()
+        .chars()
+        .take(6)
+        .collect::<String>()
+        .to_ascii_lowercase();
     if word.starts_with("commit") || word.starts_with("end") {
         "COMMIT"
     } else {
@@ -274,11 +314,19 @@ mod tests {
     use super::*;
 
     fn c(route: Route, effects: Vec<Effect>) -> Classification {
-        Classification { route, effects, cacheable: false }
+        Classification {
+            route,
+            effects,
+            cacheable: false,
+            statements: 1,
+        }
     }
 
     fn begin(read_only: Option<bool>, serializable: bool) -> Effect {
-        Effect::Begin { read_only, serializable }
+        Effect::Begin {
+            read_only,
+            serializable,
+        }
     }
 
     #[test]
@@ -286,44 +334,109 @@ mod tests {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly);
         let cases = [
             (Route::Standby, None, Plan::Send(Conn::Standby)),
-            (Route::Primary, Some(Conn::Standby), Plan::Send(Conn::Primary)),
+            (
+                Route::Primary,
+                Some(Conn::Standby),
+                Plan::Send(Conn::Primary),
+            ),
             (Route::Any, Some(Conn::Standby), Plan::Send(Conn::Standby)),
             (Route::Any, None, Plan::Send(Conn::Primary)),
         ];
         for (route, open, want) in cases {
-            assert_eq!(s.plan_query(&c(route, vec![]), "x", true, open), want, "{route:?}");
+            assert_eq!(
+                s.plan_query(&c(route, vec![]), "x", true, open),
+                want,
+                "{route:?}"
+            );
         }
     }
 
     #[test]
     fn transactions_stay_on_the_connection_that_began_them() {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly);
-        let plan = s.plan_query(&c(Route::Any, vec![begin(Some(true), false)]), "BEGIN READ ONLY", true, None);
+        let plan = s.plan_query(
+            &c(Route::Any, vec![begin(Some(true), false)]),
+            "BEGIN READ ONLY",
+            true,
+            None,
+        );
         assert_eq!(plan, Plan::Send(Conn::Standby));
         s.ready(Conn::Standby, b'T');
-        assert_eq!(s.plan_query(&c(Route::Primary, vec![]), "INSERT", true, None), Plan::Send(Conn::Standby));
+        assert_eq!(
+            s.plan_query(&c(Route::Primary, vec![]), "INSERT", true, None),
+            Plan::Send(Conn::Standby)
+        );
         s.ready(Conn::Standby, b'I');
-        assert_eq!(s.plan_query(&c(Route::Primary, vec![]), "INSERT", true, None), Plan::Send(Conn::Primary));
+        assert_eq!(
+            s.plan_query(&c(Route::Primary, vec![]), "INSERT", true, None),
+            Plan::Send(Conn::Primary)
+        );
     }
 
     #[test]
     fn a_bare_begin_waits_for_the_next_statement() {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly);
-        assert_eq!(s.plan_query(&c(Route::Any, vec![begin(None, false)]), "BEGIN", true, None), Plan::DeferBegin);
-        let set_ro = c(Route::Any, vec![Effect::SetTransaction { read_only: Some(true), serializable: false }]);
-        assert_eq!(s.plan_query(&set_ro, "SET TRANSACTION READ ONLY", true, None), Plan::BeginThenSend(Conn::Standby, "BEGIN".into()));
+        assert_eq!(
+            s.plan_query(
+                &c(Route::Any, vec![begin(None, false)]),
+                "BEGIN",
+                true,
+                None
+            ),
+            Plan::DeferBegin
+        );
+        let set_ro = c(
+            Route::Any,
+            vec![Effect::SetTransaction {
+                read_only: Some(true),
+                serializable: false,
+            }],
+        );
+        assert_eq!(
+            s.plan_query(&set_ro, "SET TRANSACTION READ ONLY", true, None),
+            Plan::BeginThenSend(Conn::Standby, "BEGIN".into())
+        );
 
         let mut s = RoutingState::new(TransactionRouting::ReadOnly);
-        s.plan_query(&c(Route::Any, vec![begin(None, false)]), "begin", true, None);
-        assert_eq!(s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None), Plan::BeginThenSend(Conn::Primary, "begin".into()));
+        s.plan_query(
+            &c(Route::Any, vec![begin(None, false)]),
+            "begin",
+            true,
+            None,
+        );
+        assert_eq!(
+            s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None),
+            Plan::BeginThenSend(Conn::Primary, "begin".into())
+        );
 
         let mut s = RoutingState::new(TransactionRouting::FirstStatement);
-        s.plan_query(&c(Route::Any, vec![begin(None, false)]), "BEGIN", true, None);
-        assert_eq!(s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None), Plan::BeginThenSend(Conn::Standby, "BEGIN".into()));
+        s.plan_query(
+            &c(Route::Any, vec![begin(None, false)]),
+            "BEGIN",
+            true,
+            None,
+        );
+        assert_eq!(
+            s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None),
+            Plan::BeginThenSend(Conn::Standby, "BEGIN".into())
+        );
 
         let mut s = RoutingState::new(TransactionRouting::ReadOnly);
-        s.plan_query(&c(Route::Any, vec![begin(None, false)]), "BEGIN", true, None);
-        assert_eq!(s.plan_query(&c(Route::Any, vec![Effect::EndTransaction]), "COMMIT", true, None), Plan::EndDeferred("COMMIT"));
+        s.plan_query(
+            &c(Route::Any, vec![begin(None, false)]),
+            "BEGIN",
+            true,
+            None,
+        );
+        assert_eq!(
+            s.plan_query(
+                &c(Route::Any, vec![Effect::EndTransaction]),
+                "COMMIT",
+                true,
+                None
+            ),
+            Plan::EndDeferred("COMMIT")
+        );
         assert!(!s.begin_deferred());
     }
 
@@ -331,42 +444,126 @@ mod tests {
     fn serializable_and_pinned_sessions_stay_on_the_primary() {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly);
         let ro_serializable = c(Route::Any, vec![begin(Some(true), true)]);
-        assert_eq!(s.plan_query(&ro_serializable, "BEGIN", true, None), Plan::Send(Conn::Primary));
+        assert_eq!(
+            s.plan_query(&ro_serializable, "BEGIN", true, None),
+            Plan::Send(Conn::Primary)
+        );
 
-        s.apply(&c(Route::Any, vec![Effect::Set { name: "default_transaction_isolation".into(), value: "'serializable'".into() }]), Conn::Primary);
-        assert_eq!(s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None), Plan::Send(Conn::Primary));
+        s.apply(
+            &c(
+                Route::Any,
+                vec![Effect::Set {
+                    name: "default_transaction_isolation".into(),
+                    value: "'serializable'".into(),
+                }],
+            ),
+            Conn::Primary,
+        );
+        assert_eq!(
+            s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None),
+            Plan::Send(Conn::Primary)
+        );
         s.apply(&c(Route::Any, vec![Effect::ResetAll]), Conn::Primary);
-        assert_eq!(s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None), Plan::Send(Conn::Standby));
+        assert_eq!(
+            s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None),
+            Plan::Send(Conn::Standby)
+        );
 
-        s.apply(&c(Route::Primary, vec![Effect::Pin(Pin::Listen)]), Conn::Primary);
-        assert_eq!(s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None), Plan::Send(Conn::Primary));
-        s.apply(&c(Route::Primary, vec![Effect::Unpin(Pin::Listen)]), Conn::Primary);
-        assert_eq!(s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None), Plan::Send(Conn::Standby));
+        s.apply(
+            &c(Route::Primary, vec![Effect::Pin(Pin::Listen)]),
+            Conn::Primary,
+        );
+        assert_eq!(
+            s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None),
+            Plan::Send(Conn::Primary)
+        );
+        s.apply(
+            &c(Route::Primary, vec![Effect::Unpin(Pin::Listen)]),
+            Conn::Primary,
+        );
+        assert_eq!(
+            s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None),
+            Plan::Send(Conn::Standby)
+        );
     }
 
     #[test]
     fn default_transaction_read_only_sends_transactions_to_a_standby() {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly);
-        s.apply(&c(Route::Any, vec![Effect::Set { name: "default_transaction_read_only".into(), value: "on".into() }]), Conn::Primary);
-        assert_eq!(s.plan_query(&c(Route::Any, vec![begin(None, false)]), "BEGIN", true, None), Plan::Send(Conn::Standby));
-        assert_eq!(s.plan_query(&c(Route::Any, vec![begin(Some(false), false)]), "BEGIN READ WRITE", true, None), Plan::Send(Conn::Primary));
+        s.apply(
+            &c(
+                Route::Any,
+                vec![Effect::Set {
+                    name: "default_transaction_read_only".into(),
+                    value: "on".into(),
+                }],
+            ),
+            Conn::Primary,
+        );
+        assert_eq!(
+            s.plan_query(
+                &c(Route::Any, vec![begin(None, false)]),
+                "BEGIN",
+                true,
+                None
+            ),
+            Plan::Send(Conn::Standby)
+        );
+        assert_eq!(
+            s.plan_query(
+                &c(Route::Any, vec![begin(Some(false), false)]),
+                "BEGIN READ WRITE",
+                true,
+                None
+            ),
+            Plan::Send(Conn::Primary)
+        );
     }
 
     #[test]
     fn sql_prepared_statements_execute_where_they_were_prepared() {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly);
-        s.apply(&c(Route::Standby, vec![Effect::Prepare { name: "q".into(), route: Route::Standby }]), Conn::Standby);
+        s.apply(
+            &c(
+                Route::Standby,
+                vec![Effect::Prepare {
+                    name: "q".into(),
+                    route: Route::Standby,
+                }],
+            ),
+            Conn::Standby,
+        );
         let exec = c(Route::Any, vec![Effect::Execute { name: "Q".into() }]);
-        assert_eq!(s.plan_query(&exec, "EXECUTE q", true, None), Plan::Send(Conn::Standby));
-        s.apply(&c(Route::Any, vec![Effect::Deallocate { name: None }]), Conn::Primary);
-        assert_eq!(s.plan_query(&exec, "EXECUTE q", true, None), Plan::Send(Conn::Primary));
+        assert_eq!(
+            s.plan_query(&exec, "EXECUTE q", true, None),
+            Plan::Send(Conn::Standby)
+        );
+        s.apply(
+            &c(Route::Any, vec![Effect::Deallocate { name: None }]),
+            Conn::Primary,
+        );
+        assert_eq!(
+            s.plan_query(&exec, "EXECUTE q", true, None),
+            Plan::Send(Conn::Primary)
+        );
     }
 
     #[test]
     fn settings_sync_as_a_diff() {
-        let applied: Gucs = [("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into();
-        let wanted: Gucs = [("b".to_string(), "3".to_string()), ("c".to_string(), "'x'".to_string())].into();
-        assert_eq!(guc_sync_sql(&applied, &wanted).as_deref(), Some("RESET a;SET b TO 3;SET c TO 'x';"));
+        let applied: Gucs = [
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string()),
+        ]
+        .into();
+        let wanted: Gucs = [
+            ("b".to_string(), "3".to_string()),
+            ("c".to_string(), "'x'".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            guc_sync_sql(&applied, &wanted).as_deref(),
+            Some("RESET a;SET b TO 3;SET c TO 'x';")
+        );
         assert_eq!(guc_sync_sql(&wanted, &wanted), None);
     }
 }
