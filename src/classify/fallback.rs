@@ -164,6 +164,8 @@ pub(crate) fn classify(text: &str, functions: &Functions, depth: u8, out: &mut C
         }
         "do" => {
             out.raise(Route::Primary);
+            // The body is a constant that the cache key drops, and the pins depend on it.
+            out.cacheable = false;
             do_block(text, out);
         }
         "declare" => {
@@ -215,10 +217,7 @@ fn prepare(words: &Words, functions: &Functions, depth: u8, out: &mut Classifica
         }
         _ => prepared.raise(Route::Primary),
     }
-    out.effects.push(Effect::Prepare {
-        name,
-        route: prepared.route,
-    });
+    super::prepare(out, name, prepared);
 }
 
 /// SET forms sqlparser rejects.

@@ -343,11 +343,7 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
         } => {
             let mut prepared = Classification::new();
             classify_statement(inner, functions, &mut prepared);
-            out.cacheable &= prepared.cacheable;
-            out.effects.push(Effect::Prepare {
-                name: ident_name(name),
-                route: prepared.route,
-            });
+            prepare(out, ident_name(name), prepared);
         }
         S::Execute {
             name: Some(name),
@@ -460,6 +456,21 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
         }
         _ => out.raise(Route::Primary),
     }
+}
+
+/// Emits a `PREPARE`. The statement's effects happen at each `EXECUTE`, which carries no
+/// effects of its own: a prepared statement with session effects (a `set_config`, an
+/// advisory lock) pins the session now and runs on the primary.
+fn prepare(out: &mut Classification, name: String, mut prepared: Classification) {
+    out.cacheable &= prepared.cacheable;
+    if !prepared.effects.is_empty() {
+        prepared.raise(Route::Primary);
+        out.effects.push(Effect::Pin(Pin::Unknown));
+    }
+    out.effects.push(Effect::Prepare {
+        name,
+        route: prepared.route,
+    });
 }
 
 /// Emits a transaction start. A standby refuses read-write and serializable transactions.

@@ -381,6 +381,16 @@ fn prepared_statements() {
             vec![prepare("p", P)],
         ),
         ("PREPARE p AS TABLE t", A, vec![prepare("p", S)]),
+        (
+            "PREPARE p AS SELECT set_config('a.b', 'c', false)",
+            A,
+            vec![PIN_UNKNOWN, prepare("p", P)],
+        ),
+        (
+            "PREPARE p AS SELECT pg_advisory_lock($1)",
+            A,
+            vec![PIN_UNKNOWN, prepare("p", P)],
+        ),
         ("EXECUTE p", A, vec![execute("p")]),
         ("EXECUTE P(1, 'a')", A, vec![execute("p")]),
         ("EXECUTE \"MyStmt\"", A, vec![execute("MyStmt")]),
@@ -469,6 +479,7 @@ fn cacheability() {
         ("PREPARE p AS SELECT 1", false),
         ("DEALLOCATE p", false),
         ("DISCARD ALL", false),
+        ("DO $$ BEGIN END $$", false),
     ];
     let mut failures = Vec::new();
     for (sql, cacheable) in cases {
