@@ -41,9 +41,10 @@ impl<'a> Words<'a> {
         let text = token.text(self.text);
         match token.kind {
             Kind::Word => Some(text.to_lowercase()),
-            Kind::QuotedIdent if text.starts_with('"') && text.len() >= 2 => {
-                Some(text[1..text.len() - 1].replace("\"\"", "\""))
-            }
+            Kind::QuotedIdent => text
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .map(|t| t.replace("\"\"", "\"")),
             _ => None,
         }
     }

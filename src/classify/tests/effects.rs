@@ -510,6 +510,9 @@ fn odd_input_never_panics() {
         "\u{0}",
         "PREPARE",
         "PREPARE p AS",
+        "PREPARE \"abé",
+        "EXECUTE \"é",
+        "DEALLOCATE \"",
         "EXECUTE",
         "DEALLOCATE",
         "TABLE",
@@ -525,4 +528,72 @@ fn odd_input_never_panics() {
         assert!(got.route >= A, "{sql:?}");
     }
     assert_eq!(classify(&deep, &functions).route, P);
+}
+
+/// Random splices of SQL fragments, quotes and multi-byte characters: never a panic, in
+/// the classifier or the cache key.
+#[test]
+fn random_fragments_never_panic() {
+    const PIECES: &[&str] = &[
+        "SELECT ",
+        "BEGIN ",
+        "PREPARE ",
+        "EXECUTE ",
+        "TABLE ",
+        "SET ",
+        "DO ",
+        "CREATE ",
+        "FUNCTION ",
+        "AS ",
+        "ATOMIC ",
+        "END",
+        ";",
+        "(",
+        ")",
+        "'",
+        "\"",
+        "$",
+        "$$",
+        "$a$",
+        "E'",
+        "U&",
+        "\\",
+        "--",
+        "/*",
+        "*/",
+        "é",
+        "ß",
+        "漢",
+        "1",
+        ".",
+        "..",
+        "e",
+        "x",
+        " ",
+        "\n",
+        "nextval(",
+        "set_config(",
+        "pg_advisory_lock(",
+        "FOR ",
+        "UPDATE ",
+        "NO KEY ",
+        "/* pgsplit:primary */",
+    ];
+    let functions = catalog();
+    // xorshift: deterministic, no dependency.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..3000 {
+        let len = next() % 12;
+        let sql: String = (0..len)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        let _ = classify(&sql, &functions);
+        let _ = normalize(&sql);
+    }
 }
