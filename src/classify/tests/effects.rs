@@ -343,6 +343,7 @@ fn settings() {
         // Not literal, or not sure to run once: the session cannot replay it.
         ("SELECT set_config('x.y', $1, false)", P, vec![PIN_UNKNOWN]),
         ("SELECT set_config('x.y', 'v', false) FROM t", P, vec![PIN_UNKNOWN]),
+        ("SELECT set_config('x.y', 'v', false) LIMIT 0", P, vec![PIN_UNKNOWN]),
         (
             "SELECT CASE WHEN a THEN set_config('x.y', 'v', false) END FROM t",
             P,
