@@ -137,6 +137,22 @@ mod tests {
     }
 
     #[test]
+    fn do_bodies_are_never_shared() {
+        // Both normalize to `do ?`; only the second takes a session lock.
+        let classifier = Classifier::new(100);
+        let functions = Functions::empty();
+        classifier.classify("DO $$ BEGIN END $$", &functions);
+        let locking = classifier.classify(
+            "DO $$ BEGIN PERFORM pg_advisory_lock(1); END $$",
+            &functions,
+        );
+        assert_eq!(
+            locking.effects,
+            vec![super::super::Effect::Pin(super::super::Pin::AdvisoryLock)]
+        );
+    }
+
+    #[test]
     fn catalog_snapshots_do_not_share_entries() {
         let classifier = Classifier::new(100);
         let old = Functions::empty();

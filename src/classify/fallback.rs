@@ -41,9 +41,10 @@ impl<'a> Words<'a> {
         let text = token.text(self.text);
         match token.kind {
             Kind::Word => Some(text.to_lowercase()),
-            Kind::QuotedIdent if text.starts_with('"') && text.len() >= 2 => {
-                Some(text[1..text.len() - 1].replace("\"\"", "\""))
-            }
+            Kind::QuotedIdent => text
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .map(|t| t.replace("\"\"", "\"")),
             _ => None,
         }
     }
@@ -164,6 +165,8 @@ pub(crate) fn classify(text: &str, functions: &Functions, depth: u8, out: &mut C
         }
         "do" => {
             out.raise(Route::Primary);
+            // The body is a constant that the cache key drops, and the pins depend on it.
+            out.cacheable = false;
             do_block(text, out);
         }
         "declare" => {
@@ -215,10 +218,7 @@ fn prepare(words: &Words, functions: &Functions, depth: u8, out: &mut Classifica
         }
         _ => prepared.raise(Route::Primary),
     }
-    out.effects.push(Effect::Prepare {
-        name,
-        route: prepared.route,
-    });
+    super::prepare(out, name, prepared);
 }
 
 /// SET forms sqlparser rejects.

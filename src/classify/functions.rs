@@ -90,6 +90,9 @@ impl Functions {
     /// Whether an override list names this call. A `schema.name` entry also matches the
     /// unqualified call, which usually resolves to it through `search_path`.
     fn overridden(list: &[String], call: &FunctionName) -> bool {
+        if list.is_empty() {
+            return false;
+        }
         let name = call.name.to_lowercase();
         let schema = call.schema.as_deref().map(str::to_lowercase);
         list.iter().any(|entry| match entry.rsplit_once('.') {

@@ -1,7 +1,16 @@
 //! Decides where a client's SQL may run and what it does to the session: a pure function
 //! of the text and the function catalog, with no I/O, and a cache in front of it.
 //!
-//! The rules live in `/work/shared/ROUTING.md`; the tests in `tests.rs` cover every row.
+//! The rules live in the routing reference (`shared/ROUTING.md`); the tables in `tests/`
+//! cover every row. How a decision is made:
+//! - the text is cut into statements by a small lexer ([`normalize`] uses the same one),
+//!   which also finds hint comments; each statement is parsed with sqlparser;
+//! - a parsed statement is routed by kind, and statements that run queries are walked for
+//!   function calls, row locks, `SELECT INTO` and nested writes (`walk`);
+//! - a statement sqlparser rejects is read by its keywords (`fallback`): primary, but with
+//!   transaction boundaries, cursor commands and session pins still recognised;
+//! - function calls are decided by [`Functions`]: overrides, fixed lists, `pg_proc`.
+//!
 //! Decisions that the reference leaves open:
 //! - `EXPLAIN` without `ANALYZE` takes the route of the statement it explains (so the plan
 //!   of a write is made on the primary): never wrong, and such plans are rare.
@@ -10,6 +19,12 @@
 //! - `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN` have no effect: the chained transaction keeps
 //!   the same node and the same characteristics.
 //! - `SHOW` goes to a standby: session settings are replayed on every connection.
+//! - `set_config(…, false)` becomes a session setting only at the top of a plain `SELECT`
+//!   list (no FROM/WHERE), where it surely runs once; elsewhere it pins the session.
+//! - `PREPARE` of a statement with session effects pins the session at once (`EXECUTE`
+//!   carries no effects); `CLOSE name` does not release a `WITH HOLD` pin, `CLOSE ALL` does.
+//! - `DO` blocks are scanned for words that leave session state (advisory locks, temp
+//!   objects, LISTEN, SET): a heuristic that errs towards pinning.
 
 mod cache;
 mod fallback;
@@ -20,9 +35,11 @@ mod settings;
 mod tests;
 mod walk;
 
+use std::borrow::Cow;
+
 use sqlparser::ast::{
-    CloseCursor, CopySource, CopyTarget, DiscardObject, Expr, Function, ObjectName, ObjectType,
-    Query, SelectItem, SetExpr, Statement, UtilityOption, Value,
+    CloseCursor, CopySource, CopyTarget, DiscardObject, Expr, Function, Ident, ObjectName,
+    ObjectType, Query, SelectItem, SetExpr, Statement, UtilityOption, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -197,13 +214,18 @@ fn in_pg_temp(name: &ObjectName) -> bool {
             .is_some_and(|i| i.quote_style.is_none() && i.value.eq_ignore_ascii_case("pg_temp"))
 }
 
-/// A statement or cursor name as PostgreSQL resolves it.
-fn ident_name(ident: &sqlparser::ast::Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
+/// An identifier as PostgreSQL resolves it: folded to lower case unless quoted.
+fn fold(ident: &Ident) -> Cow<'_, str> {
+    if ident.quote_style.is_some() || !ident.value.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Borrowed(&ident.value)
     } else {
-        ident.value.to_lowercase()
+        Cow::Owned(ident.value.to_lowercase())
     }
+}
+
+/// A statement or cursor name as PostgreSQL resolves it.
+fn ident_name(ident: &Ident) -> String {
+    fold(ident).into_owned()
 }
 
 /// Whether an `EXPLAIN (…)` option turns ANALYZE on: only an explicit false/off/0 turns it
@@ -238,7 +260,15 @@ fn top_level_set_config(
     let SetExpr::Select(select) = query.body.as_ref() else {
         return (handled, false);
     };
-    if query.with.is_some() || !select.from.is_empty() || select.selection.is_some() {
+    // Anything that could make the list run zero or many times: LIMIT 0, HAVING false, FROM.
+    let once = query.with.is_none()
+        && query.limit_clause.is_none()
+        && query.fetch.is_none()
+        && query.locks.is_empty()
+        && select.from.is_empty()
+        && select.selection.is_none()
+        && select.having.is_none();
+    if !once {
         return (handled, false);
     }
     for item in &select.projection {
@@ -264,10 +294,7 @@ fn top_level_set_config(
             settings::SetConfig::Unknown => {}
         }
     }
-    let only_settings = handled.len() == select.projection.len()
-        && query.order_by.is_none()
-        && query.limit_clause.is_none()
-        && query.locks.is_empty();
+    let only_settings = handled.len() == select.projection.len();
     (handled, only_settings)
 }
 
@@ -365,11 +392,7 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
         } => {
             let mut prepared = Classification::new();
             classify_statement(inner, functions, &mut prepared);
-            out.cacheable &= prepared.cacheable;
-            out.effects.push(Effect::Prepare {
-                name: ident_name(name),
-                route: prepared.route,
-            });
+            prepare(out, ident_name(name), prepared);
         }
         S::Execute {
             name: Some(name),
@@ -482,6 +505,21 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
         }
         _ => out.raise(Route::Primary),
     }
+}
+
+/// Emits a `PREPARE`. The statement's effects happen at each `EXECUTE`, which carries no
+/// effects of its own: a prepared statement with session effects (a `set_config`, an
+/// advisory lock) pins the session now and runs on the primary.
+fn prepare(out: &mut Classification, name: String, mut prepared: Classification) {
+    out.cacheable &= prepared.cacheable;
+    if !prepared.effects.is_empty() {
+        prepared.raise(Route::Primary);
+        out.effects.push(Effect::Pin(Pin::Unknown));
+    }
+    out.effects.push(Effect::Prepare {
+        name,
+        route: prepared.route,
+    });
 }
 
 /// Emits a transaction start. A standby refuses read-write and serializable transactions.

@@ -12,7 +12,7 @@ use sqlparser::ast::{
     TransactionAccessMode, TransactionIsolationLevel, TransactionMode, UnaryOperator, Value,
 };
 
-use super::{Classification, Effect, Pin, Route};
+use super::{ident_name, Classification, Effect, Pin, Route};
 
 /// Settings whose list items PostgreSQL quotes as identifiers (`GUC_LIST_QUOTE`): a
 /// `set_config` value for them is split into items and each item quoted, because
@@ -289,7 +289,7 @@ pub(crate) fn set(statement: &Set, out: &mut Classification) {
             }
             let value = match role_name {
                 None => "'none'".to_string(),
-                Some(ident) => quote_literal(&fold(ident)),
+                Some(ident) => quote_literal(&ident_name(ident)),
             };
             out.effects.push(Effect::Set {
                 name: "role".to_string(),
@@ -307,7 +307,7 @@ pub(crate) fn set(statement: &Set, out: &mut Classification) {
                 }
                 SetSessionAuthorizationParamKind::User(ident) => out.effects.push(Effect::Set {
                     name,
-                    value: quote_literal(&fold(ident)),
+                    value: quote_literal(&ident_name(ident)),
                 }),
             }
         }
@@ -360,15 +360,6 @@ pub(crate) fn reset(statement: &ResetStatement, out: &mut Classification) {
             Some(name) => out.effects.push(Effect::Reset { name }),
             None => unknown(out),
         },
-    }
-}
-
-/// An identifier as PostgreSQL resolves it: folded to lower case unless quoted.
-fn fold(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
     }
 }
 

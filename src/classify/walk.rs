@@ -1,16 +1,15 @@
 //! Walks a parsed statement for everything that can make a read need the primary: function
 //! calls wherever they appear, row locks, `SELECT … INTO`, and writes nested in CTEs.
 
-use std::borrow::Cow;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Function, Ident, ObjectName, Query, Select, Statement, TableFactor, Visit, Visitor,
+    Expr, Function, ObjectName, Query, Select, Statement, TableFactor, Visit, Visitor,
 };
 
 use super::functions::{Decision, FunctionName, Functions};
 use super::settings::{set_config, SetConfig};
-use super::{Classification, Effect, Pin, Route};
+use super::{fold, Classification, Effect, Pin, Route};
 
 /// SQL-syntax forms that sqlparser reports as function calls but that are not in `pg_proc`
 /// (or are keywords there): all of them only compute values.
@@ -54,15 +53,6 @@ const KEYWORD_FUNCTIONS: &[&str] = &[
     "json_exists",
     "merge_action",
 ];
-
-/// An identifier as PostgreSQL resolves it: folded to lower case unless quoted.
-fn fold(ident: &Ident) -> Cow<'_, str> {
-    if ident.quote_style.is_some() || !ident.value.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Borrowed(&ident.value)
-    } else {
-        Cow::Owned(ident.value.to_lowercase())
-    }
-}
 
 /// The called name of `name`; None for dialect forms PostgreSQL does not have.
 fn function_name(name: &ObjectName) -> Option<(FunctionName, bool)> {

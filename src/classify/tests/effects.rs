@@ -343,6 +343,7 @@ fn settings() {
         // Not literal, or not sure to run once: the session cannot replay it.
         ("SELECT set_config('x.y', $1, false)", P, vec![PIN_UNKNOWN]),
         ("SELECT set_config('x.y', 'v', false) FROM t", P, vec![PIN_UNKNOWN]),
+        ("SELECT set_config('x.y', 'v', false) LIMIT 0", P, vec![PIN_UNKNOWN]),
         (
             "SELECT CASE WHEN a THEN set_config('x.y', 'v', false) END FROM t",
             P,
@@ -381,6 +382,16 @@ fn prepared_statements() {
             vec![prepare("p", P)],
         ),
         ("PREPARE p AS TABLE t", A, vec![prepare("p", S)]),
+        (
+            "PREPARE p AS SELECT set_config('a.b', 'c', false)",
+            A,
+            vec![PIN_UNKNOWN, prepare("p", P)],
+        ),
+        (
+            "PREPARE p AS SELECT pg_advisory_lock($1)",
+            A,
+            vec![PIN_UNKNOWN, prepare("p", P)],
+        ),
         ("EXECUTE p", A, vec![execute("p")]),
         ("EXECUTE P(1, 'a')", A, vec![execute("p")]),
         ("EXECUTE \"MyStmt\"", A, vec![execute("MyStmt")]),
@@ -469,6 +480,7 @@ fn cacheability() {
         ("PREPARE p AS SELECT 1", false),
         ("DEALLOCATE p", false),
         ("DISCARD ALL", false),
+        ("DO $$ BEGIN END $$", false),
     ];
     let mut failures = Vec::new();
     for (sql, cacheable) in cases {
@@ -499,6 +511,9 @@ fn odd_input_never_panics() {
         "\u{0}",
         "PREPARE",
         "PREPARE p AS",
+        "PREPARE \"abé",
+        "EXECUTE \"é",
+        "DEALLOCATE \"",
         "EXECUTE",
         "DEALLOCATE",
         "TABLE",
@@ -514,4 +529,72 @@ fn odd_input_never_panics() {
         assert!(got.route >= A, "{sql:?}");
     }
     assert_eq!(classify(&deep, &functions).route, P);
+}
+
+/// Random splices of SQL fragments, quotes and multi-byte characters: never a panic, in
+/// the classifier or the cache key.
+#[test]
+fn random_fragments_never_panic() {
+    const PIECES: &[&str] = &[
+        "SELECT ",
+        "BEGIN ",
+        "PREPARE ",
+        "EXECUTE ",
+        "TABLE ",
+        "SET ",
+        "DO ",
+        "CREATE ",
+        "FUNCTION ",
+        "AS ",
+        "ATOMIC ",
+        "END",
+        ";",
+        "(",
+        ")",
+        "'",
+        "\"",
+        "$",
+        "$$",
+        "$a$",
+        "E'",
+        "U&",
+        "\\",
+        "--",
+        "/*",
+        "*/",
+        "é",
+        "ß",
+        "漢",
+        "1",
+        ".",
+        "..",
+        "e",
+        "x",
+        " ",
+        "\n",
+        "nextval(",
+        "set_config(",
+        "pg_advisory_lock(",
+        "FOR ",
+        "UPDATE ",
+        "NO KEY ",
+        "/* pgsplit:primary */",
+    ];
+    let functions = catalog();
+    // xorshift: deterministic, no dependency.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..3000 {
+        let len = next() % 12;
+        let sql: String = (0..len)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        let _ = classify(&sql, &functions);
+        let _ = normalize(&sql);
+    }
 }
