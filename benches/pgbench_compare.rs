@@ -1,4 +1,6 @@
-//! Throughput through pgsplit as a ratio of a direct connection, measured in the same run:
+//! Throughput through pgsplit (reads spread over two standbys) as a ratio of a direct
+//! connection to the primary, measured in the same run, with the share of statements served
+//! by standbys and the classification cache hit rate:
 //! `cargo bench --bench pgbench_compare` (PGSPLIT_BENCH_SECONDS, PGSPLIT_BENCH_CLIENTS to tune).
 
 use std::process::Command;
@@ -91,6 +93,9 @@ fn main() -> Result<(), String> {
             String::from_utf8_lossy(&init.stderr)
         ));
     }
+    for i in 1..cluster.nodes().len() {
+        cluster.wait_for_replay(i).map_err(|e| e.to_string())?;
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let settings = pgsplit::demo::config_for(&cluster, "127.0.0.1:0").map_err(|e| e.to_string())?;
     let proxy = runtime
@@ -99,19 +104,27 @@ fn main() -> Result<(), String> {
     let via = proxy.local_addr().port();
 
     println!(
-        "pgbench -S -c {clients} -j 2 -T {seconds}, scale 10, PostgreSQL at {}",
+        "pgbench -S -c {clients} -j 2 -T {seconds}, scale 10, 1 primary + 2 standbys, PostgreSQL at {}",
         cluster.pg_bin().display()
     );
     println!(
-        "{:<10} {:>14} {:>14} {:>8}",
-        "mode", "direct tps", "pgsplit tps", "ratio"
+        "{:<10} {:>12} {:>12} {:>7} {:>14} {:>10}",
+        "mode", "direct tps", "pgsplit tps", "ratio", "on standbys", "cache hits"
     );
     for mode in ["simple", "extended", "prepared"] {
         let direct = pgbench_tps(&cluster, primary, mode, clients, seconds)?;
+        let (stats, cache) = (proxy.stats(), proxy.cache_stats());
         let proxied = pgbench_tps(&cluster, via, mode, clients, seconds)?;
+        let (stats_after, cache_after) = (proxy.stats(), proxy.cache_stats());
+        let standby = stats_after.to_standby - stats.to_standby;
+        let all = standby + stats_after.to_primary - stats.to_primary;
+        let hits = cache_after.hits - cache.hits;
+        let lookups = hits + cache_after.misses - cache.misses;
         println!(
-            "{mode:<10} {direct:>14.0} {proxied:>14.0} {:>8.2}",
-            proxied / direct
+            "{mode:<10} {direct:>12.0} {proxied:>12.0} {:>7.2} {:>13.1}% {:>9.1}%",
+            proxied / direct,
+            100.0 * standby as f64 / all.max(1) as f64,
+            100.0 * hits as f64 / lookups.max(1) as f64
         );
     }
     runtime.block_on(proxy.shutdown());

@@ -308,10 +308,11 @@ impl<'a> Relay<'a> {
                     .plan_query(&class, text, class.statements == 1, open);
                 Ok((plan, class))
             }
-            Request::Function(_) => Ok((
-                Plan::Send(Conn::Primary),
-                Arc::new(Classification::primary()),
-            )),
+            // A FunctionCall names a function by OID only: the primary, or the open transaction.
+            Request::Function(_) => {
+                let class = Classification::primary();
+                Ok((self.state.plan_batch(&class, open), Arc::new(class)))
+            }
             Request::Batch { frames, .. } => {
                 if let Some(conn) = self.sticky {
                     return Ok((Plan::Send(conn), Arc::new(Classification::any())));
