@@ -6,6 +6,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -20,6 +21,10 @@ use crate::classify::{Classification, Effect, Route};
 use crate::error::ProxyError;
 use crate::protocol::{encode, flush_to, read_cstr, BackendKey, Frame, FrameReader, Severity};
 use crate::proxy::{CancelTarget, Phase, Shared};
+use crate::topology::Role;
+
+/// How long a standby that failed a client is skipped by that client.
+const AVOID_FAILED_STANDBY: Duration = Duration::from_secs(10);
 
 /// A reply pgsplit expects for a message it injected, and drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +55,9 @@ struct Slot {
     copy_in: bool,
     /// Whether the last request sent here ended with Sync.
     last_synced: bool,
+    /// An autocommit read whose answer has not started yet: if the server dies now,
+    /// it is sent again elsewhere.
+    retry: Option<(Request, Arc<Classification>)>,
 }
 
 impl Slot {
@@ -64,6 +72,7 @@ impl Slot {
             unnamed: None,
             copy_in: false,
             last_synced: false,
+            retry: None,
         }
     }
 
@@ -77,6 +86,7 @@ impl Slot {
 }
 
 /// A unit of client work that goes to one server connection.
+#[derive(Clone)]
 enum Request {
     Query(Frame),
     Batch { frames: Vec<Frame>, sync: bool },
@@ -105,6 +115,8 @@ pub struct Relay<'a> {
     unnamed_version: u64,
     /// Settings before a request that changed them, restored if that request fails.
     guc_undo: Option<(Conn, Gucs)>,
+    /// Standbys that failed this client recently, with when to try them again.
+    avoid: Vec<(usize, Instant)>,
     draining: bool,
 }
 
@@ -140,6 +152,7 @@ impl<'a> Relay<'a> {
             last: None,
             unnamed_version: 0,
             guc_undo: None,
+            avoid: Vec::new(),
             draining: false,
         }
     }
@@ -381,6 +394,16 @@ impl<'a> Relay<'a> {
             Plan::EndDeferred(tag) => return self.reply_here(tag, b'I').await,
         };
         let conn = self.ensure_open(conn, class.route).await?;
+        let retryable = conn == Conn::Standby
+            && begin.is_none()
+            && self.state.txn.is_none()
+            && class.route <= Route::Standby
+            && class.effects.is_empty()
+            && matches!(
+                request,
+                Request::Query(_) | Request::Batch { sync: true, .. }
+            );
+        self.standby.retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
         self.sync_settings(conn).await?;
         if let Some(begin) = begin {
             self.inject_query(conn, &begin).await?;
@@ -510,18 +533,17 @@ impl<'a> Relay<'a> {
     /// for another one, then for the primary (reads only).
     async fn ensure_open(&mut self, conn: Conn, route: Route) -> Result<Conn, ProxyError> {
         if conn == Conn::Primary {
-            return if self.primary.conn.is_some() {
-                Ok(Conn::Primary)
-            } else {
-                Err(ProxyError::NoPrimary)
-            };
+            return self.ensure_primary().await;
         }
         let topology = self.shared.topology.load();
         if let Some(server) = &self.standby.conn {
-            let still_standby = topology.nodes.get(self.standby.node).is_some_and(|n| {
-                n.role == crate::topology::Role::Standby && n.node.address == server.address
-            });
-            if still_standby {
+            // A transaction (or a reply in flight) finishes where it started.
+            let committed = self.state.txn == Some(Conn::Standby) || self.standby.pending > 0;
+            let still_standby = topology
+                .nodes
+                .get(self.standby.node)
+                .is_some_and(|n| n.role == Role::Standby && n.node.address == server.address);
+            if committed || still_standby {
                 return Ok(Conn::Standby);
             }
             if let Some(old) = self.standby.conn.take() {
@@ -530,23 +552,23 @@ impl<'a> Relay<'a> {
             self.shared.stats.release(self.standby.node);
         }
         let routing = &self.shared.settings.raw.routing;
-        let settings = &self.shared.settings;
-        let mut exclude = Vec::new();
+        let now = Instant::now();
+        self.avoid.retain(|(_, until)| *until > now);
+        let mut exclude: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
         loop {
-            let outstanding = self.shared.stats.outstanding();
             let target = pick_read(
                 &topology,
                 routing.balance_strategy,
                 routing.primary_reads,
                 &exclude,
-                &outstanding,
+                &self.shared.stats.outstanding(),
                 self.shared.stats.next_turn(),
                 rand::random(),
             );
             let index = match target {
                 ReadTarget::Standby(i) => i,
-                ReadTarget::Primary => return Ok(Conn::Primary),
-                ReadTarget::Nowhere if route == Route::Any => return Ok(Conn::Primary),
+                ReadTarget::Primary => return self.ensure_primary().await,
+                ReadTarget::Nowhere if route == Route::Any => return self.ensure_primary().await,
                 ReadTarget::Nowhere => {
                     return Err(ProxyError::ServerUnavailable {
                         addr: "standbys".into(),
@@ -554,23 +576,7 @@ impl<'a> Relay<'a> {
                     })
                 }
             };
-            let user = settings
-                .user(&self.startup.user)
-                .ok_or(ProxyError::NoPrimary)?;
-            let login = Login {
-                address: &topology.nodes[index].node.address,
-                user: &user.server_user,
-                password: &user.server_password,
-                database: &self.startup.database,
-                params: &self.startup.params,
-            };
-            match ServerConn::connect(
-                &login,
-                settings.raw.connect_timeout,
-                settings.raw.max_message_size,
-            )
-            .await
-            {
+            match self.connect(&topology.nodes[index].node.address).await {
                 Ok(server) => {
                     self.standby = Slot::open(server, index);
                     self.shared.stats.acquire(index);
@@ -579,9 +585,68 @@ impl<'a> Relay<'a> {
                 Err(e) => {
                     tracing::warn!(node = %topology.nodes[index].node.name, error = %e, "standby unreachable; trying another node");
                     exclude.push(index);
+                    self.avoid.push((index, now + AVOID_FAILED_STANDBY));
                 }
             }
         }
+    }
+
+    /// Keeps the primary connection on the node that is primary now: after a promotion
+    /// the next request reconnects, unless a transaction or pinned state lives on the
+    /// old connection.
+    async fn ensure_primary(&mut self) -> Result<Conn, ProxyError> {
+        let topology = self.shared.topology.load();
+        let open_on = self.primary.conn.as_ref().map(|c| c.address.clone());
+        let split_brain = topology
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Primary)
+            .count()
+            > 1;
+        let node = match (topology.primary_index(), open_on) {
+            (Some(i), Some(address)) if topology.nodes[i].node.address == address => {
+                return Ok(Conn::Primary)
+            }
+            (_, Some(_))
+                if self.state.txn == Some(Conn::Primary)
+                    || self.state.pinned()
+                    || self.primary.pending > 0 =>
+            {
+                return Ok(Conn::Primary)
+            }
+            // Not known this instant (a check timed out): keep the last known primary.
+            (None, Some(_)) if !split_brain => return Ok(Conn::Primary),
+            (None, _) => return Err(ProxyError::NoPrimary),
+            (Some(i), _) => i,
+        };
+        if let Some(old) = self.primary.conn.take() {
+            tracing::info!(old = %old.address, new = %topology.nodes[node].node.address, "primary changed: reconnecting");
+            old.terminate().await;
+        }
+        let server = self.connect(&topology.nodes[node].node.address).await?;
+        self.primary = Slot::open(server, node);
+        Ok(Conn::Primary)
+    }
+
+    /// Logs in to a server as this client's server user.
+    async fn connect(&self, address: &str) -> Result<ServerConn, ProxyError> {
+        let settings = &self.shared.settings;
+        let user = settings
+            .user(&self.startup.user)
+            .ok_or_else(|| ProxyError::AuthFailed(self.startup.user.clone()))?;
+        let login = Login {
+            address,
+            user: &user.server_user,
+            password: &user.server_password,
+            database: &self.startup.database,
+            params: &self.startup.params,
+        };
+        ServerConn::connect(
+            &login,
+            settings.raw.connect_timeout,
+            settings.raw.max_message_size,
+        )
+        .await
     }
 
     /// Brings a connection's settings in line with the session's before it serves the client.
@@ -689,6 +754,7 @@ impl<'a> Relay<'a> {
                 }
                 _ => {}
             }
+            self.slot(conn).retry = None;
             self.to_client.extend_from_slice(&frame.raw);
         }
         let more = self
@@ -719,15 +785,37 @@ impl<'a> Relay<'a> {
             .unwrap_or_default();
         let node = slot.node;
         let was_busy = slot.pending > 0;
+        let retry = slot.retry.take();
         slot.conn = None;
         slot.pending = 0;
         slot.swallow.clear();
+        slot.copy_in = false;
         if conn == Conn::Standby {
             self.shared.stats.release(node);
-            if !was_busy && self.state.txn != Some(Conn::Standby) {
-                tracing::info!(%address, "idle standby connection closed; another is opened on demand");
+            self.avoid
+                .push((node, Instant::now() + AVOID_FAILED_STANDBY));
+            if let (true, Some((request, class))) = (was_busy, retry) {
+                tracing::warn!(%address, "standby lost before answering a read: retrying it elsewhere");
+                self.execute(Plan::Send(Conn::Standby), class, request)
+                    .await?;
                 return Ok(Step::Continue);
             }
+        }
+        let session_lives_there =
+            self.state.txn == Some(conn) || (conn == Conn::Primary && self.state.pinned());
+        if !was_busy && !session_lives_there {
+            tracing::info!(%address, ?conn, "idle server connection closed; another is opened on demand");
+            return Ok(Step::Continue);
+        }
+        if conn == Conn::Standby && !session_lives_there {
+            // Part of an autocommit read's answer is out: end that statement with an
+            // error, keep the session.
+            let mut out = std::mem::take(&mut self.to_client);
+            let reason = format!("the standby at {address} closed the connection during the read");
+            encode::error(&mut out, Severity::Error, "08006", &reason);
+            encode::ready_for_query(&mut out, self.client_status());
+            flush_to(&mut self.client_out, &mut out).await?;
+            return Ok(Step::Continue);
         }
         let gone = ProxyError::ServerUnavailable {
             addr: address,
