@@ -142,6 +142,21 @@ pub struct RoutingConfig {
         with = "humantime_serde"
     )]
     pub function_refresh_interval: Duration,
+    /// `session` (default): after a client's write commits, its reads go only to standbys
+    /// that have replayed it; `off`: reads may see a standby's older snapshot.
+    #[serde(default)]
+    pub read_your_writes: ReadYourWrites,
+}
+
+/// Whether a client reads its own writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadYourWrites {
+    /// Reads after a write wait for a standby that has replayed it (or use the primary).
+    #[default]
+    Session,
+    /// No guarantee beyond the lag bounds.
+    Off,
 }
 
 impl Default for RoutingConfig {
@@ -154,6 +169,7 @@ impl Default for RoutingConfig {
             read_only_functions: Vec::new(),
             write_functions: Vec::new(),
             function_refresh_interval: default_function_refresh_interval(),
+            read_your_writes: ReadYourWrites::default(),
         }
     }
 }
