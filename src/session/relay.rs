@@ -117,6 +117,8 @@ pub struct Relay<'a> {
     guc_undo: Option<(Conn, Gucs)>,
     /// Standbys that failed this client recently, with when to try them again.
     avoid: Vec<(usize, Instant)>,
+    /// The server key the client's cancel key currently maps to.
+    cancel_points_at: Option<BackendKey>,
     draining: bool,
 }
 
@@ -153,6 +155,7 @@ impl<'a> Relay<'a> {
             unnamed_version: 0,
             guc_undo: None,
             avoid: Vec::new(),
+            cancel_points_at: None,
             draining: false,
         }
     }
@@ -417,19 +420,26 @@ impl<'a> Relay<'a> {
             self.guc_undo = Some((conn, self.state.gucs.clone()));
         }
         self.state.apply(&class, conn);
-        let wanted = self.state.gucs.clone();
-        let slot = self.slot(conn);
-        if slot.gucs.is_some() {
-            slot.gucs = Some(wanted);
+        if !class.effects.is_empty() {
+            // This connection runs the SETs itself.
+            let wanted = self.state.gucs.clone();
+            let slot = self.slot(conn);
+            if slot.gucs.is_some() {
+                slot.gucs = Some(wanted);
+            }
         }
         self.shared.stats.record(conn, self.slot(conn).node);
         self.last = Some(conn);
-        let target = self.slot(conn).conn.as_ref().map(|c| CancelTarget {
-            address: c.address.clone(),
-            key: c.key,
-        });
-        if let Some(target) = target {
-            self.shared.cancels.update(self.key, target);
+        let server_key = self.slot(conn).conn.as_ref().map(|c| c.key);
+        if server_key.is_some() && server_key != self.cancel_points_at {
+            if let Some(c) = self.slot(conn).conn.as_ref() {
+                let target = CancelTarget {
+                    address: c.address.clone(),
+                    key: c.key,
+                };
+                self.shared.cancels.update(self.key, target);
+            }
+            self.cancel_points_at = server_key;
         }
         match request {
             Request::Query(frame) | Request::Function(frame) => {
@@ -651,6 +661,13 @@ impl<'a> Relay<'a> {
 
     /// Brings a connection's settings in line with the session's before it serves the client.
     async fn sync_settings(&mut self, conn: Conn) -> Result<(), ProxyError> {
+        let in_sync = match conn {
+            Conn::Primary => self.primary.gucs.as_ref(),
+            Conn::Standby => self.standby.gucs.as_ref(),
+        } == Some(&self.state.gucs);
+        if in_sync {
+            return Ok(());
+        }
         let wanted = self.state.gucs.clone();
         let slot = self.slot(conn);
         let sql = match &slot.gucs {
