@@ -42,8 +42,9 @@ pub enum ReadTarget {
     Nowhere,
 }
 
-/// Picks a node for a read among the standbys that are up, skipping `exclude`
-/// (nodes that just failed for this client).
+/// Picks a node for a read among the eligible standbys (up, not banned, within the lag
+/// bounds), skipping `exclude` (nodes that just failed for this client); with none left,
+/// the primary as `primary_reads` allows.
 ///
 /// `turn` is a counter that advances on every pick (round robin); `outstanding[i]` is the
 /// number of clients currently reading from node `i`; `dice` is a random number.
@@ -63,7 +64,7 @@ pub fn pick_read(
         .filter(|(i, n)| {
             let wanted = n.role == Role::Standby
                 || (n.role == Role::Primary && primary_reads == PrimaryReads::Always);
-            wanted && n.node.weight > 0 && !exclude.contains(i)
+            wanted && n.eligible && n.node.weight > 0 && !exclude.contains(i)
         })
         .map(|(i, n)| (i, n.node.weight))
         .collect();
@@ -121,13 +122,14 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (role, weight))| NodeState {
-                    node: Node {
+                    role: *role,
+                    error: None,
+                    eligible: *role != Role::Unknown,
+                    ..NodeState::unknown(Node {
                         name: format!("n{i}"),
                         address: format!("h:{}", i + 1),
                         weight: *weight,
-                    },
-                    role: *role,
-                    error: None,
+                    })
                 })
                 .collect(),
         }
@@ -252,5 +254,51 @@ mod tests {
             0,
         );
         assert_eq!(got, ReadTarget::Primary);
+    }
+
+    #[test]
+    fn ineligible_standbys_serve_no_reads() {
+        // A lagging or banned standby keeps its role in the snapshot but is not eligible.
+        let mut t = topology(&[(Role::Primary, 1), (Role::Standby, 1), (Role::Standby, 1)]);
+        t.nodes[1].eligible = false;
+        for strategy in [
+            Strategy::WeightedRoundRobin,
+            Strategy::Random,
+            Strategy::LeastOutstanding,
+        ] {
+            for turn in 0..10 {
+                let got = pick_read(
+                    &t,
+                    strategy,
+                    PrimaryReads::Fallback,
+                    &[],
+                    &[0, 0, 9],
+                    turn,
+                    turn * 7,
+                );
+                assert_eq!(got, ReadTarget::Standby(2), "{strategy:?}, turn {turn}");
+            }
+        }
+        t.nodes[2].eligible = false;
+        let cases = [
+            (PrimaryReads::Fallback, ReadTarget::Primary),
+            (PrimaryReads::Always, ReadTarget::Primary),
+            (PrimaryReads::Never, ReadTarget::Nowhere),
+        ];
+        for (primary_reads, want) in cases {
+            let got = pick_read(
+                &t,
+                Strategy::WeightedRoundRobin,
+                primary_reads,
+                &[],
+                &[],
+                0,
+                0,
+            );
+            assert_eq!(
+                got, want,
+                "no eligible standby, primary_reads {primary_reads:?}"
+            );
+        }
     }
 }

@@ -98,6 +98,92 @@ pub struct MonitorConfig {
     /// Bound on one check query. Default 2 s.
     #[serde(default = "default_query_timeout", with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// A standby further behind the primary than this many bytes of WAL stops serving
+    /// reads; 0 turns the byte bound off. Default 16 MiB.
+    #[serde(default = "default_max_lag_bytes")]
+    pub max_lag_bytes: u64,
+    /// A standby whose replay is older than this stops serving reads; zero turns the
+    /// time bound off. Default 10 s.
+    #[serde(default = "default_max_lag_time", with = "humantime_serde")]
+    pub max_lag_time: Duration,
+    /// Byte lag a lagging standby must be back under to serve reads again.
+    /// Default: half of `max_lag_bytes`.
+    #[serde(default)]
+    pub readmit_lag_bytes: Option<u64>,
+    /// Time lag a lagging standby must be back under to serve reads again.
+    /// Default: half of `max_lag_time`.
+    #[serde(default, with = "humantime_serde")]
+    pub readmit_lag_time: Option<Duration>,
+    /// Consecutive checks a lagging standby must pass under both re-admit bounds. Default 2.
+    #[serde(default = "default_readmit_after_polls")]
+    pub readmit_after_polls: u32,
+    /// Longest a failing node is left unchecked; bans start at `lag_check_interval` and
+    /// double per consecutive failure up to this. Default 30 s.
+    #[serde(default = "default_max_ban", with = "humantime_serde")]
+    pub max_ban: Duration,
+}
+
+impl MonitorConfig {
+    /// `readmit_lag_bytes` with its default (half the bound) applied.
+    pub fn readmit_bytes(&self) -> u64 {
+        self.readmit_lag_bytes.unwrap_or(self.max_lag_bytes / 2)
+    }
+
+    /// `readmit_lag_time` with its default (half the bound) applied.
+    pub fn readmit_time(&self) -> Duration {
+        self.readmit_lag_time.unwrap_or(self.max_lag_time / 2)
+    }
+
+    /// Checks the lag and ban settings against each other.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(readmit) = self.readmit_lag_bytes {
+            if self.max_lag_bytes == 0 {
+                return Err(invalid(
+                    "monitor.readmit_lag_bytes",
+                    "has no effect while monitor.max_lag_bytes = 0 (byte bound off); remove it",
+                ));
+            }
+            if readmit > self.max_lag_bytes {
+                return Err(invalid(
+                    "monitor.readmit_lag_bytes",
+                    format!(
+                        "{readmit} is above monitor.max_lag_bytes ({}): a standby must be re-admitted under the bound that excluded it",
+                        self.max_lag_bytes
+                    ),
+                ));
+            }
+        }
+        if let Some(readmit) = self.readmit_lag_time {
+            if self.max_lag_time.is_zero() {
+                return Err(invalid(
+                    "monitor.readmit_lag_time",
+                    "has no effect while monitor.max_lag_time = \"0s\" (time bound off); remove it",
+                ));
+            }
+            if readmit > self.max_lag_time {
+                return Err(invalid(
+                    "monitor.readmit_lag_time",
+                    format!(
+                        "{readmit:?} is above monitor.max_lag_time ({:?}): a standby must be re-admitted under the bound that excluded it",
+                        self.max_lag_time
+                    ),
+                ));
+            }
+        }
+        if self.readmit_after_polls == 0 {
+            return Err(invalid("monitor.readmit_after_polls", "must be at least 1"));
+        }
+        if self.max_ban < self.lag_check_interval {
+            return Err(invalid(
+                "monitor.max_ban",
+                format!(
+                    "{:?} is shorter than monitor.lag_check_interval ({:?}), where bans start",
+                    self.max_ban, self.lag_check_interval
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for MonitorConfig {
@@ -108,6 +194,12 @@ impl Default for MonitorConfig {
             database: default_monitor_database(),
             lag_check_interval: default_lag_check_interval(),
             query_timeout: default_query_timeout(),
+            max_lag_bytes: default_max_lag_bytes(),
+            max_lag_time: default_max_lag_time(),
+            readmit_lag_bytes: None,
+            readmit_lag_time: None,
+            readmit_after_polls: default_readmit_after_polls(),
+            max_ban: default_max_ban(),
         }
     }
 }
@@ -247,6 +339,18 @@ fn default_lag_check_interval() -> Duration {
 fn default_query_timeout() -> Duration {
     Duration::from_secs(2)
 }
+fn default_max_lag_bytes() -> u64 {
+    16 << 20
+}
+fn default_max_lag_time() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_readmit_after_polls() -> u32 {
+    2
+}
+fn default_max_ban() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_classify_cache_size() -> usize {
     10_000
 }
@@ -352,6 +456,7 @@ impl Settings {
                 return Err(invalid(key, "must be greater than zero"));
             }
         }
+        raw.monitor.validate()?;
         if raw.nodes.is_empty() {
             return Err(invalid("nodes", "at least one node is required"));
         }
@@ -505,6 +610,70 @@ mod tests {
                 other => panic!("{text}: expected an error on {key}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn lag_and_ban_settings_default_and_derive() {
+        let s = Settings::parse(MINIMAL).unwrap();
+        let m = &s.raw.monitor;
+        assert_eq!(m.max_lag_bytes, 16 << 20);
+        assert_eq!(m.max_lag_time, Duration::from_secs(10));
+        assert_eq!(m.readmit_bytes(), 8 << 20);
+        assert_eq!(m.readmit_time(), Duration::from_secs(5));
+        assert_eq!(m.readmit_after_polls, 2);
+        assert_eq!(m.max_ban, Duration::from_secs(30));
+
+        let text = format!(
+            "[monitor]\nmax_lag_bytes = 65536\nreadmit_lag_bytes = 1000\n\
+             max_lag_time = \"0s\"\nmax_ban = \"2s\"\n{MINIMAL}"
+        );
+        let s = Settings::parse(&text).unwrap();
+        let m = &s.raw.monitor;
+        assert_eq!(
+            (m.readmit_bytes(), m.readmit_time()),
+            (1000, Duration::ZERO)
+        );
+        assert_eq!(m.max_ban, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn lag_and_ban_settings_that_make_no_sense_name_their_key() {
+        let cases = [
+            (
+                "max_lag_bytes = 1000\nreadmit_lag_bytes = 1001",
+                "monitor.readmit_lag_bytes",
+            ),
+            (
+                "max_lag_bytes = 0\nreadmit_lag_bytes = 10",
+                "monitor.readmit_lag_bytes",
+            ),
+            (
+                "max_lag_time = \"1s\"\nreadmit_lag_time = \"2s\"",
+                "monitor.readmit_lag_time",
+            ),
+            (
+                "max_lag_time = \"0s\"\nreadmit_lag_time = \"1s\"",
+                "monitor.readmit_lag_time",
+            ),
+            ("readmit_after_polls = 0", "monitor.readmit_after_polls"),
+            (
+                "lag_check_interval = \"1s\"\nmax_ban = \"500ms\"",
+                "monitor.max_ban",
+            ),
+            ("max_ban = \"0s\"", "monitor.max_ban"),
+        ];
+        for (monitor, key) in cases {
+            let text = format!("[monitor]\n{monitor}\n{MINIMAL}");
+            match Settings::parse(&text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected an error on {key}, got {other:?}"),
+            }
+        }
+        let ok = "[monitor]\nmax_lag_bytes = 1000\nreadmit_lag_bytes = 1000\n";
+        assert!(
+            Settings::parse(&format!("{ok}{MINIMAL}")).is_ok(),
+            "equal bounds are fine"
+        );
     }
 
     #[test]

@@ -116,6 +116,47 @@ impl TestProxy {
     }
 }
 
+impl TestProxy {
+    /// Starts pgsplit with the demo configuration for `cluster` (a test's own cluster, not
+    /// the shared one): `top` adds top-level keys, `monitor` keys of `[monitor]`, `tables`
+    /// more tables.
+    pub async fn start_for(cluster: &Cluster, top: &str, monitor: &str, tables: &str) -> TestProxy {
+        let base = pgsplit::demo::config_text(cluster, "127.0.0.1:0");
+        // The demo text already has a [monitor] table and TOML forbids a second one.
+        let base = base.replacen("[monitor]\n", &format!("[monitor]\n{monitor}\n"), 1);
+        let text = format!("{top}\n{base}\n{tables}");
+        let settings =
+            Settings::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let handle = runtime()
+            .spawn(pgsplit::proxy::start(settings))
+            .await
+            .expect("proxy start task")
+            .expect("proxy listens");
+        TestProxy {
+            addr: handle.local_addr(),
+            handle: Some(handle),
+        }
+    }
+
+    /// The proxy's latest cluster snapshot.
+    pub fn topology(&self) -> std::sync::Arc<pgsplit::topology::Topology> {
+        self.handle.as_ref().expect("proxy running").topology()
+    }
+
+    /// Runs a PostgreSQL client program from `pg_bin` against the proxy (for tests with
+    /// their own cluster, where [`TestProxy::run`] would start the shared one).
+    pub fn run_with(&self, pg_bin: &std::path::Path, program: &str, args: &[&str]) -> Output {
+        let port = self.addr.port().to_string();
+        Command::new(pg_bin.join(program))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", APP_USER])
+            .args(args)
+            .env("PGPASSWORD", APP_PASSWORD)
+            .env("PGPASSFILE", "/nonexistent")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+}
+
 /// The SQLSTATE of a tokio-postgres error, or a description of why there is none.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()

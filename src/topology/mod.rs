@@ -1,0 +1,486 @@
+//! The cluster as pgsplit sees it: each node's role, health and replication lag, checked
+//! in the background and published as an immutable snapshot that sessions read without
+//! locks.
+//!
+//! Each poll (`lag_check_interval`) checks every node concurrently ([`probe`]), then
+//! [`advance`] — a pure function of the previous snapshot and the answers — decides
+//! roles, lag ([`lag`]), bans ([`health`]) and which nodes may serve reads.
+
+pub mod health;
+pub mod lag;
+pub mod lsn;
+pub mod probe;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::backend::ServerConn;
+use crate::config::{Node, Settings};
+
+pub use health::{Backoff, Ban};
+pub use lag::{LagBounds, LagStatus};
+pub use lsn::Lsn;
+use probe::Probe;
+
+/// What a node currently is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts writes (`pg_is_in_recovery()` is false).
+    Primary,
+    /// A hot standby in recovery.
+    Standby,
+    /// Not reachable, so not known.
+    Unknown,
+}
+
+/// WAL positions a node reported at one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LsnSample {
+    /// Taken just before the check query was sent, so every position below was read at
+    /// or after it.
+    pub at: Instant,
+    /// `pg_current_wal_lsn()`: only on the primary.
+    pub current: Option<Lsn>,
+    /// `pg_last_wal_receive_lsn()`: only on a standby that has streamed WAL.
+    pub receive: Option<Lsn>,
+    /// `pg_last_wal_replay_lsn()`: only on a standby.
+    pub replay: Option<Lsn>,
+}
+
+/// One node in a snapshot.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// Configured node.
+    pub node: Node,
+    /// Role at the last check.
+    pub role: Role,
+    /// Why the last check failed, if it did.
+    pub error: Option<String>,
+    /// WAL positions from the last check; `None` when it failed or was skipped for a ban.
+    pub lsn: Option<LsnSample>,
+    /// WAL bytes this standby has yet to replay; `None` for the primary or when unknown.
+    pub lag_bytes: Option<u64>,
+    /// How far this standby's replay is behind; `None` for the primary or when unknown.
+    pub lag_time: Option<Duration>,
+    /// Where this node stands against the lag bounds (kept between checks for hysteresis).
+    pub lag_status: LagStatus,
+    /// May serve reads: reachable, and for a standby within the lag bounds.
+    pub eligible: bool,
+    /// Set while the node is banned after failed checks.
+    pub ban: Option<Ban>,
+}
+
+impl NodeState {
+    /// A node that has not been checked yet: not eligible, nothing known.
+    pub fn unknown(node: Node) -> NodeState {
+        NodeState {
+            node,
+            role: Role::Unknown,
+            error: Some("not checked yet".into()),
+            lsn: None,
+            lag_bytes: None,
+            lag_time: None,
+            lag_status: LagStatus::Within,
+            eligible: false,
+            ban: None,
+        }
+    }
+}
+
+/// An immutable picture of the cluster.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Every configured node, in configuration order.
+    pub nodes: Vec<NodeState>,
+}
+
+impl Topology {
+    /// A picture where nothing is known yet.
+    pub fn unknown(nodes: &[Node]) -> Topology {
+        Topology {
+            nodes: nodes.iter().cloned().map(NodeState::unknown).collect(),
+        }
+    }
+
+    /// The node that accepts writes, if exactly one does.
+    pub fn primary(&self) -> Option<&NodeState> {
+        self.primary_index().map(|i| &self.nodes[i])
+    }
+
+    /// Index of the node that accepts writes, if exactly one does.
+    pub fn primary_index(&self) -> Option<usize> {
+        let mut primaries = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.role == Role::Primary);
+        match (primaries.next(), primaries.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The primary's current WAL position and the instant it was sampled at (the
+    /// position is at least what the primary had written by then).
+    pub fn primary_lsn(&self) -> Option<(Lsn, Instant)> {
+        let sample = self.primary()?.lsn?;
+        Some((sample.current?, sample.at))
+    }
+
+    /// Whether node `node` has replayed everything the primary had written by `since`:
+    /// true iff this snapshot's primary position was sampled at or after `since` and the
+    /// node's replay position has reached it. False for the primary itself (it replays
+    /// nothing) and whenever either position is unknown.
+    pub fn replayed_since(&self, node: usize, since: Instant) -> bool {
+        let Some((primary, at)) = self.primary_lsn() else {
+            return false;
+        };
+        let replay = self.nodes.get(node).and_then(|n| n.lsn?.replay);
+        at >= since && replay.is_some_and(|r| r >= primary)
+    }
+}
+
+/// The snapshot shared by the monitor (writer) and every session (readers).
+pub type SharedTopology = Arc<ArcSwap<Topology>>;
+
+/// What one poll learned about one node.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The node was checked: its answer, or why the check failed.
+    Checked(Result<Probe, String>),
+    /// The node is banned and its ban has not run out, so it was left alone.
+    Skipped,
+}
+
+/// The rules [`advance`] applies, from `[monitor]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Lag bounds with hysteresis.
+    pub lag: LagBounds,
+    /// Ban lengths.
+    pub backoff: Backoff,
+}
+
+impl Rules {
+    /// The rules a validated configuration asks for.
+    pub fn from_settings(settings: &Settings) -> Rules {
+        let monitor = &settings.raw.monitor;
+        Rules {
+            lag: LagBounds::from_config(monitor),
+            backoff: Backoff {
+                first: monitor.lag_check_interval,
+                max: monitor.max_ban,
+            },
+        }
+    }
+}
+
+/// A change worth a log line; [`advance`] reports them, the monitor logs them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A node's role changed.
+    RoleChanged {
+        /// Node name.
+        node: String,
+        /// Role before.
+        from: Role,
+        /// Role now.
+        to: Role,
+    },
+    /// A check failed: the node is banned (again) for `length`.
+    Banned {
+        /// Node name.
+        node: String,
+        /// The failure.
+        reason: String,
+        /// Consecutive failures.
+        failures: u32,
+        /// Ban length.
+        length: Duration,
+    },
+    /// A banned node answered again.
+    Lifted {
+        /// Node name.
+        node: String,
+        /// Consecutive failures before it answered.
+        failures: u32,
+    },
+    /// A standby went over a lag bound and serves no more reads.
+    Lagging {
+        /// Node name.
+        node: String,
+        /// Byte lag measured.
+        bytes: Option<u64>,
+        /// Time lag measured.
+        time: Option<Duration>,
+    },
+    /// A lagging standby caught up and serves reads again.
+    Readmitted {
+        /// Node name.
+        node: String,
+        /// Byte lag measured.
+        bytes: Option<u64>,
+        /// Time lag measured.
+        time: Option<Duration>,
+    },
+    /// More than one node is out of recovery: writes are refused.
+    SplitBrain {
+        /// Names of the nodes out of recovery.
+        primaries: Vec<String>,
+    },
+    /// At most one node is out of recovery again.
+    SplitBrainOver,
+}
+
+/// The next snapshot, from the previous one and this poll's outcome for every node (in
+/// node order), at `now`. Pure: all timing comes in through `now` and the probes.
+pub fn advance(
+    previous: &Topology,
+    outcomes: Vec<Outcome>,
+    now: Instant,
+    rules: &Rules,
+) -> (Topology, Vec<Event>) {
+    let roles: Vec<Role> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Outcome::Checked(Ok(p)) if p.in_recovery => Role::Standby,
+            Outcome::Checked(Ok(_)) => Role::Primary,
+            _ => Role::Unknown,
+        })
+        .collect();
+    let mut primaries =
+        roles
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(role, outcome)| match (role, outcome) {
+                (Role::Primary, Outcome::Checked(Ok(p))) => Some(p),
+                _ => None,
+            });
+    // Lag is measured against the primary only when there is exactly one.
+    let primary = match (primaries.next(), primaries.next()) {
+        (Some(p), None) => Some(p),
+        _ => None,
+    };
+
+    let mut events = Vec::new();
+    let mut nodes = Vec::with_capacity(previous.nodes.len());
+    for ((before, outcome), role) in previous.nodes.iter().zip(&outcomes).zip(&roles) {
+        let name = &before.node.name;
+        let state = match outcome {
+            Outcome::Skipped => NodeState {
+                role: Role::Unknown,
+                lsn: None,
+                lag_bytes: None,
+                lag_time: None,
+                eligible: false,
+                ..before.clone()
+            },
+            Outcome::Checked(Err(reason)) => {
+                let ban =
+                    health::after_failure(before.ban.as_ref(), reason.clone(), now, &rules.backoff);
+                events.push(Event::Banned {
+                    node: name.clone(),
+                    reason: reason.clone(),
+                    failures: ban.failures,
+                    length: ban.until.saturating_duration_since(now),
+                });
+                NodeState {
+                    node: before.node.clone(),
+                    role: Role::Unknown,
+                    error: Some(reason.clone()),
+                    lsn: None,
+                    lag_bytes: None,
+                    lag_time: None,
+                    // Kept: a lagging standby that blips must still prove it caught up.
+                    lag_status: before.lag_status,
+                    eligible: false,
+                    ban: Some(ban),
+                }
+            }
+            Outcome::Checked(Ok(probe)) => {
+                if let Some(ban) = &before.ban {
+                    events.push(Event::Lifted {
+                        node: name.clone(),
+                        failures: ban.failures,
+                    });
+                }
+                let (lag_bytes, lag_time, lag_status) = if *role == Role::Standby {
+                    let inputs = lag::LagInputs {
+                        primary_lsn: primary.and_then(|p| p.current),
+                        replay_lsn: probe.replay,
+                        replay_lag: primary
+                            .and_then(|p| p.replicas.iter().find(|r| r.application_name == *name))
+                            .and_then(|r| r.replay_lag),
+                        since_last_replay: probe.since_last_replay,
+                    };
+                    let (bytes, time) = lag::measure(&inputs);
+                    let status = lag::next_status(before.lag_status, bytes, time, &rules.lag);
+                    match (before.lag_status.excluded(), status.excluded()) {
+                        (false, true) => events.push(Event::Lagging {
+                            node: name.clone(),
+                            bytes,
+                            time,
+                        }),
+                        (true, false) => events.push(Event::Readmitted {
+                            node: name.clone(),
+                            bytes,
+                            time,
+                        }),
+                        _ => {}
+                    }
+                    (bytes, time, status)
+                } else {
+                    (None, None, LagStatus::Within)
+                };
+                NodeState {
+                    node: before.node.clone(),
+                    role: *role,
+                    error: None,
+                    lsn: Some(LsnSample {
+                        at: probe.at,
+                        current: probe.current,
+                        receive: probe.receive,
+                        replay: probe.replay,
+                    }),
+                    lag_bytes,
+                    lag_time,
+                    lag_status,
+                    eligible: !lag_status.excluded(),
+                    ban: None,
+                }
+            }
+        };
+        if before.role != state.role {
+            events.push(Event::RoleChanged {
+                node: name.clone(),
+                from: before.role,
+                to: state.role,
+            });
+        }
+        nodes.push(state);
+    }
+
+    let primaries_of = |nodes: &[NodeState]| -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|n| n.role == Role::Primary)
+            .map(|n| n.node.name.clone())
+            .collect()
+    };
+    let (was, now_primaries) = (primaries_of(&previous.nodes), primaries_of(&nodes));
+    if now_primaries.len() > 1 && was != now_primaries {
+        events.push(Event::SplitBrain {
+            primaries: now_primaries,
+        });
+    } else if was.len() > 1 && now_primaries.len() <= 1 {
+        events.push(Event::SplitBrainOver);
+    }
+    (Topology { nodes }, events)
+}
+
+/// Writes one log line per event, at a level that fits.
+fn log(event: &Event, rules: &Rules) {
+    match event {
+        Event::RoleChanged { node, from, to } => {
+            tracing::info!(%node, ?from, ?to, "node role changed")
+        }
+        Event::Banned {
+            node,
+            reason,
+            failures,
+            length,
+        } => tracing::warn!(
+            %node, %reason, failures, ban = ?length,
+            "node check failed: banned from reads and checks"
+        ),
+        Event::Lifted { node, failures } => {
+            tracing::info!(%node, failures, "node answers again: ban lifted")
+        }
+        Event::Lagging { node, bytes, time } => tracing::warn!(
+            %node, lag_bytes = ?bytes, lag_time = ?time,
+            max_lag_bytes = rules.lag.max_bytes, max_lag_time = ?rules.lag.max_time,
+            "standby lagging: no more reads until it catches up"
+        ),
+        Event::Readmitted { node, bytes, time } => tracing::info!(
+            %node, lag_bytes = ?bytes, lag_time = ?time,
+            polls = rules.lag.readmit_after_polls,
+            "standby caught up: re-admitted to reads"
+        ),
+        Event::SplitBrain { primaries } => tracing::error!(
+            ?primaries,
+            "more than one node is out of recovery; writes are refused until one remains"
+        ),
+        Event::SplitBrainOver => tracing::info!("at most one node is out of recovery again"),
+    }
+}
+
+/// Keeps one monitoring connection per node and publishes a snapshot after each round.
+pub struct Monitor {
+    settings: Arc<Settings>,
+    rules: Rules,
+    conns: Vec<Option<ServerConn>>,
+    shared: SharedTopology,
+}
+
+impl Monitor {
+    /// A monitor for the configured nodes, publishing into `shared`.
+    pub fn new(settings: Arc<Settings>, shared: SharedTopology) -> Monitor {
+        let conns = settings.nodes.iter().map(|_| None).collect();
+        Monitor {
+            rules: Rules::from_settings(&settings),
+            settings,
+            conns,
+            shared,
+        }
+    }
+
+    /// Checks every node that is not banned once, and publishes the result.
+    pub async fn check(&mut self) {
+        self.check_at(Instant::now()).await;
+    }
+
+    /// One poll; `now` decides which bans have run out and when new ones end.
+    async fn check_at(&mut self, now: Instant) {
+        let previous = self.shared.load_full();
+        let settings = &*self.settings;
+        let checks = settings
+            .nodes
+            .iter()
+            .zip(self.conns.iter_mut())
+            .zip(&previous.nodes)
+            .map(|((node, conn), before)| async move {
+                if health::due(before.ban.as_ref(), now) {
+                    Outcome::Checked(probe::check(node, conn, settings).await)
+                } else {
+                    Outcome::Skipped
+                }
+            });
+        let outcomes = futures_util::future::join_all(checks).await;
+        let (next, events) = advance(&previous, outcomes, now, &self.rules);
+        for event in &events {
+            log(event, &self.rules);
+        }
+        self.shared.store(Arc::new(next));
+    }
+
+    /// Checks every `lag_check_interval` until `stop` changes.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.settings.raw.monitor.lag_check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // The tick's scheduled instant, not the wake-up time: consecutive polls are
+                // then at least one interval apart, so a ban of one interval always runs
+                // out by the next poll.
+                at = tick.tick() => self.check_at(at.into_std()).await,
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
