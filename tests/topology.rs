@@ -225,7 +225,6 @@ async fn a_stopped_standby_is_banned_and_readmitted_when_it_returns() {
 /// (`FATAL: could not connect to server …`, the client aborts); the session side is
 /// being changed to retry an unanswered read on another node and reopen its standby.
 #[tokio::test]
-#[ignore = "needs session-side retry"]
 async fn pgbench_survives_a_standby_killed_under_load() {
     let (cluster, proxy) = cluster_and_proxy().await;
     let pg_bin = cluster.pg_bin().to_owned();

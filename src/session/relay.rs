@@ -18,6 +18,7 @@ use super::Startup;
 use crate::backend::{send_cancel, Login, ServerConn};
 use crate::balance::{pick_read, ReadTarget};
 use crate::classify::{Classification, Effect, Route};
+use crate::config::ReadYourWrites;
 use crate::error::ProxyError;
 use crate::protocol::{encode, flush_to, read_cstr, BackendKey, Frame, FrameReader, Severity};
 use crate::proxy::{CancelTarget, Phase, Shared};
@@ -119,6 +120,11 @@ pub struct Relay<'a> {
     avoid: Vec<(usize, Instant)>,
     /// The server key the client's cancel key currently maps to.
     cancel_points_at: Option<BackendKey>,
+    /// A request that may write was sent to the primary since the last commit.
+    wrote: bool,
+    /// Read-your-writes: when this client's last write committed, until a standby is
+    /// known to have replayed it.
+    written_at: Option<Instant>,
     draining: bool,
 }
 
@@ -156,6 +162,8 @@ impl<'a> Relay<'a> {
             guc_undo: None,
             avoid: Vec::new(),
             cancel_points_at: None,
+            wrote: false,
+            written_at: None,
             draining: false,
         }
     }
@@ -396,7 +404,16 @@ impl<'a> Relay<'a> {
             Plan::DeferBegin => return self.reply_here("BEGIN", b'T').await,
             Plan::EndDeferred(tag) => return self.reply_here(tag, b'I').await,
         };
+        let conn =
+            if conn == Conn::Standby && self.state.txn.is_none() && !self.standby_has_my_writes() {
+                Conn::Primary
+            } else {
+                conn
+            };
         let conn = self.ensure_open(conn, class.route).await?;
+        if conn == Conn::Primary && class.route == Route::Primary {
+            self.wrote = true;
+        }
         let retryable = conn == Conn::Standby
             && begin.is_none()
             && self.state.txn.is_none()
@@ -549,10 +566,9 @@ impl<'a> Relay<'a> {
         if let Some(server) = &self.standby.conn {
             // A transaction (or a reply in flight) finishes where it started.
             let committed = self.state.txn == Some(Conn::Standby) || self.standby.pending > 0;
-            let still_standby = topology
-                .nodes
-                .get(self.standby.node)
-                .is_some_and(|n| n.role == Role::Standby && n.node.address == server.address);
+            let still_standby = topology.nodes.get(self.standby.node).is_some_and(|n| {
+                n.role == Role::Standby && n.eligible && n.node.address == server.address
+            });
             if committed || still_standby {
                 return Ok(Conn::Standby);
             }
@@ -565,6 +581,10 @@ impl<'a> Relay<'a> {
         let now = Instant::now();
         self.avoid.retain(|(_, until)| *until > now);
         let mut exclude: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
+        if let Some(since) = self.written_at {
+            exclude
+                .extend((0..topology.nodes.len()).filter(|i| !topology.replayed_since(*i, since)));
+        }
         loop {
             let target = pick_read(
                 &topology,
@@ -599,6 +619,25 @@ impl<'a> Relay<'a> {
                 }
             }
         }
+    }
+
+    /// Read-your-writes: whether a standby may serve this client's next read. After a
+    /// write commits, only a standby that has replayed the primary's WAL position sampled
+    /// after that commit may; until one has, reads go to the primary.
+    fn standby_has_my_writes(&mut self) -> bool {
+        let Some(since) = self.written_at else {
+            return true;
+        };
+        let topology = self.shared.topology.load();
+        let fresh = match &self.standby.conn {
+            Some(_) => topology.replayed_since(self.standby.node, since),
+            None => (0..topology.nodes.len())
+                .any(|i| topology.nodes[i].eligible && topology.replayed_since(i, since)),
+        };
+        if fresh && self.standby.conn.is_some() {
+            self.written_at = None;
+        }
+        fresh
     }
 
     /// Keeps the primary connection on the node that is primary now: after a promotion
@@ -741,6 +780,14 @@ impl<'a> Relay<'a> {
                     slot.pending = slot.pending.saturating_sub(1);
                     let status = frame.body().first().copied().unwrap_or(b'I');
                     self.state.ready(conn, status);
+                    if conn == Conn::Primary && status == b'I' && self.wrote {
+                        self.wrote = false;
+                        if self.shared.settings.raw.routing.read_your_writes
+                            == ReadYourWrites::Session
+                        {
+                            self.written_at = Some(Instant::now());
+                        }
+                    }
                     if self.guc_undo.as_ref().is_some_and(|(c, _)| *c == conn)
                         && self.slot(conn).pending == 0
                     {
