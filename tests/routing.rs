@@ -7,7 +7,16 @@ use std::collections::HashSet;
 
 use common::{cluster, sqlstate, text, TestProxy};
 use pgsplit::cluster::APP_DATABASE;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
+
+type Param<'a> = [&'a (dyn ToSql + Sync); 1];
+
+/// pgsplit for tests of where statements run: read-your-writes (tested on its own in
+/// tests/read_your_writes.rs) would send reads that follow a write to the primary.
+async fn placement_proxy() -> TestProxy {
+    TestProxy::start_with("", "[routing]\nread_your_writes = \"off\"\n").await
+}
 
 fn port_of(node: usize) -> i32 {
     i32::from(cluster().nodes()[node].port)
@@ -45,7 +54,7 @@ async fn setup(proxy: &TestProxy, sql: &str) {
 
 #[tokio::test]
 async fn reads_land_on_standbys_and_writes_on_the_primary() {
-    let proxy = TestProxy::start().await;
+    let proxy = placement_proxy().await;
     setup(&proxy, "CREATE TABLE IF NOT EXISTS where_t (port int)").await;
     let mut read_ports = HashSet::new();
     for _ in 0..6 {
@@ -82,7 +91,7 @@ async fn reads_land_on_standbys_and_writes_on_the_primary() {
 
 #[tokio::test]
 async fn transactions_run_wholly_on_one_node() {
-    let proxy = TestProxy::start().await;
+    let proxy = placement_proxy().await;
     let client = proxy.connect().await;
     let cases = [
         ("BEGIN READ ONLY", true),
@@ -120,7 +129,7 @@ async fn transactions_run_wholly_on_one_node() {
 
 #[tokio::test]
 async fn set_search_path_applies_on_whichever_node_answers() {
-    let proxy = TestProxy::start().await;
+    let proxy = placement_proxy().await;
     setup(
         &proxy,
         "CREATE SCHEMA IF NOT EXISTS path_s; DROP TABLE IF EXISTS path_s.marker; \
@@ -157,7 +166,7 @@ async fn set_search_path_applies_on_whichever_node_answers() {
 
 #[tokio::test]
 async fn temp_tables_pin_the_session_to_the_primary() {
-    let proxy = TestProxy::start().await;
+    let proxy = placement_proxy().await;
     let client = proxy.connect().await;
     client
         .batch_execute("CREATE TEMP TABLE scratch (a int)")
@@ -183,7 +192,7 @@ async fn temp_tables_pin_the_session_to_the_primary() {
 
 #[tokio::test]
 async fn user_functions_route_by_volatility_and_overrides() {
-    let proxy = TestProxy::start_with("", "").await;
+    let proxy = placement_proxy().await;
     setup(
         &proxy,
         "CREATE TABLE IF NOT EXISTS fn_log (at int); \
@@ -223,7 +232,7 @@ async fn user_functions_route_by_volatility_and_overrides() {
 
 #[tokio::test]
 async fn prepared_statements_follow_the_client_across_nodes() {
-    let proxy = TestProxy::start().await;
+    let proxy = placement_proxy().await;
     let client = proxy.connect().await;
     let stmt = client
         .prepare("SELECT inet_server_port(), $1::int + 1")
@@ -256,7 +265,7 @@ async fn prepared_statements_follow_the_client_across_nodes() {
 
 #[tokio::test]
 async fn pgbench_read_only_is_served_by_standbys_and_tpcb_has_no_failures() {
-    let proxy = TestProxy::start().await;
+    let proxy = placement_proxy().await;
     let init = proxy.run("pgbench", &["-i", "-q", "-s", "1", APP_DATABASE]);
     assert!(init.status.success(), "{}", text(&init));
     for i in 1..cluster().nodes().len() {
@@ -303,6 +312,81 @@ async fn pgbench_read_only_is_served_by_standbys_and_tpcb_has_no_failures() {
         assert!(
             out.status.success() && report.contains("number of failed transactions: 0 "),
             "pgbench TPC-B -M {mode}: {report}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_set_inside_a_rolled_back_transaction_is_not_replayed_elsewhere() {
+    let proxy = placement_proxy().await;
+    let client = proxy.connect().await;
+    let default: String = client.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute("SET work_mem = '7MB'").await.unwrap();
+    client.batch_execute("ROLLBACK").await.unwrap();
+    for hint in ["", " /* pgsplit:primary */"] {
+        let shown: String = client
+            .query_one(&format!("SHOW work_mem{hint}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            shown, default,
+            "SHOW work_mem{hint} after a rolled-back SET"
+        );
+    }
+    client
+        .batch_execute("BEGIN; SET work_mem = '9MB'; COMMIT")
+        .await
+        .unwrap();
+    for hint in ["", " /* pgsplit:primary */"] {
+        let shown: String = client
+            .query_one(&format!("SHOW work_mem{hint}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(shown, "9MB", "SHOW work_mem{hint} after a committed SET");
+    }
+}
+
+#[tokio::test]
+async fn pipelined_reads_and_writes_keep_their_order_and_nodes() {
+    let proxy = placement_proxy().await;
+    setup(
+        &proxy,
+        "DROP TABLE IF EXISTS pipe_t; CREATE TABLE pipe_t (id int)",
+    )
+    .await;
+    let client = proxy.connect().await;
+    let read = client
+        .prepare("SELECT inet_server_port(), $1::int")
+        .await
+        .unwrap();
+    let write = client
+        .prepare("INSERT INTO pipe_t VALUES ($1) RETURNING inet_server_port(), id")
+        .await
+        .unwrap();
+    for round in 0..20 {
+        // tokio-postgres pipelines requests issued together on one connection.
+        let (a, b, c) = (round * 3, round * 3 + 1, round * 3 + 2);
+        let (pa, pb, pc): (Param, Param, Param) = ([&a], [&b], [&c]);
+        let (r1, w, r2) = tokio::join!(
+            client.query_one(&read, &pa),
+            client.query_one(&write, &pb),
+            client.query_one(&read, &pc),
+        );
+        let (r1, w, r2) = (r1.unwrap(), w.unwrap(), r2.unwrap());
+        assert_eq!(r1.get::<_, i32>(1), round * 3);
+        assert_eq!(w.get::<_, i32>(1), round * 3 + 1);
+        assert_eq!(r2.get::<_, i32>(1), round * 3 + 2);
+        assert_eq!(
+            w.get::<_, i32>(0),
+            port_of(0),
+            "the pipelined INSERT ran on the primary"
+        );
+        assert!(
+            standby_ports().contains(&r1.get::<_, i32>(0)),
+            "the first read ran on a standby"
         );
     }
 }

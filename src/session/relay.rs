@@ -4,7 +4,7 @@
 //! Messages pgsplit injects itself (setting sync, deferred BEGIN, re-prepares) have their
 //! replies swallowed so the client sees exactly what it asked for.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,15 +27,11 @@ use crate::topology::Role;
 /// How long a standby that failed a client is skipped by that client.
 const AVOID_FAILED_STANDBY: Duration = Duration::from_secs(10);
 
-/// A reply pgsplit expects for a message it injected, and drops.
+/// A reply pgsplit expects for messages it injected, and drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Swallow {
     /// Everything up to and including the next ReadyForQuery.
     UntilReady,
-    /// One ParseComplete.
-    ParseComplete,
-    /// One CloseComplete.
-    CloseComplete,
 }
 
 /// One of the client's server connections and what pgsplit knows about its state.
@@ -48,10 +44,9 @@ struct Slot {
     swallow: VecDeque<Swallow>,
     /// Settings applied on it; `None` when unknown (after an error), so a sync starts with RESET ALL.
     gucs: Option<Gucs>,
-    /// Named statements prepared on it.
-    prepared: HashSet<String>,
-    /// Which version of the unnamed statement it holds.
-    unnamed: Option<u64>,
+    /// Statements prepared on it ("" = the unnamed one), by the generation of the
+    /// client's Parse they came from.
+    prepared: HashMap<String, u64>,
     /// In COPY FROM STDIN: client data goes here, and Sync/Flush are ignored by the server.
     copy_in: bool,
     /// Whether the last request sent here ended with Sync.
@@ -59,6 +54,9 @@ struct Slot {
     /// An autocommit read whose answer has not started yet: if the server dies now,
     /// it is sent again elsewhere.
     retry: Option<(Request, Arc<Classification>)>,
+    /// Notices and FATAL errors that arrived before a retryable read's answer: a server
+    /// shutting down says so before it closes, and then the read is retried instead.
+    early: BytesMut,
 }
 
 impl Slot {
@@ -69,11 +67,11 @@ impl Slot {
             pending: 0,
             swallow: VecDeque::new(),
             gucs: Some(Gucs::new()),
-            prepared: HashSet::new(),
-            unnamed: None,
+            prepared: HashMap::new(),
             copy_in: false,
             last_synced: false,
             retry: None,
+            early: BytesMut::new(),
         }
     }
 
@@ -107,13 +105,22 @@ pub struct Relay<'a> {
     to_client: BytesMut,
     /// Extended-protocol messages waiting for their Sync or Flush.
     batch: Vec<Frame>,
+    batch_bytes: usize,
     /// After a Flush the rest of the batch must follow to the same connection.
     sticky: Option<Conn>,
     /// A request waiting for the other connection to finish answering.
     held: Option<Request>,
     /// Connection of the last request (COPY data follows it).
     last: Option<Conn>,
-    unnamed_version: u64,
+    /// Generation of the client's latest Parse.
+    generation: u64,
+    /// After a failed request that did not end with Sync, client messages are dropped
+    /// until its Sync, which gets the ReadyForQuery (as the server itself would do).
+    skip_to_sync: bool,
+    /// Settings before the open transaction (or the current autocommit request).
+    gucs_before: Gucs,
+    /// The answer being relayed included a ROLLBACK.
+    rolled_back: bool,
     /// Settings before a request that changed them, restored if that request fails.
     guc_undo: Option<(Conn, Gucs)>,
     /// Standbys that failed this client recently, with when to try them again.
@@ -155,10 +162,14 @@ impl<'a> Relay<'a> {
             standby: Slot::empty(),
             to_client: BytesMut::with_capacity(8192),
             batch: Vec::new(),
+            batch_bytes: 0,
             sticky: None,
             held: None,
             last: None,
-            unnamed_version: 0,
+            generation: 0,
+            skip_to_sync: false,
+            gucs_before: Gucs::new(),
+            rolled_back: false,
             guc_undo: None,
             avoid: Vec::new(),
             cancel_points_at: None,
@@ -191,6 +202,8 @@ impl<'a> Relay<'a> {
             || self.standby.pending > 0
             || !self.batch.is_empty()
             || self.held.is_some()
+            || self.sticky.is_some()
+            || self.copying().is_some()
     }
 
     fn idle(&self) -> bool {
@@ -247,11 +260,28 @@ impl<'a> Relay<'a> {
                 return Err(e);
             }
         };
+        if self.skip_to_sync && self.copying().is_none() {
+            if frame.tag == b'S' {
+                self.skip_to_sync = false;
+                let status = self.client_status();
+                encode::ready_for_query(&mut self.to_client, status);
+                flush_to(&mut self.client_out, &mut self.to_client).await?;
+            }
+            return Ok(Step::Continue);
+        }
         match frame.tag {
             b'X' => return Ok(Step::Done),
             b'Q' => self.dispatch(Request::Query(frame)).await?,
             b'F' => self.dispatch(Request::Function(frame)).await?,
-            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(frame),
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                self.batch_bytes += frame.raw.len();
+                self.batch.push(frame);
+                if self.batch_bytes > self.shared.settings.raw.max_message_size {
+                    return Err(ProxyError::Protocol(
+                        "too many extended-protocol messages without Sync or Flush".into(),
+                    ));
+                }
+            }
             b'H' | b'S' | b'd' | b'c' | b'f' if self.copying().is_some() => {
                 let conn = self.copying().unwrap_or(Conn::Primary);
                 let slot = self.slot(conn);
@@ -263,6 +293,7 @@ impl<'a> Relay<'a> {
             b'H' | b'S' => {
                 let sync = frame.tag == b'S';
                 self.batch.push(frame);
+                self.batch_bytes = 0;
                 let frames = std::mem::take(&mut self.batch);
                 self.dispatch(Request::Batch { frames, sync }).await?;
             }
@@ -277,39 +308,59 @@ impl<'a> Relay<'a> {
         Ok(Step::Continue)
     }
 
-    /// Sends a request, or holds it while the other connection still owes replies
-    /// (replies must reach the client in request order).
+    /// Sends a request, or holds it while an earlier one is still being answered: one
+    /// request in flight keeps replies in order and lets pgsplit put its own messages
+    /// (settings, deferred BEGIN, re-prepares) in front of a request, never inside another
+    /// answer. The batches of a Flush chain go out at once, to the chain's connection.
     async fn dispatch(&mut self, request: Request) -> Result<(), ProxyError> {
-        match self.plan(&request) {
-            Ok((plan, class)) => {
-                let target = match &plan {
-                    Plan::Send(conn) | Plan::BeginThenSend(conn, _) => Some(*conn),
-                    _ => None,
-                };
-                let other_busy = match target {
-                    Some(Conn::Primary) => self.standby.pending > 0,
-                    Some(Conn::Standby) => self.primary.pending > 0,
-                    None => self.primary.pending > 0 || self.standby.pending > 0,
-                };
-                if other_busy {
-                    self.held = Some(request);
-                    return Ok(());
+        let continues_chain = self.sticky.is_some() && matches!(request, Request::Batch { .. });
+        if !continues_chain
+            && (self.primary.pending > 0 || self.standby.pending > 0 || self.sticky.is_some())
+        {
+            self.held = Some(request);
+            return Ok(());
+        }
+        let answered = matches!(
+            request,
+            Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
+        );
+        let (plan, class) = self.plan(&request);
+        match self.execute(plan, class, request).await {
+            Ok(()) => Ok(()),
+            // Nothing reached a server: answer like a failed statement and carry on.
+            Err(
+                e @ (ProxyError::NoPrimary
+                | ProxyError::ServerUnavailable { .. }
+                | ProxyError::Server { .. }),
+            ) => {
+                self.sticky = None;
+                encode::error(
+                    &mut self.to_client,
+                    Severity::Error,
+                    e.sqlstate(),
+                    &e.to_string(),
+                );
+                if answered {
+                    let status = self.client_status();
+                    encode::ready_for_query(&mut self.to_client, status);
+                } else {
+                    self.skip_to_sync = true;
                 }
-                self.execute(plan, class, request).await
-            }
-            Err(e) => {
-                // Nothing reached a server: answer like a failed statement and carry on.
-                let mut out = BytesMut::new();
-                encode::error(&mut out, Severity::Error, e.sqlstate(), &e.to_string());
-                if matches!(request, Request::Query(_))
-                    || matches!(request, Request::Batch { sync: true, .. })
-                {
-                    encode::ready_for_query(&mut out, self.client_status());
-                }
-                flush_to(&mut self.client_out, &mut out).await?;
+                flush_to(&mut self.client_out, &mut self.to_client).await?;
                 Ok(())
             }
+            Err(e) => Err(e),
         }
+    }
+
+    /// Sends a request that was held, once nothing is in flight any more.
+    async fn release_held(&mut self) -> Result<(), ProxyError> {
+        if self.primary.pending == 0 && self.standby.pending == 0 {
+            if let Some(held) = self.held.take() {
+                self.dispatch(held).await?;
+            }
+        }
+        Ok(())
     }
 
     fn client_status(&self) -> u8 {
@@ -321,7 +372,7 @@ impl<'a> Relay<'a> {
     }
 
     /// Classifies a request and asks the routing state where it goes.
-    fn plan(&mut self, request: &Request) -> Result<(Plan, Arc<Classification>), ProxyError> {
+    fn plan(&mut self, request: &Request) -> (Plan, Arc<Classification>) {
         let open = self.last;
         match request {
             Request::Query(frame) => {
@@ -330,20 +381,31 @@ impl<'a> Relay<'a> {
                 let plan = self
                     .state
                     .plan_query(&class, text, class.statements == 1, open);
-                Ok((plan, class))
+                (plan, class)
             }
             // A FunctionCall names a function by OID only: the primary, or the open transaction.
             Request::Function(_) => {
                 let class = Classification::primary();
-                Ok((self.state.plan_batch(&class, open), Arc::new(class)))
+                (self.state.plan_batch(&class, open), Arc::new(class))
             }
-            Request::Batch { frames, .. } => {
-                if let Some(conn) = self.sticky {
-                    return Ok((Plan::Send(conn), Arc::new(Classification::any())));
-                }
+            Request::Batch { frames, sync } => {
                 let class = self.classify_batch(frames);
-                let plan = self.state.plan_batch(&class, open);
-                Ok((plan, Arc::new(class)))
+                let plan = match self.sticky {
+                    Some(conn) => Plan::Send(conn),
+                    // A Flush chain may go on with statements not seen yet: outside a
+                    // transaction it starts on the primary.
+                    None if !sync && self.state.txn.is_none() => {
+                        match self.state.plan_batch(&class, open) {
+                            Plan::Send(_) => Plan::Send(Conn::Primary),
+                            Plan::BeginThenSend(_, begin) => {
+                                Plan::BeginThenSend(Conn::Primary, begin)
+                            }
+                            other => other,
+                        }
+                    }
+                    None => self.state.plan_batch(&class, open),
+                };
+                (plan, Arc::new(class))
             }
         }
     }
@@ -354,7 +416,8 @@ impl<'a> Relay<'a> {
     }
 
     /// The route of a batch is the strictest of the statements it parses or executes;
-    /// its effects are those of the statements it executes.
+    /// its effects are those of the statements it executes. Parse and Close update the
+    /// client's statement registry in message order.
     fn classify_batch(&mut self, frames: &[Frame]) -> Classification {
         let mut combined = Classification::any();
         for frame in frames {
@@ -365,25 +428,27 @@ impl<'a> Relay<'a> {
                     let text = read_cstr(&mut body).unwrap_or_default();
                     let class = self.classify(&text);
                     combined.route = combined.route.max(class.route);
-                    self.state.statements.insert(
-                        name,
-                        Prepared {
-                            class,
-                            parse: frame.raw.clone(),
-                        },
-                    );
+                    self.generation += 1;
+                    let prepared = Prepared {
+                        class,
+                        parse: frame.raw.clone(),
+                        generation: self.generation,
+                    };
+                    self.state.statements.insert(name, prepared);
                 }
                 b'B' => {
-                    let mut body = frame.body();
-                    let _portal = read_cstr(&mut body);
-                    let name = read_cstr(&mut body).unwrap_or_default();
-                    match self.state.statements.get(&name) {
+                    match statement_named(frame).and_then(|name| self.state.statements.get(&name)) {
                         Some(p) => {
                             combined.route = combined.route.max(p.class.route);
                             combined.effects.extend(p.class.effects.iter().cloned());
                         }
                         // Unknown statement: the server will report the error; send it where writes go.
                         None => combined.route = Route::Primary,
+                    }
+                }
+                b'C' => {
+                    if let Some(name) = closed_statement(frame) {
+                        self.state.statements.remove(&name);
                     }
                 }
                 _ => {}
@@ -401,16 +466,34 @@ impl<'a> Relay<'a> {
         let (conn, begin) = match plan {
             Plan::Send(conn) => (conn, None),
             Plan::BeginThenSend(conn, begin) => (conn, Some(begin)),
-            Plan::DeferBegin => return self.reply_here("BEGIN", b'T').await,
+            Plan::DeferBegin => {
+                let tag = match &request {
+                    Request::Query(f)
+                        if query_text(f.body())
+                            .trim_start()
+                            .to_ascii_lowercase()
+                            .starts_with("start") =>
+                    {
+                        "START TRANSACTION"
+                    }
+                    _ => "BEGIN",
+                };
+                return self.reply_here(tag, b'T').await;
+            }
             Plan::EndDeferred(tag) => return self.reply_here(tag, b'I').await,
         };
+        let mid_chain = self.sticky.is_some();
         let conn =
             if conn == Conn::Standby && self.state.txn.is_none() && !self.standby_has_my_writes() {
                 Conn::Primary
             } else {
                 conn
             };
-        let conn = self.ensure_open(conn, class.route).await?;
+        let conn = if mid_chain {
+            conn
+        } else {
+            self.ensure_open(conn, class.route).await?
+        };
         if conn == Conn::Primary && class.route == Route::Primary {
             self.wrote = true;
         }
@@ -424,10 +507,16 @@ impl<'a> Relay<'a> {
                 Request::Query(_) | Request::Batch { sync: true, .. }
             );
         self.standby.retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
-        self.sync_settings(conn).await?;
+        if !mid_chain {
+            self.sync_settings(conn).await?;
+        }
         if let Some(begin) = begin {
             self.inject_query(conn, &begin).await?;
         }
+        if self.state.txn.is_none() {
+            self.gucs_before.clone_from(&self.state.gucs);
+        }
+        self.rolled_back = false;
         if class.effects.iter().any(|e| {
             matches!(
                 e,
@@ -464,7 +553,7 @@ impl<'a> Relay<'a> {
                 slot.pending += 1;
                 slot.last_synced = false;
                 // A simple Query destroys the unnamed statement on that server.
-                slot.unnamed = None;
+                slot.prepared.remove("");
                 write_to(slot, &frame.raw).await
             }
             Request::Batch { frames, sync } => {
@@ -474,52 +563,57 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Forwards a batch, first preparing statements the connection lacks and closing
-    /// stale ones whose names the client reuses.
+    /// Forwards a batch. Statements it uses that the connection lacks (or holds in an
+    /// older version) are prepared first, in a batch of pgsplit's own whose replies are
+    /// swallowed, so the client's replies arrive exactly as the server sends them.
     async fn send_batch(
         &mut self,
         conn: Conn,
         frames: Vec<Frame>,
         sync: bool,
     ) -> Result<(), ProxyError> {
-        let mut out = BytesMut::new();
-        let mut swallow = Vec::new();
+        let mut pre = BytesMut::new();
+        let mut parsed_here: Vec<String> = Vec::new();
         for frame in &frames {
             match frame.tag {
                 b'P' => {
                     let mut body = frame.body();
                     let name = read_cstr(&mut body).unwrap_or_default();
-                    let slot = self.slot(conn);
-                    if name.is_empty() {
-                        self.unnamed_version += 1;
-                        let version = self.unnamed_version;
-                        self.slot(conn).unnamed = Some(version);
-                    } else if !slot.prepared.insert(name.clone()) {
-                        encode_close_statement(&mut out, &name);
-                        swallow.push(Swallow::CloseComplete);
+                    // A named statement cannot be parsed over an existing one.
+                    if !name.is_empty() && self.slot(conn).prepared.contains_key(&name) {
+                        encode_close_statement(&mut pre, &name);
                     }
+                    let generation = self.state.statements.get(&name).map_or(0, |p| p.generation);
+                    self.slot(conn).prepared.insert(name.clone(), generation);
+                    parsed_here.push(name);
                 }
                 b'B' | b'D' => {
-                    let name = statement_named(frame);
-                    if let Some(name) = name {
-                        self.ensure_prepared(conn, &name, &mut out, &mut swallow);
+                    if let Some(name) = statement_named(frame) {
+                        if !parsed_here.contains(&name) {
+                            self.ensure_prepared(conn, &name, &mut pre);
+                        }
                     }
                 }
                 b'C' => {
-                    let mut body = frame.body();
-                    if body.first() == Some(&b'S') {
-                        body = &body[1..];
-                        let name = read_cstr(&mut body).unwrap_or_default();
+                    if let Some(name) = closed_statement(frame) {
                         self.slot(conn).prepared.remove(&name);
-                        self.state.statements.remove(&name);
                     }
                 }
                 _ => {}
             }
+        }
+        if !pre.is_empty() {
+            encode_sync(&mut pre);
+            let slot = self.slot(conn);
+            slot.swallow.push_back(Swallow::UntilReady);
+            slot.pending += 1;
+            write_to(slot, &pre).await?;
+        }
+        let mut out = BytesMut::with_capacity(frames.iter().map(|f| f.raw.len()).sum());
+        for frame in &frames {
             out.extend_from_slice(&frame.raw);
         }
         let slot = self.slot(conn);
-        slot.swallow.extend(swallow);
         slot.last_synced = sync;
         if sync {
             slot.pending += 1;
@@ -527,31 +621,21 @@ impl<'a> Relay<'a> {
         write_to(slot, &out).await
     }
 
-    fn ensure_prepared(
-        &mut self,
-        conn: Conn,
-        name: &str,
-        out: &mut BytesMut,
-        swallow: &mut Vec<Swallow>,
-    ) {
+    /// Adds a Parse (after a Close of a stale version) for a statement the connection lacks.
+    fn ensure_prepared(&mut self, conn: Conn, name: &str, pre: &mut BytesMut) {
         let Some(prepared) = self.state.statements.get(name) else {
             return;
         };
-        let parse = prepared.parse.clone();
-        let version = self.unnamed_version;
+        let (parse, generation) = (prepared.parse.clone(), prepared.generation);
         let slot = self.slot(conn);
-        let present = if name.is_empty() {
-            slot.unnamed == Some(version)
-        } else {
-            slot.prepared.contains(name)
-        };
-        if !present {
-            out.extend_from_slice(&parse);
-            swallow.push(Swallow::ParseComplete);
-            if name.is_empty() {
-                slot.unnamed = Some(version);
-            } else {
-                slot.prepared.insert(name.to_owned());
+        match slot.prepared.get(name) {
+            Some(g) if *g == generation => {}
+            held => {
+                if held.is_some() && !name.is_empty() {
+                    encode_close_statement(pre, name);
+                }
+                pre.extend_from_slice(&parse);
+                slot.prepared.insert(name.to_owned(), generation);
             }
         }
     }
@@ -730,19 +814,19 @@ impl<'a> Relay<'a> {
         let slot = self.slot(conn);
         slot.swallow.push_back(Swallow::UntilReady);
         slot.pending += 1;
-        slot.unnamed = None;
+        slot.prepared.remove("");
         write_to(slot, &out).await
     }
 
     /// Answers a request without a server (deferred BEGIN and its empty end).
     async fn reply_here(&mut self, tag: &str, status: u8) -> Result<(), ProxyError> {
-        let mut out = BytesMut::new();
+        let out = &mut self.to_client;
         out.put_u8(b'C');
         out.put_i32((4 + tag.len() + 1) as i32);
         out.put_slice(tag.as_bytes());
         out.put_u8(0);
-        encode::ready_for_query(&mut out, status);
-        flush_to(&mut self.client_out, &mut out).await?;
+        encode::ready_for_query(out, status);
+        flush_to(&mut self.client_out, &mut self.to_client).await?;
         Ok(())
     }
 
@@ -755,6 +839,7 @@ impl<'a> Relay<'a> {
             Ok(Some(frame)) => frame,
             Ok(None) | Err(_) => return self.server_lost(conn).await,
         };
+        let owes_nothing = self.sticky != Some(conn) && self.state.txn != Some(conn);
         let slot = self.slot(conn);
         let swallowed = match (slot.swallow.front().copied(), frame.tag) {
             (Some(Swallow::UntilReady), tag) => {
@@ -768,18 +853,36 @@ impl<'a> Relay<'a> {
                 }
                 true
             }
-            (Some(Swallow::ParseComplete), b'1') | (Some(Swallow::CloseComplete), b'3') => {
-                slot.swallow.pop_front();
+            // An error from a connection that owes the client nothing (an idle
+            // session timeout, a recovery conflict) is not the client's: the loss of
+            // the connection that usually follows is handled on its own.
+            (None, b'N' | b'E')
+                if slot.retry.is_some() && (frame.tag == b'N' || is_fatal(frame.body())) =>
+            {
+                slot.early.extend_from_slice(&frame.raw);
+                true
+            }
+            (None, b'E') if slot.pending == 0 && owes_nothing => {
+                let fields = crate::protocol::ErrorFields::parse(frame.body());
+                tracing::info!(?conn, code = %fields.code, message = %fields.message, "error from an idle server connection");
                 true
             }
             _ => false,
         };
         if !swallowed {
             match frame.tag {
+                b'C' if frame.body().starts_with(b"ROLLBACK") => self.rolled_back = true,
                 b'Z' => {
                     slot.pending = slot.pending.saturating_sub(1);
                     let status = frame.body().first().copied().unwrap_or(b'I');
+                    let was_in_txn = self.state.txn.is_some();
                     self.state.ready(conn, status);
+                    if was_in_txn && status == b'I' && self.rolled_back {
+                        // The server undid the transaction's SETs; so does the session.
+                        self.state.gucs.clone_from(&self.gucs_before);
+                        let before = self.gucs_before.clone();
+                        self.slot(conn).gucs = Some(before);
+                    }
                     if conn == Conn::Primary && status == b'I' && self.wrote {
                         self.wrote = false;
                         if self.shared.settings.raw.routing.read_your_writes
@@ -805,8 +908,6 @@ impl<'a> Relay<'a> {
                 }
                 b'E' => {
                     slot.copy_in = false;
-                    // The server skips the rest of the batch, so re-prepares queued for it never answer.
-                    slot.swallow.retain(|s| *s == Swallow::UntilReady);
                     if let Some((undo_conn, gucs)) = self.guc_undo.take() {
                         if undo_conn == conn {
                             self.state.gucs = gucs;
@@ -818,7 +919,12 @@ impl<'a> Relay<'a> {
                 }
                 _ => {}
             }
-            self.slot(conn).retry = None;
+            let slot = self.slot(conn);
+            slot.retry = None;
+            if !slot.early.is_empty() {
+                let early = slot.early.split();
+                self.to_client.extend_from_slice(&early);
+            }
             self.to_client.extend_from_slice(&frame.raw);
         }
         let more = self
@@ -828,9 +934,7 @@ impl<'a> Relay<'a> {
             .is_some_and(|c| c.reader.has_frame());
         if !more {
             flush_to(&mut self.client_out, &mut self.to_client).await?;
-            if let Some(held) = self.held.take() {
-                self.dispatch(held).await?;
-            }
+            self.release_held().await?;
             if self.draining && self.idle() {
                 return self.say_goodbye().await;
             }
@@ -850,18 +954,21 @@ impl<'a> Relay<'a> {
         let node = slot.node;
         let was_busy = slot.pending > 0;
         let retry = slot.retry.take();
+        slot.early.clear();
         slot.conn = None;
         slot.pending = 0;
         slot.swallow.clear();
         slot.copy_in = false;
+        if self.sticky == Some(conn) {
+            self.sticky = None;
+        }
         if conn == Conn::Standby {
             self.shared.stats.release(node);
             self.avoid
                 .push((node, Instant::now() + AVOID_FAILED_STANDBY));
-            if let (true, Some((request, class))) = (was_busy, retry) {
+            if let (true, Some((request, _))) = (was_busy, retry) {
                 tracing::warn!(%address, "standby lost before answering a read: retrying it elsewhere");
-                self.execute(Plan::Send(Conn::Standby), class, request)
-                    .await?;
+                self.dispatch(request).await?;
                 return Ok(Step::Continue);
             }
         }
@@ -869,6 +976,7 @@ impl<'a> Relay<'a> {
             self.state.txn == Some(conn) || (conn == Conn::Primary && self.state.pinned());
         if !was_busy && !session_lives_there {
             tracing::info!(%address, ?conn, "idle server connection closed; another is opened on demand");
+            self.release_held().await?;
             return Ok(Step::Continue);
         }
         if conn == Conn::Standby && !session_lives_there {
@@ -879,6 +987,7 @@ impl<'a> Relay<'a> {
             encode::error(&mut out, Severity::Error, "08006", &reason);
             encode::ready_for_query(&mut out, self.client_status());
             flush_to(&mut self.client_out, &mut out).await?;
+            self.release_held().await?;
             return Ok(Step::Continue);
         }
         let gone = ProxyError::ServerUnavailable {
@@ -960,6 +1069,29 @@ fn statement_named(frame: &Frame) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Whether an ErrorResponse body is FATAL or PANIC (the server closes next).
+fn is_fatal(body: &[u8]) -> bool {
+    matches!(
+        crate::protocol::ErrorFields::parse(body).severity.as_str(),
+        "FATAL" | "PANIC"
+    )
+}
+
+/// The prepared statement a Close('S') names.
+fn closed_statement(frame: &Frame) -> Option<String> {
+    let mut body = frame.body();
+    if frame.tag != b'C' || body.first() != Some(&b'S') {
+        return None;
+    }
+    body = &body[1..];
+    read_cstr(&mut body)
+}
+
+fn encode_sync(out: &mut BytesMut) {
+    out.put_u8(b'S');
+    out.put_i32(4);
 }
 
 fn encode_close_statement(out: &mut BytesMut, name: &str) {

@@ -39,6 +39,8 @@ pub struct Prepared {
     pub class: std::sync::Arc<Classification>,
     /// The client's Parse message, replayed as is on another connection.
     pub parse: bytes::Bytes,
+    /// Which of the client's Parse messages this is (a reused name gets a new one).
+    pub generation: u64,
 }
 
 /// The routing state of one client.
@@ -164,7 +166,13 @@ impl RoutingState {
         }
         let first = c.effects.first();
         if let Some(begin) = self.deferred_begin.take() {
-            if single && matches!(first, Some(Effect::EndTransaction)) {
+            if single
+                && matches!(first, Some(Effect::EndTransaction))
+                && !text
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("prepare")
+            {
                 return Plan::EndDeferred(end_tag(text));
             }
             let read_only = match first {
