@@ -17,7 +17,17 @@ use crate::backend::{send_cancel, Login, ServerConn};
 use crate::error::ProxyError;
 use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
 use crate::proxy::{CancelTarget, Phase, Shared};
+use crate::topology::Role;
 use relay::Relay;
+use state::Conn;
+
+/// An authenticated client, its first server connection (which one, and on which node),
+/// and its startup parameters.
+type Handshake = (
+    FrameReader<OwnedReadHalf>,
+    (Conn, ServerConn, usize),
+    Startup,
+);
 
 /// What the client asked for in its StartupMessage.
 pub struct Startup {
@@ -44,7 +54,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedS
         handshake(read, &mut write, &shared, permit.is_some()),
     )
     .await;
-    let (client, server, node, startup) = match started {
+    let (client, (conn, server, node), startup) = match started {
         Ok(Ok(Some(ready))) => ready,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return report(&mut write, &peer, e).await,
@@ -62,7 +72,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedS
     let result = match flush_to(&mut write, &mut out).await {
         Ok(()) => {
             shared.functions.want(&startup.database);
-            let relay = Relay::new(client, write, server, node, &shared, startup, key);
+            let relay = Relay::new(client, write, (conn, server, node), &shared, startup, key);
             relay.run(&mut phase).await
         }
         Err(e) => Err(ProxyError::Io(e)),
@@ -94,7 +104,7 @@ async fn handshake(
     write: &mut OwnedWriteHalf,
     shared: &Shared,
     admitted: bool,
-) -> Result<Option<(FrameReader<OwnedReadHalf>, ServerConn, usize, Startup)>, ProxyError> {
+) -> Result<Option<Handshake>, ProxyError> {
     let (params, minor) = loop {
         match read_startup(&mut read).await? {
             // TLS and GSSAPI encryption are not offered: 'N' tells the client to go on in clear.
@@ -121,11 +131,22 @@ async fn handshake(
     authenticate_client(&mut reader, write, &startup.user, user).await?;
     let user = user.ok_or_else(|| ProxyError::AuthFailed(startup.user.clone()))?;
 
-    let topology = shared.topology.load();
-    let node = topology.primary_index().ok_or(ProxyError::NoPrimary)?;
-    let primary = &topology.nodes[node];
+    // The first server connection answers the login (and proves the database exists):
+    // the primary, or while there is none a standby, so reads keep working in a failover.
+    let topology = shared.topology.load_full();
+    let (conn, node) = match topology.primary_index() {
+        Some(i) => (Conn::Primary, i),
+        None => match topology
+            .nodes
+            .iter()
+            .position(|n| n.role == Role::Standby && n.eligible)
+        {
+            Some(i) => (Conn::Standby, i),
+            None => return Err(ProxyError::NoPrimary),
+        },
+    };
     let login = Login {
-        address: &primary.node.address,
+        address: &topology.nodes[node].node.address,
         user: &user.server_user,
         password: &user.server_password,
         database: &startup.database,
@@ -142,7 +163,7 @@ async fn handshake(
         encode::parameter_status(&mut out, name, value);
     }
     flush_to(write, &mut out).await?;
-    Ok(Some((reader, server, node, startup)))
+    Ok(Some((reader, (conn, server, node), startup)))
 }
 
 /// Checks the StartupMessage parameters; writes NegotiateProtocolVersion when the client

@@ -141,16 +141,23 @@ enum Step {
 }
 
 impl<'a> Relay<'a> {
-    /// A relay whose primary connection is already open.
+    /// A relay whose first server connection (primary, or a standby while there is no
+    /// primary) is already open.
     pub fn new(
         client: FrameReader<OwnedReadHalf>,
         client_out: OwnedWriteHalf,
-        primary: ServerConn,
-        primary_node: usize,
+        (first, server, node): (Conn, ServerConn, usize),
         shared: &'a Shared,
         startup: Startup,
         key: BackendKey,
     ) -> Self {
+        let (primary, standby) = match first {
+            Conn::Primary => (Slot::open(server, node), Slot::empty()),
+            Conn::Standby => {
+                shared.stats.acquire(node);
+                (Slot::empty(), Slot::open(server, node))
+            }
+        };
         Relay {
             client,
             client_out,
@@ -158,8 +165,8 @@ impl<'a> Relay<'a> {
             shared,
             startup,
             key,
-            primary: Slot::open(primary, primary_node),
-            standby: Slot::empty(),
+            primary,
+            standby,
             to_client: BytesMut::with_capacity(8192),
             batch: Vec::new(),
             batch_bytes: 0,

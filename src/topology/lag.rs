@@ -108,6 +108,8 @@ pub struct LagInputs {
     pub replay_lag: Option<Duration>,
     /// `now() - pg_last_xact_replay_timestamp()` on the standby.
     pub since_last_replay: Option<Duration>,
+    /// Whether the primary's `pg_stat_replication` has a row for this standby.
+    pub streaming: bool,
 }
 
 /// Byte lag and time lag of a standby.
@@ -121,6 +123,11 @@ pub fn measure(inputs: &LagInputs) -> (Option<u64>, Option<Duration>) {
         return (None, None);
     };
     let bytes = inputs.replay_lsn.map(|replay| primary.bytes_after(replay));
+    if !inputs.streaming && bytes.is_some_and(|b| b > 0) {
+        // Behind and not streaming from this primary (it follows a lost primary, or
+        // none): it will never catch up, so its lag has no bound.
+        return (bytes, Some(Duration::MAX));
+    }
     let time = match (inputs.replay_lag, bytes) {
         (Some(lag), _) => Some(lag),
         (None, Some(0)) => Some(Duration::ZERO),
@@ -244,6 +251,7 @@ mod tests {
                     replay_lsn: lsn(1000),
                     replay_lag: Some(MS(300)),
                     since_last_replay: Some(MS(9000)),
+                    streaming: true,
                 },
                 (Some(4000), Some(MS(300))),
             ),
@@ -254,6 +262,7 @@ mod tests {
                     replay_lsn: lsn(5000),
                     replay_lag: None,
                     since_last_replay: Some(MS(60_000)),
+                    streaming: true,
                 },
                 (Some(0), Some(Duration::ZERO)),
             ),
@@ -264,6 +273,7 @@ mod tests {
                     replay_lsn: lsn(4000),
                     replay_lag: None,
                     since_last_replay: Some(MS(60_000)),
+                    streaming: true,
                 },
                 (Some(1000), Some(MS(60_000))),
             ),
@@ -274,6 +284,29 @@ mod tests {
                     replay_lsn: lsn(6000),
                     replay_lag: None,
                     since_last_replay: None,
+                    streaming: true,
+                },
+                (Some(0), Some(Duration::ZERO)),
+            ),
+            (
+                "behind and not streaming from this primary: no bound",
+                LagInputs {
+                    primary_lsn: lsn(5000),
+                    replay_lsn: lsn(4000),
+                    replay_lag: None,
+                    since_last_replay: Some(MS(1)),
+                    streaming: false,
+                },
+                (Some(1000), Some(Duration::MAX)),
+            ),
+            (
+                "caught up without a pg_stat_replication row: zero",
+                LagInputs {
+                    primary_lsn: lsn(5000),
+                    replay_lsn: lsn(5000),
+                    replay_lag: None,
+                    since_last_replay: None,
+                    streaming: false,
                 },
                 (Some(0), Some(Duration::ZERO)),
             ),
@@ -284,6 +317,7 @@ mod tests {
                     replay_lsn: lsn(6000),
                     replay_lag: Some(MS(1)),
                     since_last_replay: Some(MS(1)),
+                    streaming: true,
                 },
                 (None, None),
             ),
@@ -294,6 +328,7 @@ mod tests {
                     replay_lsn: None,
                     replay_lag: None,
                     since_last_replay: None,
+                    streaming: true,
                 },
                 (None, None),
             ),

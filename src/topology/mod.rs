@@ -315,6 +315,9 @@ pub fn advance(
                             .and_then(|p| p.replicas.iter().find(|r| r.application_name == *name))
                             .and_then(|r| r.replay_lag),
                         since_last_replay: probe.since_last_replay,
+                        streaming: primary.is_some_and(|p| {
+                            p.replicas.iter().any(|r| r.application_name == *name)
+                        }),
                     };
                     let (bytes, time) = lag::measure(&inputs);
                     let status = lag::next_status(before.lag_status, bytes, time, &rules.lag);

@@ -142,7 +142,7 @@ fn a_lagging_standby_is_excluded_at_once_and_readmitted_after_good_polls() {
         advance(
             t,
             vec![
-                primary_probe(t0, primary, &[]),
+                primary_probe(t0, primary, &[("s1", None), ("s2", None)]),
                 standby_probe(t0, s1, s1_age),
                 standby_probe(t0, primary, None),
             ],
