@@ -160,3 +160,42 @@ async fn two_nodes_claiming_primary_get_no_writes_until_one_is_gone() {
     let (port, _) = first_successful_write(&proxy, "split_t").await;
     assert_eq!(port, i32::from(cluster.nodes()[1].port));
 }
+
+#[tokio::test]
+async fn a_statement_never_runs_with_settings_a_standby_could_not_apply() {
+    let (cluster, proxy) = cluster_and_proxy().await;
+    for i in 1..cluster.nodes().len() {
+        cluster.pause_replay(i).unwrap();
+    }
+    // A role the standbys have not replayed yet.
+    cluster
+        .sql(
+            0,
+            "postgres",
+            "CREATE ROLE fresh_role; GRANT fresh_role TO app",
+        )
+        .unwrap();
+    let client = proxy.connect().await;
+    // SET may run anywhere: it runs on the connection already open, the primary's.
+    client.batch_execute("SET ROLE fresh_role").await.unwrap();
+    // A read would go to a standby, where SET ROLE fails: it must not run there as "app";
+    // it runs on the primary, with the session's role.
+    for _ in 0..3 {
+        let row = client
+            .query_one("SELECT current_user::text, pg_is_in_recovery()", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<_, String>(0),
+            "fresh_role",
+            "a read ran without the session's role"
+        );
+        assert!(
+            !row.get::<_, bool>(1),
+            "the read ran on a standby that lacks the role"
+        );
+    }
+    for i in 1..cluster.nodes().len() {
+        cluster.resume_replay(i).unwrap();
+    }
+}

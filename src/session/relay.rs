@@ -84,6 +84,14 @@ impl Slot {
     }
 }
 
+/// A request waiting for the settings sync sent ahead of it.
+struct AfterSync {
+    conn: Conn,
+    begin: Option<String>,
+    class: Arc<Classification>,
+    request: Request,
+}
+
 /// A unit of client work that goes to one server connection.
 #[derive(Clone)]
 enum Request {
@@ -127,6 +135,10 @@ pub struct Relay<'a> {
     avoid: Vec<(usize, Instant)>,
     /// The server key the client's cancel key currently maps to.
     cancel_points_at: Option<BackendKey>,
+    /// A request sent once its connection's settings are in line.
+    after_sync: Option<AfterSync>,
+    /// The first error of a statement pgsplit injected, with its connection.
+    injected_error: Option<(Conn, String)>,
     /// A request that may write was sent to the primary since the last commit.
     wrote: bool,
     /// Read-your-writes: when this client's last write committed, until a standby is
@@ -180,6 +192,8 @@ impl<'a> Relay<'a> {
             guc_undo: None,
             avoid: Vec::new(),
             cancel_points_at: None,
+            after_sync: None,
+            injected_error: None,
             wrote: false,
             written_at: None,
             draining: false,
@@ -514,9 +528,71 @@ impl<'a> Relay<'a> {
                 Request::Query(_) | Request::Batch { sync: true, .. }
             );
         self.standby.retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
-        if !mid_chain {
-            self.sync_settings(conn).await?;
+        self.injected_error = None;
+        if !mid_chain && self.sync_settings(conn).await? {
+            // The request waits for the settings: if they fail there (a role or schema
+            // not replayed yet), it must not run with the wrong ones.
+            self.after_sync = Some(AfterSync {
+                conn,
+                begin,
+                class,
+                request,
+            });
+            return Ok(());
         }
+        self.send_request(conn, begin, class, request).await
+    }
+
+    /// The settings sync ahead of a request answered: send the request; when the sync
+    /// failed, never run it with the wrong settings: an autocommit read goes to the
+    /// primary instead, anything else gets the error.
+    async fn after_settings(&mut self, waiting: AfterSync) -> Result<(), ProxyError> {
+        match self.injected_error.take() {
+            Some(_)
+                if waiting.conn == Conn::Standby
+                    && self.state.txn.is_none()
+                    && waiting.begin.is_none() =>
+            {
+                self.execute(Plan::Send(Conn::Primary), waiting.class, waiting.request)
+                    .await
+            }
+            Some((_, error)) => {
+                let answered = matches!(
+                    waiting.request,
+                    Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
+                );
+                let message = format!(
+                    "pgsplit could not apply this session's settings on another server: {error}"
+                );
+                encode::error(&mut self.to_client, Severity::Error, "08006", &message);
+                if answered {
+                    let status = self.client_status();
+                    encode::ready_for_query(&mut self.to_client, status);
+                } else {
+                    self.skip_to_sync = true;
+                }
+                Ok(())
+            }
+            None => {
+                let AfterSync {
+                    conn,
+                    begin,
+                    class,
+                    request,
+                } = waiting;
+                self.send_request(conn, begin, class, request).await
+            }
+        }
+    }
+
+    /// Sends a planned request on an open, settings-synced connection.
+    async fn send_request(
+        &mut self,
+        conn: Conn,
+        begin: Option<String>,
+        class: Arc<Classification>,
+        request: Request,
+    ) -> Result<(), ProxyError> {
         if let Some(begin) = begin {
             self.inject_query(conn, &begin).await?;
         }
@@ -789,14 +865,15 @@ impl<'a> Relay<'a> {
         .await
     }
 
-    /// Brings a connection's settings in line with the session's before it serves the client.
-    async fn sync_settings(&mut self, conn: Conn) -> Result<(), ProxyError> {
+    /// Brings a connection's settings in line with the session's before it serves the
+    /// client; true when it sent statements for that (their answer is still to come).
+    async fn sync_settings(&mut self, conn: Conn) -> Result<bool, ProxyError> {
         let in_sync = match conn {
             Conn::Primary => self.primary.gucs.as_ref(),
             Conn::Standby => self.standby.gucs.as_ref(),
         } == Some(&self.state.gucs);
         if in_sync {
-            return Ok(());
+            return Ok(false);
         }
         let wanted = self.state.gucs.clone();
         let slot = self.slot(conn);
@@ -809,8 +886,11 @@ impl<'a> Relay<'a> {
         };
         slot.gucs = Some(wanted);
         match sql {
-            Some(sql) => self.inject_query(conn, &sql).await,
-            None => Ok(()),
+            Some(sql) => {
+                self.inject_query(conn, &sql).await?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
@@ -847,16 +927,21 @@ impl<'a> Relay<'a> {
             Ok(None) | Err(_) => return self.server_lost(conn).await,
         };
         let owes_nothing = self.sticky != Some(conn) && self.state.txn != Some(conn);
+        let mut injected_done = false;
+        let mut injected_error = None;
         let slot = self.slot(conn);
         let swallowed = match (slot.swallow.front().copied(), frame.tag) {
             (Some(Swallow::UntilReady), tag) => {
                 if tag == b'E' {
-                    tracing::warn!(?conn, "a statement pgsplit sent to sync the session failed");
+                    let fields = crate::protocol::ErrorFields::parse(frame.body());
+                    tracing::warn!(?conn, code = %fields.code, message = %fields.message, "a statement pgsplit sent for the session failed");
                     slot.gucs = None;
+                    injected_error = Some(format!("{} ({})", fields.message, fields.code));
                 }
                 if tag == b'Z' {
                     slot.swallow.pop_front();
                     slot.pending = slot.pending.saturating_sub(1);
+                    injected_done = true;
                 }
                 true
             }
@@ -934,6 +1019,14 @@ impl<'a> Relay<'a> {
             }
             self.to_client.extend_from_slice(&frame.raw);
         }
+        if let Some(error) = injected_error {
+            self.injected_error.get_or_insert((conn, error));
+        }
+        if injected_done && self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
+            if let Some(waiting) = self.after_sync.take() {
+                self.after_settings(waiting).await?;
+            }
+        }
         let more = self
             .slot(conn)
             .conn
@@ -952,6 +1045,9 @@ impl<'a> Relay<'a> {
     /// A server connection closed. Losing the primary, or a standby in the middle of a
     /// transaction, ends the session; an idle standby is simply replaced later.
     async fn server_lost(&mut self, conn: Conn) -> Result<Step, ProxyError> {
+        if self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
+            self.after_sync = None;
+        }
         let slot = self.slot(conn);
         let address = slot
             .conn
