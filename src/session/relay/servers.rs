@@ -1,0 +1,223 @@
+//! Choosing, opening and losing the client's server connections: which standby serves
+//! its reads (balance, lag, read-your-writes), following the primary through a promotion,
+//! and what a lost connection means for the client.
+
+use std::time::Instant;
+
+use super::{Relay, Slot, Step, AVOID_FAILED_STANDBY};
+use crate::backend::{Login, ServerConn};
+use crate::balance::{pick_read, ReadTarget};
+use crate::classify::Route;
+use crate::error::ProxyError;
+use crate::protocol::{encode, flush_to, Severity};
+use crate::session::state::Conn;
+use crate::topology::Role;
+
+impl Relay<'_> {
+    /// Opens the connection a plan needs; a standby that cannot be reached is skipped
+    /// for another one, then for the primary (reads only).
+    pub(super) async fn ensure_open(
+        &mut self,
+        conn: Conn,
+        route: Route,
+    ) -> Result<Conn, ProxyError> {
+        if conn == Conn::Primary {
+            return self.ensure_primary().await;
+        }
+        let topology = self.shared.topology.load();
+        if let Some(server) = &self.standby.conn {
+            // A transaction (or a reply in flight) finishes where it started.
+            let committed = self.state.txn == Some(Conn::Standby) || self.standby.pending > 0;
+            let still_standby = topology.nodes.get(self.standby.node).is_some_and(|n| {
+                n.role == Role::Standby && n.eligible && n.node.address == server.address
+            });
+            if committed || still_standby {
+                return Ok(Conn::Standby);
+            }
+            if let Some(old) = self.standby.conn.take() {
+                old.terminate().await;
+            }
+            self.shared.stats.release(self.standby.node);
+        }
+        let routing = &self.shared.settings.raw.routing;
+        let now = Instant::now();
+        self.avoid.retain(|(_, until)| *until > now);
+        let mut exclude: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
+        if let Some(since) = self.written_at {
+            exclude
+                .extend((0..topology.nodes.len()).filter(|i| !topology.replayed_since(*i, since)));
+        }
+        loop {
+            let target = pick_read(
+                &topology,
+                routing.balance_strategy,
+                routing.primary_reads,
+                &exclude,
+                &self.shared.stats.outstanding(),
+                self.shared.stats.next_turn(),
+                rand::random(),
+            );
+            let index = match target {
+                ReadTarget::Standby(i) => i,
+                ReadTarget::Primary => return self.ensure_primary().await,
+                ReadTarget::Nowhere if route == Route::Any => return self.ensure_primary().await,
+                ReadTarget::Nowhere => {
+                    return Err(ProxyError::ServerUnavailable {
+                        addr: "standbys".into(),
+                        reason: "no standby is available and primary_reads = \"never\"".into(),
+                    })
+                }
+            };
+            match self.connect(&topology.nodes[index].node.address).await {
+                Ok(server) => {
+                    self.standby = Slot::open(server, index);
+                    self.shared.stats.acquire(index);
+                    return Ok(Conn::Standby);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %topology.nodes[index].node.name, error = %e, "standby unreachable; trying another node");
+                    exclude.push(index);
+                    self.avoid.push((index, now + AVOID_FAILED_STANDBY));
+                }
+            }
+        }
+    }
+
+    /// Read-your-writes: whether a standby may serve this client's next read. After a
+    /// write commits, only a standby that has replayed the primary's WAL position sampled
+    /// after that commit may; until one has, reads go to the primary.
+    pub(super) fn standby_has_my_writes(&mut self) -> bool {
+        let Some(since) = self.written_at else {
+            return true;
+        };
+        let topology = self.shared.topology.load();
+        let fresh = match &self.standby.conn {
+            Some(_) => topology.replayed_since(self.standby.node, since),
+            None => (0..topology.nodes.len())
+                .any(|i| topology.nodes[i].eligible && topology.replayed_since(i, since)),
+        };
+        if fresh && self.standby.conn.is_some() {
+            self.written_at = None;
+        }
+        fresh
+    }
+
+    /// Keeps the primary connection on the node that is primary now: after a promotion
+    /// the next request reconnects, unless a transaction or pinned state lives on the
+    /// old connection.
+    async fn ensure_primary(&mut self) -> Result<Conn, ProxyError> {
+        let topology = self.shared.topology.load();
+        let open_on = self.primary.conn.as_ref().map(|c| c.address.clone());
+        let split_brain = topology
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Primary)
+            .count()
+            > 1;
+        let node = match (topology.primary_index(), open_on) {
+            (Some(i), Some(address)) if topology.nodes[i].node.address == address => {
+                return Ok(Conn::Primary)
+            }
+            (_, Some(_))
+                if self.state.txn == Some(Conn::Primary)
+                    || self.state.pinned()
+                    || self.primary.pending > 0 =>
+            {
+                return Ok(Conn::Primary)
+            }
+            // Not known this instant (a check timed out): keep the last known primary.
+            (None, Some(_)) if !split_brain => return Ok(Conn::Primary),
+            (None, _) => return Err(ProxyError::NoPrimary),
+            (Some(i), _) => i,
+        };
+        if let Some(old) = self.primary.conn.take() {
+            tracing::info!(old = %old.address, new = %topology.nodes[node].node.address, "primary changed: reconnecting");
+            old.terminate().await;
+        }
+        let server = self.connect(&topology.nodes[node].node.address).await?;
+        self.primary = Slot::open(server, node);
+        Ok(Conn::Primary)
+    }
+
+    /// Logs in to a server as this client's server user.
+    async fn connect(&self, address: &str) -> Result<ServerConn, ProxyError> {
+        let settings = &self.shared.settings;
+        let user = settings
+            .user(&self.startup.user)
+            .ok_or_else(|| ProxyError::AuthFailed(self.startup.user.clone()))?;
+        let login = Login {
+            address,
+            user: &user.server_user,
+            password: &user.server_password,
+            database: &self.startup.database,
+            params: &self.startup.params,
+        };
+        ServerConn::connect(
+            &login,
+            settings.raw.connect_timeout,
+            settings.raw.max_message_size,
+        )
+        .await
+    }
+
+    /// A server connection closed. Losing the primary, or a standby in the middle of a
+    /// transaction, ends the session; an idle standby is simply replaced later.
+    pub(super) async fn server_lost(&mut self, conn: Conn) -> Result<Step, ProxyError> {
+        if self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
+            self.after_sync = None;
+        }
+        let slot = self.slot(conn);
+        let address = slot
+            .conn
+            .as_ref()
+            .map(|c| c.address.clone())
+            .unwrap_or_default();
+        let node = slot.node;
+        let was_busy = slot.pending > 0;
+        let retry = slot.retry.take();
+        slot.early.clear();
+        slot.conn = None;
+        slot.pending = 0;
+        slot.swallow.clear();
+        slot.copy_in = false;
+        if self.sticky == Some(conn) {
+            self.sticky = None;
+        }
+        if conn == Conn::Standby {
+            self.shared.stats.release(node);
+            self.avoid
+                .push((node, Instant::now() + AVOID_FAILED_STANDBY));
+            if let (true, Some((request, _))) = (was_busy, retry) {
+                tracing::warn!(%address, "standby lost before answering a read: retrying it elsewhere");
+                self.dispatch(request).await?;
+                return Ok(Step::Continue);
+            }
+        }
+        let session_lives_there =
+            self.state.txn == Some(conn) || (conn == Conn::Primary && self.state.pinned());
+        if !was_busy && !session_lives_there {
+            tracing::info!(%address, ?conn, "idle server connection closed; another is opened on demand");
+            self.release_held().await?;
+            return Ok(Step::Continue);
+        }
+        if conn == Conn::Standby && !session_lives_there {
+            // Part of an autocommit read's answer is out: end that statement with an
+            // error, keep the session.
+            let mut out = std::mem::take(&mut self.to_client);
+            let reason = format!("the standby at {address} closed the connection during the read");
+            encode::error(&mut out, Severity::Error, "08006", &reason);
+            encode::ready_for_query(&mut out, self.client_status());
+            flush_to(&mut self.client_out, &mut out).await?;
+            self.release_held().await?;
+            return Ok(Step::Continue);
+        }
+        let gone = ProxyError::ServerUnavailable {
+            addr: address,
+            reason: "server closed the connection unexpectedly".into(),
+        };
+        let mut out = std::mem::take(&mut self.to_client);
+        gone.encode_fatal(&mut out);
+        let _ = flush_to(&mut self.client_out, &mut out).await;
+        Err(gone)
+    }
+}

@@ -1,0 +1,75 @@
+//! Small wire-level helpers of the relay.
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::Slot;
+use crate::backend::ServerConn;
+use crate::error::ProxyError;
+use crate::protocol::{read_cstr, Frame};
+
+pub(super) async fn next_frame(conn: &mut Option<ServerConn>) -> Result<Option<Frame>, ProxyError> {
+    match conn {
+        Some(c) => c.reader.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn write_to(slot: &mut Slot, bytes: &[u8]) -> Result<(), ProxyError> {
+    match slot.conn.as_mut() {
+        Some(server) => Ok(server.writer.write_all(bytes).await?),
+        None => Err(ProxyError::NoPrimary),
+    }
+}
+
+pub(super) fn query_text(body: &[u8]) -> &str {
+    let body = body.strip_suffix(&[0]).unwrap_or(body);
+    std::str::from_utf8(body).unwrap_or("")
+}
+
+/// The prepared statement a Bind or a Describe('S') names.
+pub(super) fn statement_named(frame: &Frame) -> Option<String> {
+    let mut body = frame.body();
+    match frame.tag {
+        b'B' => {
+            read_cstr(&mut body)?;
+            read_cstr(&mut body)
+        }
+        b'D' if body.first() == Some(&b'S') => {
+            body = &body[1..];
+            read_cstr(&mut body)
+        }
+        _ => None,
+    }
+}
+
+/// Whether an ErrorResponse body is FATAL or PANIC (the server closes next).
+pub(super) fn is_fatal(body: &[u8]) -> bool {
+    matches!(
+        crate::protocol::ErrorFields::parse(body).severity.as_str(),
+        "FATAL" | "PANIC"
+    )
+}
+
+/// The prepared statement a Close('S') names.
+pub(super) fn closed_statement(frame: &Frame) -> Option<String> {
+    let mut body = frame.body();
+    if frame.tag != b'C' || body.first() != Some(&b'S') {
+        return None;
+    }
+    body = &body[1..];
+    read_cstr(&mut body)
+}
+
+pub(super) fn encode_sync(out: &mut BytesMut) {
+    out.put_u8(b'S');
+    out.put_i32(4);
+}
+
+pub(super) fn encode_close_statement(out: &mut BytesMut, name: &str) {
+    out.put_u8(b'C');
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
