@@ -70,32 +70,7 @@ fn main() -> Result<(), String> {
     let clients = env_or("PGSPLIT_BENCH_CLIENTS", 8);
     let cluster = Cluster::with_standbys(2).map_err(|e| e.to_string())?;
     let primary = cluster.primary().port;
-    let init = Command::new(cluster.pg_bin().join("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "10",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.to_string(),
-            "-U",
-            APP_USER,
-            APP_DATABASE,
-        ])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !init.status.success() {
-        return Err(format!(
-            "pgbench -i failed: {}",
-            String::from_utf8_lossy(&init.stderr)
-        ));
-    }
-    for i in 1..cluster.nodes().len() {
-        cluster.wait_for_replay(i).map_err(|e| e.to_string())?;
-    }
+    cluster.pgbench_init(10).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let settings = pgsplit::demo::config_for(&cluster, "127.0.0.1:0").map_err(|e| e.to_string())?;
     let proxy = runtime

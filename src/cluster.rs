@@ -575,6 +575,32 @@ impl Cluster {
         self.await_sql(i, i, in_recovery, "f", Instant::now() + WAIT_TIMEOUT)
     }
 
+    /// Loads pgbench tables at `scale` into [`APP_DATABASE`] on the primary (as
+    /// [`APP_USER`]) and waits until every standby has replayed them.
+    pub fn pgbench_init(&self, scale: u32) -> Result<()> {
+        let primary = self.current_primary()?;
+        let port = self.nodes[primary].port.to_string();
+        run(Command::new(self.bin.join("pgbench"))
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                &scale.to_string(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+            ])
+            .args(["-U", APP_USER, APP_DATABASE])
+            .stdin(Stdio::null())
+            .env("PGPASSWORD", APP_PASSWORD)
+            .env("PGPASSFILE", NO_PASSFILE))?;
+        for i in (0..self.nodes.len()).filter(|i| *i != primary && self.is_running(*i)) {
+            self.wait_for_replay(i)?;
+        }
+        Ok(())
+    }
+
     /// Waits until standby `i` has replayed the current primary's current WAL position.
     pub fn wait_for_replay(&self, i: usize) -> Result<()> {
         self.node(i)?;

@@ -1,7 +1,5 @@
 //! `pgsplit demo`: a throwaway local primary + hot standbys with pgsplit in front.
 
-use std::process::Command;
-
 use crate::cluster::{
     Cluster, APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER, SUPERUSER,
 };
@@ -39,33 +37,9 @@ pub async fn run(listen: &str, standbys: usize) -> Result<(), String> {
         .await
         .map_err(|e| format!("cluster setup panicked: {e}"))?
         .map_err(|e| format!("cannot start the local cluster: {e}"))?;
-    let primary = cluster.primary();
-    let init = Command::new(cluster.pg_bin().join("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            APP_USER,
-            APP_DATABASE,
-        ])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .map_err(|e| format!("cannot run pgbench -i: {e}"))?;
-    if !init.status.success() {
-        return Err(format!(
-            "pgbench -i failed: {}",
-            String::from_utf8_lossy(&init.stderr)
-        ));
-    }
-    for i in 1..cluster.nodes().len() {
-        cluster.wait_for_replay(i).map_err(|e| e.to_string())?;
-    }
+    cluster
+        .pgbench_init(1)
+        .map_err(|e| format!("cannot load pgbench tables: {e}"))?;
     let settings = config_for(&cluster, listen).map_err(|e| e.to_string())?;
     let proxy = proxy::start(settings)
         .await

@@ -41,21 +41,7 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts pgsplit with the demo configuration; `top` adds top-level keys, `tables` more tables.
     pub async fn start_with(top: &str, tables: &str) -> TestProxy {
-        let text = format!(
-            "{top}\n{}\n{tables}",
-            pgsplit::demo::config_text(cluster(), "127.0.0.1:0")
-        );
-        let settings =
-            Settings::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
-        let handle = runtime()
-            .spawn(pgsplit::proxy::start(settings))
-            .await
-            .expect("proxy start task")
-            .expect("proxy listens");
-        TestProxy {
-            addr: handle.local_addr(),
-            handle: Some(handle),
-        }
+        Self::start_for(cluster(), top, "", tables).await
     }
 
     /// Starts pgsplit with the demo configuration.
