@@ -75,7 +75,7 @@ async fn a_session_reads_its_own_writes_even_from_delayed_standbys() {
     let (_cluster, proxy) = delayed_cluster("").await;
     let before = proxy.stats();
     assert_eq!(
-        stale_reads(&proxy, 2000).await,
+        stale_reads(&proxy, 10_000).await,
         0,
         "a client read an older value than it had just written"
     );

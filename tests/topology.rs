@@ -240,7 +240,7 @@ async fn pgbench_survives_a_standby_killed_under_load() {
             proxy.run_with(
                 &pg_bin,
                 "pgbench",
-                &["-S", "-c", "4", "-j", "2", "-T", "10", APP_DATABASE],
+                &["-S", "-c", "8", "-j", "2", "-T", "10", APP_DATABASE],
             )
         })
     };
@@ -264,5 +264,67 @@ async fn pgbench_survives_a_standby_killed_under_load() {
     assert!(
         report.contains("number of failed transactions: 0 ") && !report.contains("aborted"),
         "pgbench had failed transactions or aborted clients: {report}"
+    );
+}
+
+/// Another session's reads are never staler than the lag bound allows: with replay paused
+/// on one standby, a reader in its own session keeps seeing a counter that the writer
+/// advances, within the WAL the bound (plus one check interval) stands for.
+#[tokio::test]
+async fn reads_from_another_session_stay_within_the_lag_bound() {
+    let (cluster, proxy) = cluster_and_proxy().await;
+    cluster
+        .sql_as(
+            0,
+            pgsplit::cluster::APP_USER,
+            Some(pgsplit::cluster::APP_PASSWORD),
+            APP_DATABASE,
+            "CREATE TABLE counter (id int PRIMARY KEY, v int); INSERT INTO counter VALUES (1, 0)",
+        )
+        .unwrap();
+    for standby in [PAUSED, STOPPED] {
+        cluster.wait_for_replay(standby).unwrap();
+    }
+    cluster.pause_replay(PAUSED).unwrap();
+    let writer = proxy.connect().await;
+    // Round robin gives two new readers different standbys: one of them starts on the
+    // paused one.
+    let readers = [proxy.connect().await, proxy.connect().await];
+    // Each UPDATE writes well over 100 bytes of WAL, so MAX_LAG_BYTES stands for fewer than
+    // MAX_LAG_BYTES / 100 writes; allow as many again for the interval before exclusion.
+    let allowed = 2 * (MAX_LAG_BYTES / 100) as i32;
+    let mut worst = 0;
+    let mut served_by = std::collections::HashSet::new();
+    for reader in &readers {
+        let port: i32 = reader
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        served_by.insert(port);
+    }
+    assert_eq!(
+        served_by.len(),
+        2,
+        "the two readers should start on different standbys"
+    );
+    for i in 1..=2000 {
+        writer
+            .execute("UPDATE counter SET v = $1 WHERE id = 1", &[&i])
+            .await
+            .unwrap();
+        for reader in &readers {
+            let seen: i32 = reader
+                .query_one("SELECT v FROM counter WHERE id = 1", &[])
+                .await
+                .unwrap()
+                .get(0);
+            worst = worst.max(i - seen);
+        }
+    }
+    cluster.resume_replay(PAUSED).unwrap();
+    assert!(
+        worst <= allowed,
+        "a read was {worst} writes behind; the {MAX_LAG_BYTES}-byte bound allows about {allowed}"
     );
 }
