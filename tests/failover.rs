@@ -12,10 +12,7 @@ const MONITOR: &str = "lag_check_interval = \"100ms\"\nmax_ban = \"1s\"";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 async fn cluster_and_proxy() -> (Cluster, TestProxy) {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::with_standbys(2))
-        .await
-        .expect("cluster start task")
-        .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+    let cluster = common::own_cluster().await;
     let proxy = TestProxy::start_for(&cluster, "", MONITOR, "").await;
     (cluster, proxy)
 }

@@ -12,10 +12,7 @@ const MONITOR: &str = "lag_check_interval = \"100ms\"";
 
 /// A cluster whose standbys apply WAL one second late, and pgsplit in front of it.
 async fn delayed_cluster(routing: &str) -> (Cluster, TestProxy) {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::with_standbys(2))
-        .await
-        .expect("cluster start task")
-        .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+    let cluster = common::own_cluster().await;
     cluster
         .sql_as(
             0,

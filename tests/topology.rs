@@ -25,10 +25,7 @@ const CLIENTS: usize = 20;
 
 /// A fresh primary with two standbys, and pgsplit in front of it.
 async fn cluster_and_proxy() -> (Cluster, TestProxy) {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::with_standbys(2))
-        .await
-        .expect("cluster start task")
-        .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+    let cluster = common::own_cluster().await;
     let proxy = TestProxy::start_for(&cluster, "", MONITOR, "").await;
     wait_for(&proxy, "every standby to be eligible", |t| {
         t.nodes[1..].iter().all(|n| n.eligible)

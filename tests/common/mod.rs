@@ -91,14 +91,7 @@ impl TestProxy {
 
     /// Runs a PostgreSQL client program (psql, pgbench) from the cluster's bin dir against the proxy.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        let port = self.addr.port().to_string();
-        Command::new(cluster().pg_bin().join(program))
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", APP_USER])
-            .args(args)
-            .env("PGPASSWORD", APP_PASSWORD)
-            .env("PGPASSFILE", "/nonexistent")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+        self.run_with(cluster().pg_bin(), program, args)
     }
 }
 
@@ -141,6 +134,15 @@ impl TestProxy {
             .output()
             .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
     }
+}
+
+/// A test's own cluster (a primary and two hot standbys), for tests that stop, pause or
+/// promote nodes; torn down when dropped.
+pub async fn own_cluster() -> Cluster {
+    tokio::task::spawn_blocking(|| Cluster::with_standbys(2))
+        .await
+        .expect("cluster start task")
+        .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"))
 }
 
 /// The SQLSTATE of a tokio-postgres error, or a description of why there is none.
