@@ -192,42 +192,66 @@ async fn temp_tables_pin_the_session_to_the_primary() {
 
 #[tokio::test]
 async fn user_functions_route_by_volatility_and_overrides() {
-    let proxy = placement_proxy().await;
+    let proxy = TestProxy::start_with(
+        "",
+        "[routing]\nread_your_writes = \"off\"\n\
+         read_only_functions = [\"public.fn_volatile_read\"]\nwrite_functions = [\"fn_stable_forced\"]\n",
+    )
+    .await;
     setup(
         &proxy,
         "CREATE TABLE IF NOT EXISTS fn_log (at int); \
          CREATE OR REPLACE FUNCTION fn_writes() RETURNS int LANGUAGE sql VOLATILE AS \
            'INSERT INTO fn_log VALUES (1); SELECT inet_server_port()'; \
          CREATE OR REPLACE FUNCTION fn_stable() RETURNS int LANGUAGE sql STABLE AS 'SELECT inet_server_port()'; \
+         CREATE OR REPLACE FUNCTION fn_stable_forced() RETURNS int LANGUAGE sql STABLE AS 'SELECT inet_server_port()'; \
+         CREATE OR REPLACE FUNCTION fn_volatile_read() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT inet_server_port()'; \
          CREATE OR REPLACE FUNCTION fn_immutable(x int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT x * 2';",
     )
     .await;
-    // The catalog reload follows the CREATE FUNCTION; give it a moment to land.
     let client = proxy.connect().await;
-    let mut writes_port = 0;
-    for _ in 0..50 {
-        writes_port = served_by(&client, "SELECT fn_writes()").await;
-        if writes_port == port_of(0) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The catalog reload follows the CREATE FUNCTION: until it lands, unknown functions go
+    // to the primary (rule of doubt), so wait for the stable one to reach a standby.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut stable = served_by(&client, "SELECT fn_stable()").await;
+    while !standby_ports().contains(&stable) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stable = served_by(&client, "SELECT fn_stable()").await;
     }
-    assert_eq!(
-        writes_port,
-        port_of(0),
-        "a volatile user function must run on the primary"
-    );
-    let stable = served_by(&client, "SELECT fn_stable()").await;
     assert!(
         standby_ports().contains(&stable),
         "a stable user function may run on a standby (ran on {stable})"
     );
-    let immutable = served_by(
-        &client,
-        "SELECT inet_server_port() WHERE fn_immutable(2) = 4",
-    )
-    .await;
-    assert!(standby_ports().contains(&immutable));
+    let cases = [
+        (
+            "SELECT fn_writes()",
+            false,
+            "a volatile user function runs on the primary",
+        ),
+        (
+            "SELECT fn_stable_forced()",
+            false,
+            "write_functions sends a stable function to the primary",
+        ),
+        (
+            "SELECT fn_volatile_read()",
+            true,
+            "read_only_functions lets a volatile function run on a standby",
+        ),
+        (
+            "SELECT inet_server_port() WHERE fn_immutable(2) = 4",
+            true,
+            "an immutable function may run on a standby",
+        ),
+    ];
+    for (sql, on_standby, why) in cases {
+        let port = served_by(&client, sql).await;
+        assert_eq!(
+            standby_ports().contains(&port),
+            on_standby,
+            "{why}: {sql} ran on port {port}"
+        );
+    }
 }
 
 #[tokio::test]
