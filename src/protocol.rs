@@ -180,11 +180,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let raw = self.buf.split_to(total).freeze();
         Ok(Some(Frame { tag: raw[0], raw }))
     }
-
-    /// The wrapped reader.
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
 }
 
 /// Severity of an error pgsplit reports itself.

@@ -153,9 +153,14 @@ impl RoutingState {
     }
 
     /// Plans an extended-protocol batch (never deferred: its BEGIN has no text of its own).
-    pub fn plan_batch(&mut self, c: &Classification, open: Option<Conn>) -> Plan {
+    /// A batch that ends with Flush instead of Sync may go on with statements not seen
+    /// yet, so outside a transaction it starts on the primary.
+    pub fn plan_batch(&mut self, c: &Classification, open: Option<Conn>, synced: bool) -> Plan {
+        let chain = !synced && self.txn.is_none();
         match self.plan(c, "", false, open) {
             Plan::DeferBegin | Plan::EndDeferred(_) => Plan::Send(Conn::Primary),
+            Plan::Send(_) if chain => Plan::Send(Conn::Primary),
+            Plan::BeginThenSend(_, begin) if chain => Plan::BeginThenSend(Conn::Primary, begin),
             plan => plan,
         }
     }
@@ -446,6 +451,16 @@ mod tests {
             Plan::EndDeferred("COMMIT")
         );
         assert!(!s.begin_deferred());
+    }
+
+    #[test]
+    fn a_flush_chain_outside_a_transaction_starts_on_the_primary() {
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let read = c(Route::Standby, vec![]);
+        assert_eq!(s.plan_batch(&read, None, true), Plan::Send(Conn::Standby));
+        assert_eq!(s.plan_batch(&read, None, false), Plan::Send(Conn::Primary));
+        s.ready(Conn::Standby, b'T');
+        assert_eq!(s.plan_batch(&read, None, false), Plan::Send(Conn::Standby));
     }
 
     #[test]

@@ -410,24 +410,13 @@ impl<'a> Relay<'a> {
             // A FunctionCall names a function by OID only: the primary, or the open transaction.
             Request::Function(_) => {
                 let class = Classification::primary();
-                (self.state.plan_batch(&class, open), Arc::new(class))
+                (self.state.plan_batch(&class, open, true), Arc::new(class))
             }
             Request::Batch { frames, sync } => {
                 let class = self.classify_batch(frames);
                 let plan = match self.sticky {
                     Some(conn) => Plan::Send(conn),
-                    // A Flush chain may go on with statements not seen yet: outside a
-                    // transaction it starts on the primary.
-                    None if !sync && self.state.txn.is_none() => {
-                        match self.state.plan_batch(&class, open) {
-                            Plan::Send(_) => Plan::Send(Conn::Primary),
-                            Plan::BeginThenSend(_, begin) => {
-                                Plan::BeginThenSend(Conn::Primary, begin)
-                            }
-                            other => other,
-                        }
-                    }
-                    None => self.state.plan_batch(&class, open),
+                    None => self.state.plan_batch(&class, open, *sync),
                 };
                 (plan, Arc::new(class))
             }

@@ -24,7 +24,7 @@ impl Relay<'_> {
         if conn == Conn::Primary {
             return self.ensure_primary().await;
         }
-        let topology = self.shared.topology.load();
+        let topology = self.shared.topology.load_full();
         if let Some(server) = &self.standby.conn {
             // A transaction (or a reply in flight) finishes where it started.
             let committed = self.state.txn == Some(Conn::Standby) || self.standby.pending > 0;
@@ -90,7 +90,7 @@ impl Relay<'_> {
         let Some(since) = self.written_at else {
             return true;
         };
-        let topology = self.shared.topology.load();
+        let topology = self.shared.topology.load_full();
         let fresh = match &self.standby.conn {
             Some(_) => topology.replayed_since(self.standby.node, since),
             None => (0..topology.nodes.len())
@@ -106,7 +106,7 @@ impl Relay<'_> {
     /// the next request reconnects, unless a transaction or pinned state lives on the
     /// old connection.
     async fn ensure_primary(&mut self) -> Result<Conn, ProxyError> {
-        let topology = self.shared.topology.load();
+        let topology = self.shared.topology.load_full();
         let open_on = self.primary.conn.as_ref().map(|c| c.address.clone());
         let split_brain = topology
             .nodes
