@@ -73,6 +73,9 @@ pub struct Config {
     /// Where statements go.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Server connection pools.
+    #[serde(default)]
+    pub pool: PoolConfig,
     /// The PostgreSQL servers: one primary and any number of hot standbys.
     pub nodes: Vec<NodeConfig>,
     /// Users clients may log in as.
@@ -240,6 +243,64 @@ pub struct RoutingConfig {
     pub read_your_writes: ReadYourWrites,
 }
 
+/// Server connection pools: one per (node, server user, database).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `transaction` (default): a server connection serves one transaction or autocommit
+    /// statement, then goes back; `session`: a client keeps its connections until it leaves.
+    #[serde(default)]
+    pub mode: PoolMode,
+    /// Connections each pool keeps open even when idle. Default 0.
+    #[serde(default)]
+    pub min_pool_size: usize,
+    /// Most connections a pool opens. Default 20.
+    #[serde(default = "default_max_pool_size")]
+    pub max_pool_size: usize,
+    /// An idle connection above `min_pool_size` is closed after this long. Default 60 s.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A connection is closed once this old, when next idle. Default 1 h.
+    #[serde(default = "default_server_lifetime", with = "humantime_serde")]
+    pub server_lifetime: Duration,
+    /// Longest a request waits for a free connection; then it fails with 53300. Default 5 s.
+    #[serde(default = "default_checkout_timeout", with = "humantime_serde")]
+    pub checkout_timeout: Duration,
+    /// A connection idle longer than this is checked with a round trip before reuse. Default 30 s.
+    #[serde(default = "default_server_check_delay", with = "humantime_serde")]
+    pub server_check_delay: Duration,
+    /// Prepared statements each server connection keeps; the least recently used is
+    /// closed beyond this. Default 500.
+    #[serde(default = "default_prepared_statements_cache_size")]
+    pub prepared_statements_cache_size: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            mode: PoolMode::default(),
+            min_pool_size: 0,
+            max_pool_size: default_max_pool_size(),
+            idle_timeout: default_idle_timeout(),
+            server_lifetime: default_server_lifetime(),
+            checkout_timeout: default_checkout_timeout(),
+            server_check_delay: default_server_check_delay(),
+            prepared_statements_cache_size: default_prepared_statements_cache_size(),
+        }
+    }
+}
+
+/// How long a client holds a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// For one transaction or autocommit statement (pins hold it longer).
+    #[default]
+    Transaction,
+    /// For the client's whole session.
+    Session,
+}
+
 /// Whether a client reads its own writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -357,6 +418,24 @@ fn default_classify_cache_size() -> usize {
 fn default_function_refresh_interval() -> Duration {
     Duration::from_secs(60)
 }
+fn default_max_pool_size() -> usize {
+    20
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_server_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_checkout_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_server_check_delay() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_prepared_statements_cache_size() -> usize {
+    500
+}
 fn default_weight() -> u32 {
     1
 }
@@ -455,6 +534,33 @@ impl Settings {
             if value.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
             }
+        }
+        for (key, value) in [
+            ("pool.checkout_timeout", raw.pool.checkout_timeout),
+            ("pool.idle_timeout", raw.pool.idle_timeout),
+            ("pool.server_lifetime", raw.pool.server_lifetime),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if raw.pool.max_pool_size == 0 {
+            return Err(invalid("pool.max_pool_size", "must be at least 1"));
+        }
+        if raw.pool.min_pool_size > raw.pool.max_pool_size {
+            return Err(invalid(
+                "pool.min_pool_size",
+                format!(
+                    "{} is more than max_pool_size ({})",
+                    raw.pool.min_pool_size, raw.pool.max_pool_size
+                ),
+            ));
+        }
+        if raw.pool.prepared_statements_cache_size == 0 {
+            return Err(invalid(
+                "pool.prepared_statements_cache_size",
+                "must be at least 1",
+            ));
         }
         raw.monitor.validate()?;
         if raw.nodes.is_empty() {
@@ -586,6 +692,15 @@ mod tests {
             (
                 "[monitor]\nlag_check_interval = \"0ms\"\n",
                 "monitor.lag_check_interval",
+            ),
+            ("[pool]\nmax_pool_size = 0\n", "pool.max_pool_size"),
+            (
+                "[pool]\nmin_pool_size = 5\nmax_pool_size = 2\n",
+                "pool.min_pool_size",
+            ),
+            (
+                "[pool]\ncheckout_timeout = \"0s\"\n",
+                "pool.checkout_timeout",
             ),
         ];
         for (prefix, key) in cases {
