@@ -19,6 +19,7 @@ pub struct Stats {
     to_primary: AtomicU64,
     to_standby: AtomicU64,
     turn: AtomicU64,
+    pinned: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -30,6 +31,9 @@ pub struct StatsSnapshot {
     pub to_primary: u64,
     /// Requests sent over clients' standby connections.
     pub to_standby: u64,
+    /// Clients holding a server connection for a pin (temp tables, LISTEN, session
+    /// advisory locks, WITH HOLD cursors, SQL PREPARE) in transaction pooling.
+    pub pinned_clients: u64,
 }
 
 impl Stats {
@@ -40,6 +44,7 @@ impl Stats {
             to_primary: AtomicU64::new(0),
             to_standby: AtomicU64::new(0),
             turn: AtomicU64::new(0),
+            pinned: AtomicU64::new(0),
         }
     }
 
@@ -79,6 +84,17 @@ impl Stats {
             .collect()
     }
 
+    /// A client started or stopped holding a connection for a pin.
+    pub fn set_pinned(&self, pinned: bool) {
+        if pinned {
+            self.pinned.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .pinned
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        }
+    }
+
     /// The next round-robin turn.
     pub fn next_turn(&self) -> u64 {
         self.turn.fetch_add(1, Ordering::Relaxed)
@@ -94,6 +110,7 @@ impl Stats {
                 .collect(),
             to_primary: self.to_primary.load(Ordering::Relaxed),
             to_standby: self.to_standby.load(Ordering::Relaxed),
+            pinned_clients: self.pinned.load(Ordering::Relaxed),
         }
     }
 }
