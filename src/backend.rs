@@ -27,6 +27,9 @@ pub struct Login<'a> {
     pub params: &'a [(String, String)],
 }
 
+/// Rows of a simple query as text, and the parameters it changed (ParameterStatus).
+pub type QueryReport = (Vec<Vec<Option<String>>>, Vec<(String, String)>);
+
 /// An authenticated server connection, ready for queries.
 pub struct ServerConn {
     /// Frames from the server.
@@ -133,10 +136,16 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, ProxyError> {
+        Ok(self.query_reporting(sql).await?.0)
+    }
+
+    /// Runs one simple query; returns its rows and the ParameterStatus changes it caused.
+    pub async fn query_reporting(&mut self, sql: &str) -> Result<QueryReport, ProxyError> {
         let mut out = BytesMut::new();
         encode::query(&mut out, sql);
         flush_to(&mut self.writer, &mut out).await?;
         let mut rows = Vec::new();
+        let mut reported = Vec::new();
         let mut error = None;
         loop {
             let frame = self
@@ -146,13 +155,19 @@ impl ServerConn {
                 .ok_or_else(|| ProxyError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
             match frame.tag {
                 b'D' => rows.push(parse_data_row(frame.body())?),
+                b'S' => {
+                    let mut body = frame.body();
+                    if let (Some(k), Some(v)) = (read_cstr(&mut body), read_cstr(&mut body)) {
+                        reported.push((k, v));
+                    }
+                }
                 b'E' => {
                     error = Some(ProxyError::Server {
                         fields: ErrorFields::parse(frame.body()),
                         raw: frame.raw,
                     })
                 }
-                b'Z' => return error.map_or(Ok(rows), Err),
+                b'Z' => return error.map_or(Ok((rows, reported)), Err),
                 _ => {}
             }
         }

@@ -25,6 +25,19 @@ pub enum ProxyError {
     /// `max_client_conn` clients are already connected.
     #[error("sorry, too many clients already")]
     TooManyClients,
+    /// No pooled server connection became free in time.
+    #[error("no connection to server {addr} became free within checkout_timeout ({waited:?}; max_pool_size is {size})")]
+    CheckoutTimeout {
+        /// Node address.
+        addr: String,
+        /// How long the request waited.
+        waited: std::time::Duration,
+        /// The pool's size.
+        size: usize,
+    },
+    /// A startup parameter pgsplit cannot turn into a setting.
+    #[error("{0}")]
+    BadStartupParameter(String),
     /// No node currently acts as the primary.
     #[error("no primary server is available")]
     NoPrimary,
@@ -58,10 +71,11 @@ impl ProxyError {
         match self {
             ProxyError::Protocol(_) => "08P01",
             ProxyError::Unsupported(_) => "0A000",
+            ProxyError::BadStartupParameter(_) => "22023",
             ProxyError::NoUser => "28000",
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::AuthTimeout => "08006",
-            ProxyError::TooManyClients => "53300",
+            ProxyError::TooManyClients | ProxyError::CheckoutTimeout { .. } => "53300",
             ProxyError::NoPrimary | ProxyError::ServerUnavailable { .. } => "08006",
             ProxyError::Server { fields, .. } => &fields.code,
             ProxyError::Shutdown => "57P01",

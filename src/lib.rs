@@ -1,8 +1,8 @@
 //! pgsplit: a SQL-aware read/write load-balancing proxy for PostgreSQL.
 //!
 //! A client's bytes flow listener ([`proxy`]) → [`session`], which asks [`classify`] what
-//! each request does and [`balance`] which standby serves reads, then relays to
-//! [`backend`] server connections; the [`topology`] monitor keeps the cluster snapshot.
+//! each request does and [`balance`] which standby serves reads, then relays over
+//! [`backend`] server connections checked out of a [`pool`]; the [`topology`] monitor keeps the cluster snapshot.
 
 pub mod auth;
 pub mod backend;
@@ -13,6 +13,8 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod proxy;
 pub mod session;

@@ -152,6 +152,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether any bytes are buffered, complete frame or not.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// Whether another complete frame is already buffered (so a writer can batch).
     pub fn has_frame(&self) -> bool {
         self.buf.len() >= 5 && {

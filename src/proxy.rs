@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 use crate::catalog::FunctionCatalogs;
 use crate::classify::{CacheStats, Classifier};
 use crate::config::Settings;
+use crate::pool::{PoolSnapshot, Pools};
+use crate::prepared::Registry;
 use crate::protocol::BackendKey;
 use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
@@ -38,15 +40,16 @@ pub struct CancelTarget {
     pub key: BackendKey,
 }
 
-/// Cancel keys pgsplit handed to clients, mapped to the servers' keys.
+/// Cancel keys pgsplit handed to clients, mapped to the server connection running each
+/// client's request (none between requests in transaction pooling).
 #[derive(Default)]
 pub struct CancelRegistry {
-    keys: Mutex<HashMap<BackendKey, CancelTarget>>,
+    keys: Mutex<HashMap<BackendKey, Option<CancelTarget>>>,
 }
 
 impl CancelRegistry {
-    /// Hands out a fresh random key for `target`.
-    pub fn register(&self, target: CancelTarget) -> BackendKey {
+    /// Hands out a fresh random key, pointing at nothing yet.
+    pub fn register(&self) -> BackendKey {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let key = BackendKey {
@@ -54,23 +57,24 @@ impl CancelRegistry {
                 secret: rand::random(),
             };
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(key) {
-                slot.insert(target);
+                slot.insert(None);
                 return key;
             }
         }
     }
 
-    /// The server behind a key, if the session still exists.
+    /// The server running the request of the session behind a key, if any.
     pub fn lookup(&self, key: BackendKey) -> Option<CancelTarget> {
         self.keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .cloned()
+            .flatten()
     }
 
-    /// Points a key at the server now running the session's request.
-    pub fn update(&self, key: BackendKey, target: CancelTarget) {
+    /// Points a key at the server now serving the session, or at nothing.
+    pub fn update(&self, key: BackendKey, target: Option<CancelTarget>) {
         if let Some(slot) = self
             .keys
             .lock()
@@ -106,6 +110,10 @@ pub struct Shared {
     pub functions: Arc<FunctionCatalogs>,
     /// Routing counters.
     pub stats: Stats,
+    /// Server connection pools.
+    pub pools: Arc<Pools>,
+    /// Prepared statements by text, under their server-side names.
+    pub statements: Registry,
 }
 
 /// A running proxy.
@@ -136,7 +144,9 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
     let (stop_monitor, stop) = watch::channel(false);
     tokio::spawn(monitor.run(stop.clone()));
     let functions = Arc::new(FunctionCatalogs::new(Arc::clone(&settings)));
-    tokio::spawn(Arc::clone(&functions).run(Arc::clone(&topology), stop));
+    tokio::spawn(Arc::clone(&functions).run(Arc::clone(&topology), stop.clone()));
+    let pools = Arc::new(Pools::new(Arc::clone(&settings)));
+    tokio::spawn(Arc::clone(&pools).run(stop));
 
     let max_clients = u32::try_from(settings.raw.max_client_conn).unwrap_or(u32::MAX >> 3);
     let clients = Arc::new(Semaphore::new(max_clients as usize));
@@ -149,6 +159,8 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
         cancels: CancelRegistry::default(),
         phase,
         functions,
+        pools,
+        statements: Registry::default(),
     });
     let accept = tokio::spawn(accept_loop(
         listener,
@@ -197,6 +209,11 @@ impl ProxyHandle {
     /// Classification cache counters so far.
     pub fn cache_stats(&self) -> CacheStats {
         self.shared.classifier.stats()
+    }
+
+    /// Counters of every server connection pool.
+    pub fn pools(&self) -> Vec<PoolSnapshot> {
+        self.shared.pools.snapshot()
     }
 
     /// The latest cluster snapshot.
@@ -269,13 +286,19 @@ mod tests {
             address: "h:1".into(),
             key: BackendKey { pid: 1, secret: 2 },
         };
-        let a = registry.register(target.clone());
-        let b = registry.register(target);
+        let a = registry.register();
+        let b = registry.register();
         assert_ne!(a, b);
         assert!(a.pid >= 0);
+        assert!(registry.lookup(a).is_none());
+        registry.update(a, Some(target.clone()));
+        registry.update(b, Some(target));
         assert_eq!(registry.lookup(a).map(|t| t.key.pid), Some(1));
+        registry.update(b, None);
+        assert!(registry.lookup(b).is_none());
         registry.remove(a);
         assert!(registry.lookup(a).is_none());
-        assert!(registry.lookup(b).is_some());
+        registry.update(a, None);
+        assert!(registry.lookup(a).is_none());
     }
 }

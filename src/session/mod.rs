@@ -1,5 +1,6 @@
-//! One client's life: startup, authentication, its primary connection, then the relay
-//! ([`relay`]) that routes each request by the routing state ([`state`]).
+//! One client's life: startup, authentication, a first pooled server connection that
+//! takes the client's startup settings, then the relay ([`relay`]) that routes each
+//! request by the routing state ([`state`]).
 
 mod relay;
 pub mod state;
@@ -13,20 +14,22 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::authenticate_client;
-use crate::backend::{send_cancel, Login, ServerConn};
+use crate::backend::send_cancel;
 use crate::error::ProxyError;
+use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
-use crate::proxy::{CancelTarget, Phase, Shared};
+use crate::proxy::{Phase, Shared};
 use crate::topology::Role;
 use relay::Relay;
-use state::Conn;
+use state::{guc_sync_sql, startup_gucs, Conn, Gucs};
 
 /// An authenticated client, its first server connection (which one, and on which node),
-/// and its startup parameters.
+/// its startup parameters and the settings they make.
 type Handshake = (
     FrameReader<OwnedReadHalf>,
-    (Conn, ServerConn, usize),
+    (Conn, Lease, usize),
     Startup,
+    Gucs,
 );
 
 /// What the client asked for in its StartupMessage.
@@ -54,17 +57,14 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedS
         handshake(read, &mut write, &shared, permit.is_some()),
     )
     .await;
-    let (client, (conn, server, node), startup) = match started {
+    let (client, (conn, server, node), startup, defaults) = match started {
         Ok(Ok(Some(ready))) => ready,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return report(&mut write, &peer, e).await,
         Err(_) => return report(&mut write, &peer, ProxyError::AuthTimeout).await,
     };
-    tracing::debug!(%peer, user = %startup.user, database = %startup.database, server = %server.address, "client ready");
-    let key = shared.cancels.register(CancelTarget {
-        address: server.address.clone(),
-        key: server.key,
-    });
+    tracing::debug!(%peer, user = %startup.user, database = %startup.database, server = %server.server.address, "client ready");
+    let key = shared.cancels.register();
     let mut out = BytesMut::new();
     encode::backend_key(&mut out, key);
     encode::ready_for_query(&mut out, b'I');
@@ -72,7 +72,15 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedS
     let result = match flush_to(&mut write, &mut out).await {
         Ok(()) => {
             shared.functions.want(&startup.database);
-            let relay = Relay::new(client, write, (conn, server, node), &shared, startup, key);
+            let relay = Relay::new(
+                client,
+                write,
+                (conn, server, node),
+                &shared,
+                startup,
+                key,
+                defaults,
+            );
             relay.run(&mut phase).await
         }
         Err(e) => Err(ProxyError::Io(e)),
@@ -145,25 +153,58 @@ async fn handshake(
             None => return Err(ProxyError::NoPrimary),
         },
     };
-    let login = Login {
-        address: &topology.nodes[node].node.address,
-        user: &user.server_user,
-        password: &user.server_password,
-        database: &startup.database,
-        params: &startup.params,
-    };
-    let server = ServerConn::connect(
-        &login,
-        settings.raw.connect_timeout,
-        settings.raw.max_message_size,
-    )
-    .await?;
+    let defaults = startup_gucs(&startup.params).map_err(ProxyError::BadStartupParameter)?;
+    let mut server = shared
+        .pools
+        .get(
+            &topology.nodes[node].node.address,
+            &user.server_user,
+            &user.server_password,
+            &startup.database,
+        )
+        .checkout()
+        .await?;
+    let reported = take_settings(&mut server, &defaults).await?;
     encode::auth(&mut out, 0, &[]);
-    for (name, value) in &server.params {
+    for (name, value) in &server.server.params {
+        let value = reported
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map_or(value, |(_, v)| v);
         encode::parameter_status(&mut out, name, value);
     }
+    for (name, value) in &reported {
+        if !server.server.params.iter().any(|(n, _)| n == name) {
+            encode::parameter_status(&mut out, name, value);
+        }
+    }
     flush_to(write, &mut out).await?;
-    Ok(Some((reader, (conn, server, node), startup)))
+    Ok(Some((reader, (conn, server, node), startup, defaults)))
+}
+
+/// Applies a client's startup settings on its first connection (pooled connections log
+/// in without them), returning the parameter values the server reported changing; a
+/// setting the server refuses fails the login with the server's error.
+async fn take_settings(
+    server: &mut Lease,
+    wanted: &Gucs,
+) -> Result<Vec<(String, String)>, ProxyError> {
+    let sql = match &server.gucs {
+        Some(applied) => guc_sync_sql(applied, wanted),
+        None => Some(format!(
+            "RESET ALL;{}",
+            guc_sync_sql(&Gucs::new(), wanted).unwrap_or_default()
+        )),
+    };
+    let Some(sql) = sql else {
+        return Ok(Vec::new());
+    };
+    server.gucs = None;
+    server.unnamed = None;
+    let (_, reported) = server.server.query_reporting(&sql).await?;
+    server.gucs = Some(wanted.clone());
+    Ok(reported)
 }
 
 /// Checks the StartupMessage parameters; writes NegotiateProtocolVersion when the client

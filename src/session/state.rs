@@ -3,9 +3,11 @@
 //! Every decision here is a pure function, unit-tested without sockets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::classify::{Classification, Effect, Pin, Route};
 use crate::config::TransactionRouting;
+use crate::prepared::Statement;
 
 /// One of a client's two server connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,6 +25,9 @@ pub enum Plan {
     Send(Conn),
     /// Send the deferred `BEGIN` first (its reply is swallowed), then the request.
     BeginThenSend(Conn, String),
+    /// Answer here with this command tag (DEALLOCATE of a protocol-level statement,
+    /// which exists on the servers only under pgsplit's name).
+    Answer(&'static str),
     /// A bare BEGIN: answer it here; the next statement picks the node.
     DeferBegin,
     /// COMMIT/ROLLBACK of a transaction that never reached a server: answer it here.
@@ -32,15 +37,27 @@ pub enum Plan {
 /// Session settings (GUC name → SQL text of its value) as `SET` would replay them.
 pub type Gucs = BTreeMap<String, String>;
 
-/// A prepared statement the client created, kept so it can be prepared on another connection.
+/// A prepared statement the client created, kept so it can be prepared on any connection.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// How the statement's text was classified.
-    pub class: std::sync::Arc<Classification>,
-    /// The client's Parse message, replayed as is on another connection.
-    pub parse: bytes::Bytes,
-    /// Which of the client's Parse messages this is (a reused name gets a new one).
-    pub generation: u64,
+    pub class: Arc<Classification>,
+    /// What it is on the servers.
+    pub target: Target,
+}
+
+/// A client statement as the servers hold it.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A named statement, under pgsplit's server-side name.
+    Named(Arc<Statement>),
+    /// The unnamed statement: the client's Parse, replayed where it is missing.
+    Unnamed {
+        /// The client's Parse message.
+        parse: bytes::Bytes,
+        /// Identity of that Parse.
+        id: u64,
+    },
 }
 
 /// The routing state of one client.
@@ -51,7 +68,9 @@ pub struct RoutingState {
     pub txn: Option<Conn>,
     deferred_begin: Option<String>,
     pins: BTreeSet<PinKey>,
-    /// Settings the client made with SET, replayed on every connection that serves it.
+    /// Settings from the client's startup packet: what RESET returns to.
+    defaults: Gucs,
+    /// The session's settings (startup ones and SETs), replayed on every connection that serves it.
     pub gucs: Gucs,
     /// Protocol-level prepared statements by name ("" = the unnamed one).
     pub statements: HashMap<String, Prepared>,
@@ -89,14 +108,15 @@ fn is_on(value: &str) -> bool {
 }
 
 impl RoutingState {
-    /// A fresh session.
-    pub fn new(mode: TransactionRouting) -> Self {
+    /// A fresh session with the settings of its startup packet.
+    pub fn new(mode: TransactionRouting, defaults: Gucs) -> Self {
         RoutingState {
             mode,
             txn: None,
             deferred_begin: None,
             pins: BTreeSet::new(),
-            gucs: Gucs::new(),
+            gucs: defaults.clone(),
+            defaults,
             statements: HashMap::new(),
             sql_prepared: HashMap::new(),
         }
@@ -105,6 +125,13 @@ impl RoutingState {
     /// Whether the client is pinned to its primary connection.
     pub fn pinned(&self) -> bool {
         !self.pins.is_empty()
+    }
+
+    /// Whether the session keeps `conn` between transactions: pins live on the primary
+    /// connection, SQL PREPAREd statements on the one that prepared them.
+    pub fn holds(&self, conn: Conn) -> bool {
+        (conn == Conn::Primary && self.pinned())
+            || self.sql_prepared.values().any(|(c, _)| *c == conn)
     }
 
     /// Whether a BEGIN is being held back until the next statement.
@@ -231,6 +258,19 @@ impl RoutingState {
             // Prepare where the statement will run, so EXECUTE finds it there.
             return Plan::Send(self.autocommit(*route, open));
         }
+        if let (Some(Effect::Deallocate { name: Some(name) }), true) = (first, single) {
+            let sql_name = name.to_ascii_lowercase();
+            if !self.sql_prepared.contains_key(&sql_name) {
+                let protocol_name = [name.as_str(), sql_name.as_str()]
+                    .into_iter()
+                    .find(|n| self.statements.contains_key(*n))
+                    .map(str::to_owned);
+                if let Some(n) = protocol_name {
+                    self.statements.remove(&n);
+                    return Plan::Answer("DEALLOCATE");
+                }
+            }
+        }
         if let Some(Effect::Execute { name }) = first {
             if let Some((conn, route)) = self.sql_prepared.get(&name.to_ascii_lowercase()) {
                 return Plan::Send(if self.pinned() || *route == Route::Primary {
@@ -251,10 +291,15 @@ impl RoutingState {
                 Effect::Set { name, value } => {
                     self.gucs.insert(name.clone(), value.clone());
                 }
-                Effect::Reset { name } => {
-                    self.gucs.remove(name);
-                }
-                Effect::ResetAll => self.gucs.clear(),
+                Effect::Reset { name } => match self.defaults.get(name) {
+                    Some(value) => {
+                        self.gucs.insert(name.clone(), value.clone());
+                    }
+                    None => {
+                        self.gucs.remove(name);
+                    }
+                },
+                Effect::ResetAll => self.gucs.clone_from(&self.defaults),
                 Effect::Pin(p) => {
                     self.pins.insert(p.into());
                 }
@@ -274,7 +319,7 @@ impl RoutingState {
                     self.statements.clear();
                 }
                 Effect::DiscardAll => {
-                    self.gucs.clear();
+                    self.gucs.clone_from(&self.defaults);
                     self.pins.clear();
                     self.sql_prepared.clear();
                     self.statements.clear();
@@ -306,6 +351,107 @@ fn end_tag(text: &str) -> &'static str {
     } else {
         "ROLLBACK"
     }
+}
+
+/// What a request's effects do to the settings of the server connection that runs it
+/// (RESET returns to the server's defaults there, not to the client's startup values).
+pub fn apply_to_server(applied: &mut Gucs, c: &Classification) {
+    for effect in &c.effects {
+        match effect {
+            Effect::Set { name, value } => {
+                applied.insert(name.clone(), value.clone());
+            }
+            Effect::Reset { name } => {
+                applied.remove(name);
+            }
+            Effect::ResetAll | Effect::DiscardAll => applied.clear(),
+            _ => {}
+        }
+    }
+}
+
+/// Parameters whose values are lists of identifiers: a startup value goes into SET
+/// unquoted (when it is a plain list), or it would become one quoted name.
+const LIST_PARAMETERS: [&str; 2] = ["search_path", "temp_tablespaces"];
+
+/// The session settings a startup packet asks for (its parameters and `-c name=value`
+/// in `options`), as SQL values; a malformed one is refused with its name.
+pub fn startup_gucs(params: &[(String, String)]) -> Result<Gucs, String> {
+    let mut gucs = Gucs::new();
+    for (name, value) in params {
+        if name == "options" {
+            for (n, v) in parse_options(value)? {
+                insert_guc(&mut gucs, &n, &v)?;
+            }
+        } else {
+            insert_guc(&mut gucs, name, value)?;
+        }
+    }
+    Ok(gucs)
+}
+
+fn insert_guc(gucs: &mut Gucs, name: &str, value: &str) -> Result<(), String> {
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !valid_name {
+        return Err(format!("invalid configuration parameter name \"{name}\""));
+    }
+    let name = name.to_ascii_lowercase();
+    let plain_list = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | ',' | ' ' | '"'))
+        && value.matches('"').count() % 2 == 0
+        && !value.trim().is_empty();
+    let sql = if LIST_PARAMETERS.contains(&name.as_str()) && plain_list {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', "''"))
+    };
+    gucs.insert(name, sql);
+    Ok(())
+}
+
+/// `-c name=value` and `--name=value` switches of the `options` parameter (backslash
+/// escapes a space, as libpq does).
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next()
+        } else if let Some(rest) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
+            Some(rest.to_owned())
+        } else {
+            return Err(format!(
+                "unsupported startup option \"{w}\" (only -c name=value)"
+            ));
+        };
+        let setting = setting.ok_or("-c requires a value")?;
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("-c {setting} requires a value"))?;
+        settings.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(settings)
 }
 
 /// The SQL that makes a connection's settings (`applied`) equal to the session's (`wanted`).
@@ -344,7 +490,7 @@ mod tests {
 
     #[test]
     fn autocommit_statements_go_where_their_route_says() {
-        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         let cases = [
             (Route::Standby, None, Plan::Send(Conn::Standby)),
             (
@@ -366,7 +512,7 @@ mod tests {
 
     #[test]
     fn transactions_stay_on_the_connection_that_began_them() {
-        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         let plan = s.plan_query(
             &c(Route::Any, vec![begin(Some(true), false)]),
             "BEGIN READ ONLY",
@@ -388,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_bare_begin_waits_for_the_next_statement() {
-        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         assert_eq!(
             s.plan_query(
                 &c(Route::Any, vec![begin(None, false)]),
@@ -410,7 +556,7 @@ mod tests {
             Plan::BeginThenSend(Conn::Standby, "BEGIN".into())
         );
 
-        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         s.plan_query(
             &c(Route::Any, vec![begin(None, false)]),
             "begin",
@@ -422,7 +568,7 @@ mod tests {
             Plan::BeginThenSend(Conn::Primary, "begin".into())
         );
 
-        let mut s = RoutingState::new(TransactionRouting::FirstStatement);
+        let mut s = RoutingState::new(TransactionRouting::FirstStatement, Gucs::new());
         s.plan_query(
             &c(Route::Any, vec![begin(None, false)]),
             "BEGIN",
@@ -434,7 +580,7 @@ mod tests {
             Plan::BeginThenSend(Conn::Standby, "BEGIN".into())
         );
 
-        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         s.plan_query(
             &c(Route::Any, vec![begin(None, false)]),
             "BEGIN",
@@ -455,7 +601,7 @@ mod tests {
 
     #[test]
     fn a_flush_chain_outside_a_transaction_starts_on_the_primary() {
-        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         let read = c(Route::Standby, vec![]);
         assert_eq!(s.plan_batch(&read, None, true), Plan::Send(Conn::Standby));
         assert_eq!(s.plan_batch(&read, None, false), Plan::Send(Conn::Primary));
@@ -465,7 +611,7 @@ mod tests {
 
     #[test]
     fn serializable_and_pinned_sessions_stay_on_the_primary() {
-        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         let ro_serializable = c(Route::Any, vec![begin(Some(true), true)]);
         assert_eq!(
             s.plan_query(&ro_serializable, "BEGIN", true, None),
@@ -512,7 +658,7 @@ mod tests {
 
     #[test]
     fn default_transaction_read_only_sends_transactions_to_a_standby() {
-        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         s.apply(
             &c(
                 Route::Any,
@@ -545,7 +691,7 @@ mod tests {
 
     #[test]
     fn sql_prepared_statements_execute_where_they_were_prepared() {
-        let mut s = RoutingState::new(TransactionRouting::ReadOnly);
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         s.apply(
             &c(
                 Route::Standby,
@@ -567,6 +713,97 @@ mod tests {
         );
         assert_eq!(
             s.plan_query(&exec, "EXECUTE q", true, None),
+            Plan::Send(Conn::Primary)
+        );
+    }
+
+    #[test]
+    fn startup_parameters_become_settings_that_reset_returns_to() {
+        let params: Vec<(String, String)> = [
+            ("application_name", "it's"),
+            (
+                "options",
+                "-c search_path=a,\\ b --work-mem=8MB -cstatement_timeout=5s",
+            ),
+            ("DateStyle", "ISO, MDY"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let gucs = startup_gucs(&params).unwrap();
+        let want: Gucs = [
+            ("application_name", "'it''s'"),
+            ("search_path", "a, b"),
+            ("work_mem", "'8MB'"),
+            ("statement_timeout", "'5s'"),
+            ("datestyle", "'ISO, MDY'"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(gucs, want);
+        for bad in ["-x", "-c", "-c nothing", "-c bad;name=1"] {
+            let p = vec![("options".to_string(), bad.to_string())];
+            assert!(startup_gucs(&p).is_err(), "{bad}");
+        }
+        let p = vec![("search_path".to_string(), "a'; DROP".to_string())];
+        assert_eq!(startup_gucs(&p).unwrap()["search_path"], "'a''; DROP'");
+
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, want.clone());
+        let set = |name: &str| Effect::Set {
+            name: name.into(),
+            value: "1".into(),
+        };
+        s.apply(
+            &c(Route::Any, vec![set("work_mem"), set("x")]),
+            Conn::Primary,
+        );
+        s.apply(
+            &c(
+                Route::Any,
+                vec![Effect::Reset {
+                    name: "work_mem".into(),
+                }],
+            ),
+            Conn::Primary,
+        );
+        assert_eq!(s.gucs["work_mem"], "'8MB'");
+        s.apply(&c(Route::Any, vec![Effect::ResetAll]), Conn::Primary);
+        assert_eq!(s.gucs, want);
+
+        let mut applied = want.clone();
+        apply_to_server(&mut applied, &c(Route::Any, vec![set("x")]));
+        assert_eq!(applied.get("x").map(String::as_str), Some("1"));
+        apply_to_server(&mut applied, &c(Route::Any, vec![Effect::ResetAll]));
+        assert!(applied.is_empty());
+    }
+
+    #[test]
+    fn deallocating_a_protocol_statement_is_answered_here() {
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
+        s.statements.insert(
+            "s1".into(),
+            Prepared {
+                class: Arc::new(c(Route::Standby, vec![])),
+                target: Target::Unnamed {
+                    parse: bytes::Bytes::new(),
+                    id: 1,
+                },
+            },
+        );
+        let dealloc = c(
+            Route::Any,
+            vec![Effect::Deallocate {
+                name: Some("s1".into()),
+            }],
+        );
+        assert_eq!(
+            s.plan_query(&dealloc, "DEALLOCATE s1", true, None),
+            Plan::Answer("DEALLOCATE")
+        );
+        assert!(s.statements.is_empty());
+        assert_eq!(
+            s.plan_query(&dealloc, "DEALLOCATE s1", true, None),
             Plan::Send(Conn::Primary)
         );
     }

@@ -1,115 +1,231 @@
-//! What pgsplit sends on a client's behalf ahead of its requests: the session's settings
-//! on a connection that lacks them, and its prepared statements where they are missing.
-//! Their replies are swallowed (see `Swallow`).
+//! What pgsplit sends on a client's behalf: its statements under their server-side names
+//! (prepared first where the connection lacks them), and the session's settings on a
+//! connection that lacks them. Replies to what pgsplit adds never reach the client.
 
-use bytes::BytesMut;
+use std::sync::Arc;
 
-use super::wire::{
-    closed_statement, encode_close_statement, encode_sync, statement_named, write_to,
-};
-use super::{Relay, Swallow};
+use bytes::{BufMut, BytesMut};
+
+use super::wire::{encode_close_statement, write_to};
+use super::{InFlight, Op, ParseOf, Relay, Swallow};
 use crate::error::ProxyError;
+use crate::pool::Lease;
+use crate::prepared::Statement;
 use crate::protocol::{encode, read_cstr, Frame};
-use crate::session::state::{guc_sync_sql, Conn, Gucs};
+use crate::session::state::{guc_sync_sql, Conn, Gucs, Target};
+
+/// A name no statement has: a client's Close of its statement becomes a Close of this,
+/// which the server answers with CloseComplete without touching statements other
+/// clients share.
+const NO_STATEMENT: &str = "__pgsplit_closed";
+
+/// One batch as written to a server: messages pgsplit adds go first, then the client's.
+struct Outgoing<'a> {
+    lease: &'a mut Lease,
+    capacity: usize,
+    /// Statements this batch uses: never evicted by it.
+    used: Vec<u64>,
+    front: BytesMut,
+    body: BytesMut,
+    front_parses: Vec<(ParseOf, bool)>,
+    body_parses: Vec<(ParseOf, bool)>,
+    front_closes: Vec<bool>,
+    body_closes: Vec<bool>,
+}
+
+impl Outgoing<'_> {
+    /// Records a statement as held, closing those it pushes out of the cache.
+    fn hold(&mut self, statement: &Statement) {
+        for evicted in self
+            .lease
+            .statements
+            .insert(statement.id, self.capacity, &self.used)
+        {
+            encode_close_statement(&mut self.front, &crate::prepared::server_name(evicted));
+            self.front_closes.push(true);
+        }
+    }
+
+    /// Prepares a statement ahead of the client's messages if the connection lacks it.
+    fn ensure(&mut self, target: &Target) {
+        match target {
+            Target::Named(statement) => {
+                if !self.lease.statements.touch(statement.id) {
+                    self.hold(statement);
+                    self.front.extend_from_slice(&statement.parse);
+                    self.front_parses.push((ParseOf::Named(statement.id), true));
+                }
+            }
+            Target::Unnamed { parse, id } => {
+                if self.lease.unnamed != Some(*id) {
+                    self.front.extend_from_slice(parse);
+                    self.front_parses.push((ParseOf::Unnamed(*id), true));
+                    self.lease.unnamed = Some(*id);
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, op: Op) {
+        match op {
+            Op::Forward(frame) => self.body.extend_from_slice(&frame.raw),
+            Op::ParseUnnamed(frame, id) => {
+                self.body.extend_from_slice(&frame.raw);
+                self.body_parses.push((ParseOf::Unnamed(id), false));
+                self.lease.unnamed = Some(id);
+            }
+            Op::Parse(statement) => {
+                if self.lease.statements.touch(statement.id) {
+                    // Held already (another client prepared the same text): close it so
+                    // the client's Parse succeeds and gets its ParseComplete.
+                    encode_close_statement(&mut self.body, &statement.name);
+                    self.body_closes.push(true);
+                } else {
+                    self.hold(&statement);
+                }
+                self.body.extend_from_slice(&statement.parse);
+                self.body_parses.push((ParseOf::Named(statement.id), false));
+            }
+            Op::ParseTaken(statement) => {
+                self.ensure(&Target::Named(Arc::clone(&statement)));
+                self.body.extend_from_slice(&statement.parse);
+                self.body_parses.push((ParseOf::Refused, false));
+            }
+            Op::Uses(frame, target) => {
+                self.ensure(&target);
+                match &target {
+                    Target::Named(statement) => {
+                        rename_statement(&frame, &statement.name, &mut self.body)
+                    }
+                    Target::Unnamed { .. } => self.body.extend_from_slice(&frame.raw),
+                }
+            }
+            Op::Close(Some(_)) => {
+                encode_close_statement(&mut self.body, NO_STATEMENT);
+                self.body_closes.push(false);
+            }
+            Op::Close(None) => {
+                encode_close_statement(&mut self.body, "");
+                self.body_closes.push(false);
+                self.lease.unnamed = None;
+            }
+        }
+    }
+}
+
+/// A Bind or Describe naming `name` as its statement instead of the client's name.
+fn rename_statement(frame: &Frame, name: &str, out: &mut BytesMut) {
+    let body = frame.body();
+    // Bind starts with the portal name, Describe with its kind byte.
+    let split = match frame.tag {
+        b'B' => body.iter().position(|b| *b == 0).map_or(0, |i| i + 1),
+        _ => 1.min(body.len()),
+    };
+    let (prefix, mut body) = body.split_at(split);
+    if read_cstr(&mut body).is_none() {
+        out.extend_from_slice(&frame.raw);
+        return;
+    }
+    out.put_u8(frame.tag);
+    out.put_i32((4 + prefix.len() + name.len() + 1 + body.len()) as i32);
+    out.put_slice(prefix);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(body);
+}
 
 impl Relay<'_> {
-    /// Forwards a batch. Statements it uses that the connection lacks (or holds in an
-    /// older version) are prepared first, in a batch of pgsplit's own whose replies are
-    /// swallowed, so the client's replies arrive exactly as the server sends them.
+    /// Forwards a batch with its statements renamed to their server-side names; a
+    /// statement the connection lacks is parsed first, in the same write, and the replies
+    /// to what pgsplit added are dropped, so the client sees exactly its own answers.
     pub(super) async fn send_batch(
         &mut self,
         conn: Conn,
-        frames: Vec<Frame>,
+        ops: Vec<Op>,
         sync: bool,
     ) -> Result<(), ProxyError> {
-        let mut pre = BytesMut::new();
-        let mut parsed_here: Vec<String> = Vec::new();
-        for frame in &frames {
-            match frame.tag {
-                b'P' => {
-                    let mut body = frame.body();
-                    let name = read_cstr(&mut body).unwrap_or_default();
-                    // A named statement cannot be parsed over an existing one.
-                    if !name.is_empty() && self.slot(conn).prepared.contains_key(&name) {
-                        encode_close_statement(&mut pre, &name);
-                    }
-                    let generation = self.state.statements.get(&name).map_or(0, |p| p.generation);
-                    self.slot(conn).prepared.insert(name.clone(), generation);
-                    parsed_here.push(name);
-                }
-                b'B' | b'D' => {
-                    if let Some(name) = statement_named(frame) {
-                        if !parsed_here.contains(&name) {
-                            self.ensure_prepared(conn, &name, &mut pre);
-                        }
-                    }
-                }
-                b'C' => {
-                    if let Some(name) = closed_statement(frame) {
-                        self.slot(conn).prepared.remove(&name);
-                    }
-                }
-                _ => {}
-            }
-        }
-        if !pre.is_empty() {
-            encode_sync(&mut pre);
-            let slot = self.slot(conn);
-            slot.swallow.push_back(Swallow::UntilReady);
-            slot.pending += 1;
-            write_to(slot, &pre).await?;
-        }
-        let mut out = BytesMut::with_capacity(frames.iter().map(|f| f.raw.len()).sum());
-        for frame in &frames {
-            out.extend_from_slice(&frame.raw);
-        }
+        let capacity = self.shared.settings.raw.pool.prepared_statements_cache_size;
         let slot = self.slot(conn);
+        let batch = slot.syncs_sent;
+        let Some(lease) = slot.conn.as_mut() else {
+            return Err(ProxyError::NoPrimary);
+        };
+        let used = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Parse(s) | Op::ParseTaken(s) => Some(s.id),
+                Op::Uses(_, Target::Named(s)) => Some(s.id),
+                _ => None,
+            })
+            .collect();
+        let mut out = Outgoing {
+            lease,
+            capacity,
+            used,
+            front: BytesMut::new(),
+            body: BytesMut::with_capacity(ops.len() * 32),
+            front_parses: Vec::new(),
+            body_parses: Vec::new(),
+            front_closes: Vec::new(),
+            body_closes: Vec::new(),
+        };
+        for op in ops {
+            out.add(op);
+        }
+        let Outgoing {
+            mut front,
+            body,
+            front_parses,
+            body_parses,
+            front_closes,
+            body_closes,
+            ..
+        } = out;
+        for (what, ours) in front_parses.into_iter().chain(body_parses) {
+            slot.parses.push_back(InFlight {
+                sync: batch,
+                ours,
+                what,
+            });
+        }
+        for ours in front_closes.into_iter().chain(body_closes) {
+            slot.closes.push_back(InFlight {
+                sync: batch,
+                ours,
+                what: (),
+            });
+        }
         slot.last_synced = sync;
         if sync {
             slot.pending += 1;
+            slot.syncs_sent += 1;
         }
-        write_to(slot, &out).await
-    }
-
-    /// Adds a Parse (after a Close of a stale version) for a statement the connection lacks.
-    fn ensure_prepared(&mut self, conn: Conn, name: &str, pre: &mut BytesMut) {
-        let Some(prepared) = self.state.statements.get(name) else {
-            return;
-        };
-        let (parse, generation) = (prepared.parse.clone(), prepared.generation);
-        let slot = self.slot(conn);
-        match slot.prepared.get(name) {
-            Some(g) if *g == generation => {}
-            held => {
-                if held.is_some() && !name.is_empty() {
-                    encode_close_statement(pre, name);
-                }
-                pre.extend_from_slice(&parse);
-                slot.prepared.insert(name.to_owned(), generation);
-            }
-        }
+        front.extend_from_slice(&body);
+        write_to(slot, &front).await
     }
 
     /// Brings a connection's settings in line with the session's before it serves the
     /// client; true when it sent statements for that (their answer is still to come).
     pub(super) async fn sync_settings(&mut self, conn: Conn) -> Result<bool, ProxyError> {
-        let in_sync = match conn {
-            Conn::Primary => self.primary.gucs.as_ref(),
-            Conn::Standby => self.standby.gucs.as_ref(),
-        } == Some(&self.state.gucs);
-        if in_sync {
+        let wanted = &self.state.gucs;
+        let slot = match conn {
+            Conn::Primary => &mut self.primary,
+            Conn::Standby => &mut self.standby,
+        };
+        let Some(lease) = slot.conn.as_mut() else {
+            return Err(ProxyError::NoPrimary);
+        };
+        if lease.gucs.as_ref() == Some(wanted) {
             return Ok(false);
         }
-        let wanted = self.state.gucs.clone();
-        let slot = self.slot(conn);
-        let sql = match &slot.gucs {
-            Some(applied) => guc_sync_sql(applied, &wanted),
+        let sql = match &lease.gucs {
+            Some(applied) => guc_sync_sql(applied, wanted),
             None => Some(format!(
                 "RESET ALL;{}",
-                guc_sync_sql(&Gucs::new(), &wanted).unwrap_or_default()
+                guc_sync_sql(&Gucs::new(), wanted).unwrap_or_default()
             )),
         };
-        slot.gucs = Some(wanted);
+        lease.gucs = Some(wanted.clone());
         match sql {
             Some(sql) => {
                 self.inject_query(conn, &sql).await?;
@@ -126,7 +242,10 @@ impl Relay<'_> {
         let slot = self.slot(conn);
         slot.swallow.push_back(Swallow::UntilReady);
         slot.pending += 1;
-        slot.prepared.remove("");
+        slot.syncs_sent += 1;
+        if let Some(lease) = slot.conn.as_mut() {
+            lease.unnamed = None;
+        }
         write_to(slot, &out).await
     }
 }

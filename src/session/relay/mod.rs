@@ -4,7 +4,7 @@
 //! Messages pgsplit injects itself (setting sync, deferred BEGIN, re-prepares) have their
 //! replies swallowed so the client sees exactly what it asked for.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,12 +13,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
-use super::state::{Conn, Gucs, Plan, Prepared, RoutingState};
+use super::state::{apply_to_server, Conn, Gucs, Plan, Prepared, RoutingState, Target};
 use super::Startup;
-use crate::backend::{send_cancel, ServerConn};
+use crate::backend::send_cancel;
 use crate::classify::{Classification, Effect, Route};
-use crate::config::ReadYourWrites;
+use crate::config::{PoolMode, ReadYourWrites};
 use crate::error::ProxyError;
+use crate::pool::Lease;
+use crate::prepared::Statement;
 use crate::protocol::{encode, flush_to, read_cstr, BackendKey, Frame, FrameReader, Severity};
 use crate::proxy::{CancelTarget, Phase, Shared};
 use wire::{closed_statement, is_fatal, next_frame, query_text, statement_named, write_to};
@@ -37,19 +39,42 @@ enum Swallow {
     UntilReady,
 }
 
-/// One of the client's server connections and what pgsplit knows about its state.
+/// What a Parse sent to a server creates.
+#[derive(Debug, Clone, Copy)]
+enum ParseOf {
+    /// A named statement, by id.
+    Named(u64),
+    /// The unnamed statement, by the identity of the client's Parse.
+    Unnamed(u64),
+    /// Nothing: a client re-using a statement name, which the server refuses (42P05).
+    Refused,
+}
+
+/// A Parse or Close in flight: answered by ParseComplete / CloseComplete in order, or
+/// skipped when an earlier message fails.
+#[derive(Debug, Clone, Copy)]
+struct InFlight<T> {
+    /// Which of the connection's ReadyForQuery answers ends its batch.
+    sync: u64,
+    /// pgsplit added it itself: its answer is dropped.
+    ours: bool,
+    what: T,
+}
+
+/// One of the client's server connections (checked out of its pool) and what pgsplit
+/// knows about the requests in flight on it.
 struct Slot {
-    conn: Option<ServerConn>,
+    conn: Option<Lease>,
     /// Topology index of the node it is connected to.
     node: usize,
     /// ReadyForQuery messages still expected (the client's and injected ones).
     pending: usize,
     swallow: VecDeque<Swallow>,
-    /// Settings applied on it; `None` when unknown (after an error), so a sync starts with RESET ALL.
-    gucs: Option<Gucs>,
-    /// Statements prepared on it ("" = the unnamed one), by the generation of the
-    /// client's Parse they came from.
-    prepared: HashMap<String, u64>,
+    parses: VecDeque<InFlight<ParseOf>>,
+    closes: VecDeque<InFlight<()>>,
+    /// ReadyForQuery answers asked for and received, numbering the batches in flight.
+    syncs_sent: u64,
+    syncs_seen: u64,
     /// In COPY FROM STDIN: client data goes here, and Sync/Flush are ignored by the server.
     copy_in: bool,
     /// Whether the last request sent here ended with Sync.
@@ -69,8 +94,10 @@ impl Slot {
             node: 0,
             pending: 0,
             swallow: VecDeque::new(),
-            gucs: Some(Gucs::new()),
-            prepared: HashMap::new(),
+            parses: VecDeque::new(),
+            closes: VecDeque::new(),
+            syncs_sent: 0,
+            syncs_seen: 0,
             copy_in: false,
             last_synced: false,
             retry: None,
@@ -78,7 +105,47 @@ impl Slot {
         }
     }
 
-    fn open(conn: ServerConn, node: usize) -> Slot {
+    /// Matches ParseComplete, CloseComplete and ReadyForQuery against the messages in
+    /// flight; true when the reply answers a message pgsplit added (and is dropped).
+    /// At ReadyForQuery, a Parse that got no ParseComplete was skipped or failed: the
+    /// connection does not hold that statement.
+    fn track_reply(&mut self, tag: u8) -> bool {
+        let batch = self.syncs_seen;
+        match tag {
+            b'1' => self
+                .parses
+                .pop_front()
+                .is_some_and(|p| p.sync == batch && p.ours),
+            b'3' => self
+                .closes
+                .pop_front()
+                .is_some_and(|c| c.sync == batch && c.ours),
+            b'Z' => {
+                while self.parses.front().is_some_and(|p| p.sync == batch) {
+                    let Some(failed) = self.parses.pop_front() else {
+                        break;
+                    };
+                    if let Some(lease) = self.conn.as_mut() {
+                        match failed.what {
+                            ParseOf::Named(id) => lease.statements.remove(id),
+                            ParseOf::Unnamed(id) if lease.unnamed == Some(id) => {
+                                lease.unnamed = None
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                while self.closes.front().is_some_and(|c| c.sync == batch) {
+                    self.closes.pop_front();
+                }
+                self.syncs_seen += 1;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    fn open(conn: Lease, node: usize) -> Slot {
         Slot {
             conn: Some(conn),
             node,
@@ -99,8 +166,30 @@ struct AfterSync {
 #[derive(Clone)]
 enum Request {
     Query(Frame),
-    Batch { frames: Vec<Frame>, sync: bool },
+    Batch {
+        ops: Vec<Op>,
+        class: Arc<Classification>,
+        sync: bool,
+    },
     Function(Frame),
+}
+
+/// An extended-protocol message, with the client statement it names resolved (once, when
+/// the batch arrives) to what the servers hold.
+#[derive(Clone)]
+enum Op {
+    /// Sent as the client wrote it.
+    Forward(Frame),
+    /// Parse of the unnamed statement, with the identity of this Parse.
+    ParseUnnamed(Frame, u64),
+    /// Parse of a named statement, sent under its server-side name.
+    Parse(Arc<Statement>),
+    /// Parse of a name the client already uses: sent so the server refuses it (42P05).
+    ParseTaken(Arc<Statement>),
+    /// Bind, or Describe of a statement, naming a client statement.
+    Uses(Frame, Target),
+    /// Close of a client statement (`None` for the unnamed one).
+    Close(Option<String>),
 }
 
 /// The relay for one authenticated client.
@@ -119,12 +208,14 @@ pub struct Relay<'a> {
     batch_bytes: usize,
     /// After a Flush the rest of the batch must follow to the same connection.
     sticky: Option<Conn>,
+    /// Whether connections go back to their pools between transactions.
+    transaction_pooling: bool,
+    /// Whether this client is counted as holding a connection for a pin.
+    counted_pinned: bool,
     /// A request waiting for the other connection to finish answering.
     held: Option<Request>,
     /// Connection of the last request (COPY data follows it).
     last: Option<Conn>,
-    /// Generation of the client's latest Parse.
-    generation: u64,
     /// After a failed request that did not end with Sync, client messages are dropped
     /// until its Sync, which gets the ReadyForQuery (as the server itself would do).
     skip_to_sync: bool,
@@ -161,10 +252,11 @@ impl<'a> Relay<'a> {
     pub fn new(
         client: FrameReader<OwnedReadHalf>,
         client_out: OwnedWriteHalf,
-        (first, server, node): (Conn, ServerConn, usize),
+        (first, server, node): (Conn, Lease, usize),
         shared: &'a Shared,
         startup: Startup,
         key: BackendKey,
+        defaults: Gucs,
     ) -> Self {
         let (primary, standby) = match first {
             Conn::Primary => (Slot::open(server, node), Slot::empty()),
@@ -176,7 +268,7 @@ impl<'a> Relay<'a> {
         Relay {
             client,
             client_out,
-            state: RoutingState::new(shared.settings.raw.routing.transaction_routing),
+            state: RoutingState::new(shared.settings.raw.routing.transaction_routing, defaults),
             shared,
             startup,
             key,
@@ -186,9 +278,10 @@ impl<'a> Relay<'a> {
             batch: Vec::new(),
             batch_bytes: 0,
             sticky: None,
+            transaction_pooling: shared.settings.raw.pool.mode == PoolMode::Transaction,
+            counted_pinned: false,
             held: None,
             last: None,
-            generation: 0,
             skip_to_sync: false,
             gucs_before: Gucs::new(),
             rolled_back: false,
@@ -236,6 +329,7 @@ impl<'a> Relay<'a> {
 
     /// Runs until the client leaves, an error ends the session, or shutdown.
     pub async fn run(mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), ProxyError> {
+        self.release_idle_connections();
         let result = loop {
             let accept_client = self.held.is_none();
             let step = tokio::select! {
@@ -253,15 +347,84 @@ impl<'a> Relay<'a> {
                 Err(e) => break Err(e),
             }
         };
-        if self.standby.conn.is_some() {
-            self.shared.stats.release(self.standby.node);
+        if self.counted_pinned {
+            self.shared.stats.set_pinned(false);
         }
-        for slot in [&mut self.primary, &mut self.standby] {
-            if let Some(conn) = slot.conn.take() {
-                conn.terminate().await;
-            }
+        for conn in [Conn::Primary, Conn::Standby] {
+            self.return_connection(conn);
         }
         result
+    }
+
+    /// Gives a connection back to its pool as the session ends: one still answering is
+    /// closed; one in a transaction, or holding pins or SQL PREPAREs, is reset first.
+    fn return_connection(&mut self, conn: Conn) {
+        let in_txn = self.state.txn == Some(conn);
+        let dirty = self.state.holds(conn);
+        let sticky = self.sticky == Some(conn);
+        let slot = std::mem::replace(self.slot(conn), Slot::empty());
+        let Some(lease) = slot.conn else {
+            return;
+        };
+        if conn == Conn::Standby {
+            self.shared.stats.release(slot.node);
+        }
+        if slot.pending > 0 || slot.copy_in || sticky {
+            drop(lease);
+        } else if in_txn || dirty {
+            lease.reset_and_release(in_txn);
+        } else {
+            lease.release();
+        }
+    }
+
+    /// In transaction pooling, returns every connection the client does not need until
+    /// its next request: nothing in flight, no transaction, no pin or SQL PREPARE on it.
+    fn release_idle_connections(&mut self) {
+        if !self.transaction_pooling {
+            return;
+        }
+        for conn in [Conn::Primary, Conn::Standby] {
+            let slot = match conn {
+                Conn::Primary => &self.primary,
+                Conn::Standby => &self.standby,
+            };
+            let idle = slot.conn.is_some()
+                && slot.pending == 0
+                && slot.swallow.is_empty()
+                && !slot.copy_in
+                && self.sticky != Some(conn)
+                && self.state.txn != Some(conn)
+                && !self.state.holds(conn)
+                && self.after_sync.as_ref().is_none_or(|a| a.conn != conn);
+            if !idle {
+                continue;
+            }
+            let slot = self.slot(conn);
+            let node = slot.node;
+            let Some(lease) = std::mem::replace(slot, Slot::empty()).conn else {
+                continue;
+            };
+            if conn == Conn::Standby {
+                self.shared.stats.release(node);
+            }
+            if self.cancel_points_at == Some(lease.server.key) {
+                self.shared.cancels.update(self.key, None);
+                self.cancel_points_at = None;
+            }
+            lease.release();
+        }
+    }
+
+    /// Keeps the pinned-clients gauge in line with whether this client holds a
+    /// connection between transactions.
+    fn count_pinned(&mut self) {
+        let pinned = self.transaction_pooling
+            && (self.state.holds(Conn::Primary) || self.state.holds(Conn::Standby));
+        if pinned != self.counted_pinned {
+            self.shared.stats.set_pinned(pinned);
+            self.counted_pinned = pinned;
+        }
     }
 
     async fn on_client_frame(
@@ -319,13 +482,19 @@ impl<'a> Relay<'a> {
                 self.batch.push(frame);
                 self.batch_bytes = 0;
                 let frames = std::mem::take(&mut self.batch);
-                self.dispatch(Request::Batch { frames, sync }).await?;
+                let (ops, class) = self.resolve_batch(frames);
+                self.dispatch(Request::Batch {
+                    ops,
+                    class: Arc::new(class),
+                    sync,
+                })
+                .await?;
             }
             // COPY data and anything else belongs to the connection of the last request.
             _ => {
                 let conn = self.last.unwrap_or(Conn::Primary);
-                if let Some(server) = self.slot(conn).conn.as_mut() {
-                    server.writer.write_all(&frame.raw).await?;
+                if let Some(lease) = self.slot(conn).conn.as_mut() {
+                    lease.server.writer.write_all(&frame.raw).await?;
                 }
             }
         }
@@ -355,6 +524,7 @@ impl<'a> Relay<'a> {
             Err(
                 e @ (ProxyError::NoPrimary
                 | ProxyError::ServerUnavailable { .. }
+                | ProxyError::CheckoutTimeout { .. }
                 | ProxyError::Server { .. }),
             ) => {
                 self.sticky = None;
@@ -412,13 +582,12 @@ impl<'a> Relay<'a> {
                 let class = Classification::primary();
                 (self.state.plan_batch(&class, open, true), Arc::new(class))
             }
-            Request::Batch { frames, sync } => {
-                let class = self.classify_batch(frames);
+            Request::Batch { class, sync, .. } => {
                 let plan = match self.sticky {
                     Some(conn) => Plan::Send(conn),
-                    None => self.state.plan_batch(&class, open, *sync),
+                    None => self.state.plan_batch(class, open, *sync),
                 };
-                (plan, Arc::new(class))
+                (plan, Arc::clone(class))
             }
         }
     }
@@ -428,46 +597,75 @@ impl<'a> Relay<'a> {
         self.shared.classifier.classify(text, &functions)
     }
 
-    /// The route of a batch is the strictest of the statements it parses or executes;
-    /// its effects are those of the statements it executes. Parse and Close update the
-    /// client's statement registry in message order.
-    fn classify_batch(&mut self, frames: &[Frame]) -> Classification {
+    /// Resolves a batch once, as it arrives: its route is the strictest of the statements
+    /// it parses or executes, its effects those of the statements it executes; Parse and
+    /// Close update the client's statements in message order, and every message naming a
+    /// statement is tied to what the servers hold for it.
+    fn resolve_batch(&mut self, frames: Vec<Frame>) -> (Vec<Op>, Classification) {
         let mut combined = Classification::any();
+        let mut ops = Vec::with_capacity(frames.len());
         for frame in frames {
-            match frame.tag {
+            let op = match frame.tag {
                 b'P' => {
                     let mut body = frame.body();
                     let name = read_cstr(&mut body).unwrap_or_default();
-                    let text = read_cstr(&mut body).unwrap_or_default();
+                    let text_and_types = body;
+                    let mut text = text_and_types;
+                    let text = read_cstr(&mut text).unwrap_or_default();
                     let class = self.classify(&text);
                     combined.route = combined.route.max(class.route);
-                    self.generation += 1;
-                    let prepared = Prepared {
-                        class,
-                        parse: frame.raw.clone(),
-                        generation: self.generation,
-                    };
-                    self.state.statements.insert(name, prepared);
+                    if name.is_empty() {
+                        let id = self.shared.statements.unnamed_id();
+                        let target = Target::Unnamed {
+                            parse: frame.raw.clone(),
+                            id,
+                        };
+                        self.state
+                            .statements
+                            .insert(name, Prepared { class, target });
+                        Op::ParseUnnamed(frame, id)
+                    } else if let Some(Target::Named(taken)) =
+                        self.state.statements.get(&name).map(|p| &p.target)
+                    {
+                        Op::ParseTaken(Arc::clone(taken))
+                    } else {
+                        let statement = self.shared.statements.intern(text_and_types);
+                        let target = Target::Named(Arc::clone(&statement));
+                        self.state
+                            .statements
+                            .insert(name, Prepared { class, target });
+                        Op::Parse(statement)
+                    }
                 }
-                b'B' => {
-                    match statement_named(frame).and_then(|name| self.state.statements.get(&name)) {
+                b'B' | b'D' => match statement_named(&frame) {
+                    Some(name) => match self.state.statements.get(&name) {
                         Some(p) => {
-                            combined.route = combined.route.max(p.class.route);
-                            combined.effects.extend(p.class.effects.iter().cloned());
+                            if frame.tag == b'B' {
+                                combined.route = combined.route.max(p.class.route);
+                                combined.effects.extend(p.class.effects.iter().cloned());
+                            }
+                            Op::Uses(frame, p.target.clone())
                         }
-                        // Unknown statement: the server will report the error; send it where writes go.
-                        None => combined.route = Route::Primary,
-                    }
-                }
-                b'C' => {
-                    if let Some(name) = closed_statement(frame) {
+                        // Unknown statement: the server reports the error; send it where writes go.
+                        None => {
+                            combined.route = Route::Primary;
+                            Op::Forward(frame)
+                        }
+                    },
+                    None => Op::Forward(frame),
+                },
+                b'C' => match closed_statement(&frame) {
+                    Some(name) => {
                         self.state.statements.remove(&name);
+                        Op::Close((!name.is_empty()).then_some(name))
                     }
-                }
-                _ => {}
-            }
+                    None => Op::Forward(frame),
+                },
+                _ => Op::Forward(frame),
+            };
+            ops.push(op);
         }
-        combined
+        (ops, combined)
     }
 
     async fn execute(
@@ -494,6 +692,10 @@ impl<'a> Relay<'a> {
                 return self.reply_here(tag, b'T').await;
             }
             Plan::EndDeferred(tag) => return self.reply_here(tag, b'I').await,
+            Plan::Answer(tag) => {
+                let status = self.client_status();
+                return self.reply_here(tag, status).await;
+            }
         };
         let mid_chain = self.sticky.is_some();
         let conn =
@@ -601,24 +803,30 @@ impl<'a> Relay<'a> {
             self.guc_undo = Some((conn, self.state.gucs.clone()));
         }
         self.state.apply(&class, conn);
-        if !class.effects.is_empty() {
+        self.count_pinned();
+        if let Some(lease) = self.slot(conn).conn.as_mut() {
             // This connection runs the SETs itself.
-            let wanted = self.state.gucs.clone();
-            let slot = self.slot(conn);
-            if slot.gucs.is_some() {
-                slot.gucs = Some(wanted);
+            if let Some(applied) = lease.gucs.as_mut() {
+                apply_to_server(applied, &class);
+            }
+            if class
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::DiscardAll | Effect::Deallocate { name: None }))
+            {
+                lease.forget_statements();
             }
         }
         self.shared.stats.record(conn, self.slot(conn).node);
         self.last = Some(conn);
-        let server_key = self.slot(conn).conn.as_ref().map(|c| c.key);
+        let server_key = self.slot(conn).conn.as_ref().map(|c| c.server.key);
         if server_key.is_some() && server_key != self.cancel_points_at {
-            if let Some(c) = self.slot(conn).conn.as_ref() {
+            if let Some(lease) = self.slot(conn).conn.as_ref() {
                 let target = CancelTarget {
-                    address: c.address.clone(),
-                    key: c.key,
+                    address: lease.server.address.clone(),
+                    key: lease.server.key,
                 };
-                self.shared.cancels.update(self.key, target);
+                self.shared.cancels.update(self.key, Some(target));
             }
             self.cancel_points_at = server_key;
         }
@@ -626,14 +834,17 @@ impl<'a> Relay<'a> {
             Request::Query(frame) | Request::Function(frame) => {
                 let slot = self.slot(conn);
                 slot.pending += 1;
+                slot.syncs_sent += 1;
                 slot.last_synced = false;
-                // A simple Query destroys the unnamed statement on that server.
-                slot.prepared.remove("");
+                if let Some(lease) = slot.conn.as_mut() {
+                    // A simple Query destroys the unnamed statement on that server.
+                    lease.unnamed = None;
+                }
                 write_to(slot, &frame.raw).await
             }
-            Request::Batch { frames, sync } => {
+            Request::Batch { ops, sync, .. } => {
                 self.sticky = if sync { None } else { Some(conn) };
-                self.send_batch(conn, frames, sync).await
+                self.send_batch(conn, ops, sync).await
             }
         }
     }
@@ -663,12 +874,16 @@ impl<'a> Relay<'a> {
         let mut injected_done = false;
         let mut injected_error = None;
         let slot = self.slot(conn);
+        let ours = slot.track_reply(frame.tag);
         let swallowed = match (slot.swallow.front().copied(), frame.tag) {
+            (None, _) if ours => true,
             (Some(Swallow::UntilReady), tag) => {
                 if tag == b'E' {
                     let fields = crate::protocol::ErrorFields::parse(frame.body());
                     tracing::warn!(?conn, code = %fields.code, message = %fields.message, "a statement pgsplit sent for the session failed");
-                    slot.gucs = None;
+                    if let Some(lease) = slot.conn.as_mut() {
+                        lease.gucs = None;
+                    }
                     injected_error = Some(format!("{} ({})", fields.message, fields.code));
                 }
                 if tag == b'Z' {
@@ -705,8 +920,11 @@ impl<'a> Relay<'a> {
                     if was_in_txn && status == b'I' && self.rolled_back {
                         // The server undid the transaction's SETs; so does the session.
                         self.state.gucs.clone_from(&self.gucs_before);
-                        let before = self.gucs_before.clone();
-                        self.slot(conn).gucs = Some(before);
+                        // The server's own settings went back to where they were before the
+                        // transaction; not known here, so the next sync starts over.
+                        if let Some(lease) = self.slot(conn).conn.as_mut() {
+                            lease.gucs = None;
+                        }
                     }
                     if conn == Conn::Primary && status == b'I' && self.wrote {
                         self.wrote = false;
@@ -736,7 +954,9 @@ impl<'a> Relay<'a> {
                     if let Some((undo_conn, gucs)) = self.guc_undo.take() {
                         if undo_conn == conn {
                             self.state.gucs = gucs;
-                            self.slot(conn).gucs = None;
+                            if let Some(lease) = self.slot(conn).conn.as_mut() {
+                                lease.gucs = None;
+                            }
                         } else {
                             self.guc_undo = Some((undo_conn, gucs));
                         }
@@ -764,9 +984,12 @@ impl<'a> Relay<'a> {
             .slot(conn)
             .conn
             .as_ref()
-            .is_some_and(|c| c.reader.has_frame());
+            .is_some_and(|c| c.server.reader.has_frame());
         if !more {
             flush_to(&mut self.client_out, &mut self.to_client).await?;
+            if frame.tag == b'Z' {
+                self.release_idle_connections();
+            }
             self.release_held().await?;
             if self.draining && self.idle() {
                 return self.say_goodbye().await;
@@ -802,7 +1025,8 @@ impl<'a> Relay<'a> {
     async fn cancel_running(&self) {
         let timeout = self.shared.settings.raw.connect_timeout;
         for slot in [&self.primary, &self.standby] {
-            if let (Some(server), true) = (&slot.conn, slot.pending > 0) {
+            if let (Some(lease), true) = (&slot.conn, slot.pending > 0) {
+                let server = &lease.server;
                 if let Err(e) = send_cancel(&server.address, server.key, timeout).await {
                     tracing::warn!(error = %e, "could not cancel the query of a departed client");
                 }

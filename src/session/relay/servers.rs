@@ -5,10 +5,10 @@
 use std::time::Instant;
 
 use super::{Relay, Slot, Step, AVOID_FAILED_STANDBY};
-use crate::backend::{Login, ServerConn};
 use crate::balance::{pick_read, ReadTarget};
 use crate::classify::Route;
 use crate::error::ProxyError;
+use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, Severity};
 use crate::session::state::Conn;
 use crate::topology::Role;
@@ -25,19 +25,21 @@ impl Relay<'_> {
             return self.ensure_primary().await;
         }
         let topology = self.shared.topology.load_full();
-        if let Some(server) = &self.standby.conn {
-            // A transaction (or a reply in flight) finishes where it started.
-            let committed = self.state.txn == Some(Conn::Standby) || self.standby.pending > 0;
+        if let Some(lease) = &self.standby.conn {
+            // A transaction (or a reply in flight, or SQL PREPAREs) finishes where it started.
+            let committed = self.state.txn == Some(Conn::Standby)
+                || self.standby.pending > 0
+                || self.state.holds(Conn::Standby);
             let still_standby = topology.nodes.get(self.standby.node).is_some_and(|n| {
-                n.role == Role::Standby && n.eligible && n.node.address == server.address
+                n.role == Role::Standby && n.eligible && n.node.address == lease.server.address
             });
             if committed || still_standby {
                 return Ok(Conn::Standby);
             }
-            if let Some(old) = self.standby.conn.take() {
-                old.terminate().await;
-            }
             self.shared.stats.release(self.standby.node);
+            if let Some(old) = std::mem::replace(&mut self.standby, Slot::empty()).conn {
+                old.release();
+            }
         }
         let routing = &self.shared.settings.raw.routing;
         let now = Instant::now();
@@ -107,7 +109,7 @@ impl Relay<'_> {
     /// old connection.
     async fn ensure_primary(&mut self) -> Result<Conn, ProxyError> {
         let topology = self.shared.topology.load_full();
-        let open_on = self.primary.conn.as_ref().map(|c| c.address.clone());
+        let open_on = self.primary.conn.as_ref().map(|c| c.server.address.clone());
         let split_brain = topology
             .nodes
             .iter()
@@ -130,34 +132,33 @@ impl Relay<'_> {
             (None, _) => return Err(ProxyError::NoPrimary),
             (Some(i), _) => i,
         };
-        if let Some(old) = self.primary.conn.take() {
-            tracing::info!(old = %old.address, new = %topology.nodes[node].node.address, "primary changed: reconnecting");
-            old.terminate().await;
+        if let Some(old) = std::mem::replace(&mut self.primary, Slot::empty()).conn {
+            tracing::info!(old = %old.server.address, new = %topology.nodes[node].node.address, "primary changed: reconnecting");
+            // Dropped, not pooled: the old primary is gone or no longer takes writes.
+            drop(old);
         }
         let server = self.connect(&topology.nodes[node].node.address).await?;
         self.primary = Slot::open(server, node);
         Ok(Conn::Primary)
     }
 
-    /// Logs in to a server as this client's server user.
-    async fn connect(&self, address: &str) -> Result<ServerConn, ProxyError> {
-        let settings = &self.shared.settings;
-        let user = settings
+    /// A connection to a server for this client's server user and database, from its pool.
+    async fn connect(&self, address: &str) -> Result<Lease, ProxyError> {
+        let user = self
+            .shared
+            .settings
             .user(&self.startup.user)
             .ok_or_else(|| ProxyError::AuthFailed(self.startup.user.clone()))?;
-        let login = Login {
-            address,
-            user: &user.server_user,
-            password: &user.server_password,
-            database: &self.startup.database,
-            params: &self.startup.params,
-        };
-        ServerConn::connect(
-            &login,
-            settings.raw.connect_timeout,
-            settings.raw.max_message_size,
-        )
-        .await
+        self.shared
+            .pools
+            .get(
+                address,
+                &user.server_user,
+                &user.server_password,
+                &self.startup.database,
+            )
+            .checkout()
+            .await
     }
 
     /// A server connection closed. Losing the primary, or a standby in the middle of a
@@ -170,16 +171,12 @@ impl Relay<'_> {
         let address = slot
             .conn
             .as_ref()
-            .map(|c| c.address.clone())
+            .map(|c| c.server.address.clone())
             .unwrap_or_default();
         let node = slot.node;
         let was_busy = slot.pending > 0;
         let retry = slot.retry.take();
-        slot.early.clear();
-        slot.conn = None;
-        slot.pending = 0;
-        slot.swallow.clear();
-        slot.copy_in = false;
+        *slot = Slot::empty();
         if self.sticky == Some(conn) {
             self.sticky = None;
         }

@@ -4,20 +4,20 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::Slot;
-use crate::backend::ServerConn;
 use crate::error::ProxyError;
+use crate::pool::Lease;
 use crate::protocol::{read_cstr, Frame};
 
-pub(super) async fn next_frame(conn: &mut Option<ServerConn>) -> Result<Option<Frame>, ProxyError> {
+pub(super) async fn next_frame(conn: &mut Option<Lease>) -> Result<Option<Frame>, ProxyError> {
     match conn {
-        Some(c) => c.reader.next().await,
+        Some(c) => c.server.reader.next().await,
         None => std::future::pending().await,
     }
 }
 
 pub(super) async fn write_to(slot: &mut Slot, bytes: &[u8]) -> Result<(), ProxyError> {
     match slot.conn.as_mut() {
-        Some(server) => Ok(server.writer.write_all(bytes).await?),
+        Some(lease) => Ok(lease.server.writer.write_all(bytes).await?),
         None => Err(ProxyError::NoPrimary),
     }
 }
@@ -59,11 +59,6 @@ pub(super) fn closed_statement(frame: &Frame) -> Option<String> {
     }
     body = &body[1..];
     read_cstr(&mut body)
-}
-
-pub(super) fn encode_sync(out: &mut BytesMut) {
-    out.put_u8(b'S');
-    out.put_i32(4);
 }
 
 pub(super) fn encode_close_statement(out: &mut BytesMut, name: &str) {

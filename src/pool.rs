@@ -1,0 +1,406 @@
+//! Server connection pools, one per (node address, server user, database). A checkout
+//! waits at most `checkout_timeout` for a free connection (then 53300), reuses an idle
+//! one after a cheap health check, or opens a new one within `max_pool_size`. A
+//! background task closes connections idle past `idle_timeout` or older than
+//! `server_lifetime`, and keeps `min_pool_size` open.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::backend::{Login, ServerConn};
+use crate::config::Settings;
+use crate::error::ProxyError;
+use crate::prepared::ServerStatements;
+use crate::session::state::Gucs;
+
+/// Which pool a connection belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Server `host:port`.
+    pub address: String,
+    /// Role pgsplit logs in as.
+    pub user: String,
+    /// Database.
+    pub database: String,
+}
+
+/// A server connection and what pgsplit knows about its session state.
+pub struct Pooled {
+    /// The connection.
+    pub server: ServerConn,
+    /// Settings applied on it beyond the server defaults; `None` when unknown (after a
+    /// failed statement of pgsplit's own), so the next sync starts with RESET ALL.
+    pub gucs: Option<Gucs>,
+    /// Prepared statements (pgsplit's server-side names) it holds.
+    pub statements: ServerStatements,
+    /// Which client Parse its unnamed statement came from.
+    pub unnamed: Option<u64>,
+    created: Instant,
+    idle_since: Instant,
+}
+
+impl Pooled {
+    fn new(server: ServerConn) -> Pooled {
+        let now = Instant::now();
+        Pooled {
+            server,
+            gucs: Some(Gucs::new()),
+            statements: ServerStatements::default(),
+            unnamed: None,
+            created: now,
+            idle_since: now,
+        }
+    }
+
+    /// Forgets every prepared statement (the server dropped them).
+    pub fn forget_statements(&mut self) {
+        self.statements.clear();
+        self.unnamed = None;
+    }
+
+    /// Whether the socket is still open with nothing unexpected on it (an idle server
+    /// only writes to say it is closing): costs no round trip.
+    fn looks_alive(&self) -> bool {
+        if self.server.reader.has_buffered() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        matches!(
+            self.server.reader.get_ref().try_read(&mut byte),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+}
+
+/// A connection checked out of its pool; goes back with [`Lease::release`] and is
+/// closed (and uncounted) if dropped instead.
+pub struct Lease {
+    conn: Option<Pooled>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Deref for Lease {
+    type Target = Pooled;
+    fn deref(&self) -> &Pooled {
+        self.conn
+            .as_ref()
+            .expect("a lease holds its connection until released")
+    }
+}
+
+impl DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut Pooled {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until released")
+    }
+}
+
+impl Lease {
+    /// Returns a clean, idle connection (no transaction, nothing in flight) to its pool.
+    pub fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let config = &self.pool.settings.raw.pool;
+            if conn.created.elapsed() >= config.server_lifetime || self.pool.retired() {
+                self.pool.closed(conn);
+                return;
+            }
+            conn.idle_since = Instant::now();
+            self.pool.lock_idle().push_back(conn);
+        }
+    }
+
+    /// Resets a connection whose session may hold state pgsplit does not track (a
+    /// departed client's pins, transaction or SQL PREPAREs), then returns it; in the
+    /// background, so the client's session ends now.
+    pub fn reset_and_release(mut self, rollback: bool) {
+        tokio::spawn(async move {
+            let timeout = self.pool.settings.raw.connect_timeout;
+            let reset = async {
+                if rollback {
+                    self.server.simple_query("ROLLBACK").await?;
+                }
+                self.server.simple_query("DISCARD ALL").await
+            };
+            match tokio::time::timeout(timeout, reset).await {
+                Ok(Ok(_)) => {
+                    self.forget_statements();
+                    self.gucs = Some(Gucs::new());
+                    self.release();
+                }
+                _ => {
+                    tracing::warn!(address = %self.server.address, "could not reset a server connection; closing it")
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.closed(conn);
+        }
+    }
+}
+
+/// One pool.
+pub struct Pool {
+    key: PoolKey,
+    password: String,
+    settings: Arc<Settings>,
+    permits: Arc<Semaphore>,
+    idle: Mutex<VecDeque<Pooled>>,
+    open: AtomicUsize,
+    waiting: AtomicUsize,
+    retired: std::sync::atomic::AtomicBool,
+}
+
+/// Counters of one pool at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// Server address.
+    pub address: String,
+    /// Server role.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// Connections open (idle and in use).
+    pub open: usize,
+    /// Connections idle in the pool.
+    pub idle: usize,
+    /// Requests waiting for a connection.
+    pub waiting: usize,
+}
+
+impl Pool {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Pooled>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn closed(&self, conn: Pooled) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(conn.server.terminate());
+        }
+    }
+
+    async fn connect(&self) -> Result<Pooled, ProxyError> {
+        let login = Login {
+            address: &self.key.address,
+            user: &self.key.user,
+            password: &self.password,
+            database: &self.key.database,
+            params: &[],
+        };
+        let raw = &self.settings.raw;
+        let server = ServerConn::connect(&login, raw.connect_timeout, raw.max_message_size).await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Pooled::new(server))
+    }
+
+    /// A connection for one client, within `checkout_timeout`.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ProxyError> {
+        let config = &self.settings.raw.pool;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout(
+            config.checkout_timeout,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = match permit {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(ProxyError::CheckoutTimeout {
+                    addr: self.key.address.clone(),
+                    waited: config.checkout_timeout,
+                    size: config.max_pool_size,
+                })
+            }
+        };
+        loop {
+            let idle = self.lock_idle().pop_back();
+            let Some(mut conn) = idle else { break };
+            if self.healthy(&mut conn).await {
+                return Ok(Lease {
+                    conn: Some(conn),
+                    pool: Arc::clone(self),
+                    _permit: permit,
+                });
+            }
+            tracing::info!(address = %self.key.address, "pooled server connection failed its check; replacing it");
+            self.closed(conn);
+        }
+        let conn = self.connect().await?;
+        Ok(Lease {
+            conn: Some(conn),
+            pool: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
+    async fn healthy(&self, conn: &mut Pooled) -> bool {
+        if !conn.looks_alive() {
+            return false;
+        }
+        let config = &self.settings.raw;
+        if conn.idle_since.elapsed() < config.pool.server_check_delay {
+            return true;
+        }
+        let check = conn.server.simple_query("");
+        matches!(
+            tokio::time::timeout(config.connect_timeout, check).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Closes idle connections past their idle time or lifetime, then opens connections
+    /// up to `min_pool_size`.
+    async fn maintain(self: &Arc<Self>) {
+        let config = &self.settings.raw.pool;
+        let expired: Vec<Pooled> = {
+            let mut idle = self.lock_idle();
+            let open = self.open.load(Ordering::Relaxed);
+            let mut keep = VecDeque::with_capacity(idle.len());
+            let mut expired = Vec::new();
+            // Oldest idle first: those are the ones past idle_timeout.
+            for conn in idle.drain(..) {
+                let surplus = open - expired.len() > config.min_pool_size;
+                let too_old = conn.created.elapsed() >= config.server_lifetime;
+                let too_idle = surplus && conn.idle_since.elapsed() >= config.idle_timeout;
+                if too_old || too_idle || self.retired() || !conn.looks_alive() {
+                    expired.push(conn);
+                } else {
+                    keep.push_back(conn);
+                }
+            }
+            *idle = keep;
+            expired
+        };
+        for conn in expired {
+            self.closed(conn);
+        }
+        while !self.retired() && self.open.load(Ordering::Relaxed) < config.min_pool_size {
+            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                break;
+            };
+            match self.connect().await {
+                Ok(conn) => self.lock_idle().push_front(conn),
+                Err(e) => {
+                    tracing::warn!(address = %self.key.address, error = %e, "cannot open a connection for min_pool_size");
+                    break;
+                }
+            }
+            drop(permit);
+        }
+    }
+
+    fn snapshot(&self) -> PoolSnapshot {
+        PoolSnapshot {
+            address: self.key.address.clone(),
+            user: self.key.user.clone(),
+            database: self.key.database.clone(),
+            open: self.open.load(Ordering::Relaxed),
+            idle: self.lock_idle().len(),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Every pool of the proxy.
+pub struct Pools {
+    settings: Arc<Settings>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// No pools yet: each is created on first use.
+    pub fn new(settings: Arc<Settings>) -> Pools {
+        Pools {
+            settings,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for a server, role and database.
+    pub fn get(&self, address: &str, user: &str, password: &str, database: &str) -> Arc<Pool> {
+        let key = PoolKey {
+            address: address.to_owned(),
+            user: user.to_owned(),
+            database: database.to_owned(),
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = pools.entry(key.clone()).or_insert_with(|| {
+            Arc::new(Pool {
+                key,
+                password: password.to_owned(),
+                settings: Arc::clone(&self.settings),
+                permits: Arc::new(Semaphore::new(self.settings.raw.pool.max_pool_size)),
+                idle: Mutex::new(VecDeque::new()),
+                open: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                retired: false.into(),
+            })
+        });
+        Arc::clone(pool)
+    }
+
+    /// Counters of every pool.
+    pub fn snapshot(&self) -> Vec<PoolSnapshot> {
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut all: Vec<PoolSnapshot> = pools.iter().map(|p| p.snapshot()).collect();
+        all.sort_by(|a, b| {
+            (&a.address, &a.user, &a.database).cmp(&(&b.address, &b.user, &b.database))
+        });
+        all
+    }
+
+    /// Maintains every pool each second until `stop`; then closes idle connections.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let pools: Vec<Arc<Pool>> = self
+                .pools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for pool in pools {
+                pool.maintain().await;
+            }
+        }
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for pool in pools {
+            pool.retired.store(true, Ordering::Relaxed);
+            pool.maintain().await;
+        }
+    }
+}
