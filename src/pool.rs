@@ -276,7 +276,7 @@ impl Pool {
             let mut expired = Vec::new();
             // Oldest idle first: those are the ones past idle_timeout.
             for conn in idle.drain(..) {
-                let surplus = open - expired.len() > config.min_pool_size;
+                let surplus = open.saturating_sub(expired.len()) > config.min_pool_size;
                 let too_old = conn.created.elapsed() >= config.server_lifetime;
                 let too_idle = surplus && conn.idle_since.elapsed() >= config.idle_timeout;
                 if too_old || too_idle || self.retired() || !conn.looks_alive() {
@@ -356,16 +356,18 @@ impl Pools {
         Arc::clone(pool)
     }
 
-    /// Counters of every pool.
-    pub fn snapshot(&self) -> Vec<PoolSnapshot> {
-        let pools: Vec<Arc<Pool>> = self
-            .pools
+    fn all(&self) -> Vec<Arc<Pool>> {
+        self.pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
-        let mut all: Vec<PoolSnapshot> = pools.iter().map(|p| p.snapshot()).collect();
+            .collect()
+    }
+
+    /// Counters of every pool.
+    pub fn snapshot(&self) -> Vec<PoolSnapshot> {
+        let mut all: Vec<PoolSnapshot> = self.all().iter().map(|p| p.snapshot()).collect();
         all.sort_by(|a, b| {
             (&a.address, &a.user, &a.database).cmp(&(&b.address, &b.user, &b.database))
         });
@@ -380,25 +382,11 @@ impl Pools {
                 _ = tick.tick() => {}
                 _ = stop.changed() => break,
             }
-            let pools: Vec<Arc<Pool>> = self
-                .pools
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
-                .collect();
-            for pool in pools {
+            for pool in self.all() {
                 pool.maintain().await;
             }
         }
-        let pools: Vec<Arc<Pool>> = self
-            .pools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for pool in pools {
+        for pool in self.all() {
             pool.retired.store(true, Ordering::Relaxed);
             pool.maintain().await;
         }

@@ -402,7 +402,7 @@ fn insert_guc(gucs: &mut Gucs, name: &str, value: &str) -> Result<(), String> {
     let plain_list = value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | ',' | ' ' | '"'))
-        && value.matches('"').count() % 2 == 0
+        && value.matches('"').count().is_multiple_of(2)
         && !value.trim().is_empty();
     let sql = if LIST_PARAMETERS.contains(&name.as_str()) && plain_list {
         value.to_owned()
