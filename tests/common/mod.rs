@@ -222,6 +222,162 @@ pub mod raw {
         stream
     }
 
+    /// Connects and logs in as a trust user; also returns the BackendKeyData (pid, secret)
+    /// the proxy handed out.
+    pub async fn login_with_key(addr: std::net::SocketAddr, user: &str) -> (TcpStream, (i32, i32)) {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(&startup(&[("user", user), ("database", "app")]))
+            .await
+            .expect("send startup");
+        let mut key = None;
+        loop {
+            match read_message(&mut stream).await {
+                Some((b'K', body)) if body.len() == 8 => {
+                    let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                    key = Some((pid, secret));
+                }
+                Some((b'Z', _)) => break,
+                Some((b'E', body)) => panic!("login failed with {}", error_code(&body)),
+                Some(_) => {}
+                None => panic!("connection closed during login"),
+            }
+        }
+        (stream, key.expect("no BackendKeyData before ReadyForQuery"))
+    }
+
+    /// A CancelRequest packet (sent on a fresh connection, without a startup packet).
+    pub fn cancel_request(pid: i32, secret: i32) -> Vec<u8> {
+        let mut packet = 16i32.to_be_bytes().to_vec();
+        packet.extend_from_slice(&80_877_102i32.to_be_bytes());
+        packet.extend_from_slice(&pid.to_be_bytes());
+        packet.extend_from_slice(&secret.to_be_bytes());
+        packet
+    }
+
+    /// A message: tag, length, body.
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn cstr(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+
+    /// A simple-protocol Query.
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        cstr(&mut body, sql);
+        message(b'Q', &body)
+    }
+
+    /// Parse of `sql` as statement `name` (parameter types left to the server).
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        cstr(&mut body, name);
+        cstr(&mut body, sql);
+        body.extend_from_slice(&0i16.to_be_bytes());
+        message(b'P', &body)
+    }
+
+    /// Bind of statement `statement` to portal `portal` with text parameters and text results.
+    pub fn bind(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
+        let mut body = Vec::new();
+        cstr(&mut body, portal);
+        cstr(&mut body, statement);
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+            body.extend_from_slice(p.as_bytes());
+        }
+        body.extend_from_slice(&0i16.to_be_bytes());
+        message(b'B', &body)
+    }
+
+    /// Describe of a statement (`b'S'`) or portal (`b'P'`).
+    pub fn describe(kind: u8, name: &str) -> Vec<u8> {
+        let mut body = vec![kind];
+        cstr(&mut body, name);
+        message(b'D', &body)
+    }
+
+    /// Execute of `portal`, all rows.
+    pub fn execute(portal: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        cstr(&mut body, portal);
+        body.extend_from_slice(&0i32.to_be_bytes());
+        message(b'E', &body)
+    }
+
+    /// Close of a statement (`b'S'`) or portal (`b'P'`).
+    pub fn close(kind: u8, name: &str) -> Vec<u8> {
+        let mut body = vec![kind];
+        cstr(&mut body, name);
+        message(b'C', &body)
+    }
+
+    /// Sync.
+    pub fn sync() -> Vec<u8> {
+        message(b'S', &[])
+    }
+
+    /// What the server answered up to ReadyForQuery.
+    #[derive(Debug, Default)]
+    pub struct Reply {
+        /// Every DataRow, its columns as text (`None` for NULL).
+        pub rows: Vec<Vec<Option<String>>>,
+        /// Parameter type OIDs from a ParameterDescription.
+        pub param_types: Option<Vec<u32>>,
+        /// SQLSTATEs of ErrorResponses.
+        pub errors: Vec<String>,
+    }
+
+    /// Reads one request's answer up to and including ReadyForQuery.
+    pub async fn reply(stream: &mut TcpStream) -> Reply {
+        let mut reply = Reply::default();
+        loop {
+            match read_message(stream).await {
+                Some((b'Z', _)) => return reply,
+                Some((b'E', body)) => reply.errors.push(error_code(&body)),
+                Some((b'D', body)) => reply.rows.push(data_row(&body)),
+                Some((b't', body)) => {
+                    let n = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
+                    let oids = body[2..2 + 4 * n]
+                        .chunks(4)
+                        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    reply.param_types = Some(oids);
+                }
+                Some(_) => {}
+                None => panic!("connection closed before ReadyForQuery: {reply:?}"),
+            }
+        }
+    }
+
+    fn data_row(body: &[u8]) -> Vec<Option<String>> {
+        let n = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
+        let mut at = 2;
+        let mut columns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+            at += 4;
+            if len < 0 {
+                columns.push(None);
+            } else {
+                let end = at + len as usize;
+                columns.push(Some(String::from_utf8_lossy(&body[at..end]).into_owned()));
+                at = end;
+            }
+        }
+        columns
+    }
+
     /// Waits for the next ErrorResponse and returns its SQLSTATE; `None` if the connection closed first.
     pub async fn next_error(stream: &mut TcpStream) -> Option<String> {
         loop {
