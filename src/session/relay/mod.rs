@@ -513,6 +513,9 @@ impl<'a> Relay<'a> {
             self.held = Some(request);
             return Ok(());
         }
+        if self.answer_locally(&request).await? {
+            return Ok(());
+        }
         let answered = matches!(
             request,
             Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
@@ -545,6 +548,44 @@ impl<'a> Relay<'a> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Answers a batch that only prepares or closes named statements, outside a
+    /// transaction, without a server: statements reach a server when first used, so a
+    /// client preparing ahead (libpq's PQprepare, pgbench -M prepared) never waits for a
+    /// pooled connection, and never deadlocks a pool whose connections are held by
+    /// transactions waiting on that same client program. A statement with an error
+    /// reports it when first used.
+    async fn answer_locally(&mut self, request: &Request) -> Result<bool, ProxyError> {
+        let Request::Batch {
+            ops, sync: true, ..
+        } = request
+        else {
+            return Ok(false);
+        };
+        let local = self.state.txn.is_none()
+            && self.sticky.is_none()
+            && ops.iter().all(|op| match op {
+                Op::Parse(_) | Op::Close(Some(_)) => true,
+                Op::Forward(frame) => frame.tag == b'S',
+                _ => false,
+            });
+        if !local {
+            return Ok(false);
+        }
+        for op in ops {
+            let tag = match op {
+                Op::Parse(_) => b'1',
+                Op::Close(_) => b'3',
+                _ => continue,
+            };
+            self.to_client.put_u8(tag);
+            self.to_client.put_i32(4);
+        }
+        let status = self.client_status();
+        encode::ready_for_query(&mut self.to_client, status);
+        flush_to(&mut self.client_out, &mut self.to_client).await?;
+        Ok(true)
     }
 
     /// Sends a request that was held, once nothing is in flight any more.
