@@ -550,7 +550,7 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Answers a batch that only prepares or closes named statements, outside a
+    /// Answers a batch that only prepares named statements (and perhaps closes some), outside a
     /// transaction, without a server: statements reach a server when first used, so a
     /// client preparing ahead (libpq's PQprepare, pgbench -M prepared) never waits for a
     /// pooled connection, and never deadlocks a pool whose connections are held by
@@ -565,6 +565,7 @@ impl<'a> Relay<'a> {
         };
         let local = self.state.txn.is_none()
             && self.sticky.is_none()
+            && ops.iter().any(|op| matches!(op, Op::Parse(_)))
             && ops.iter().all(|op| match op {
                 Op::Parse(_) | Op::Close(Some(_)) => true,
                 Op::Forward(frame) => frame.tag == b'S',
@@ -987,6 +988,7 @@ impl<'a> Relay<'a> {
                     // Sync gets no ReadyForQuery; the one after CopyDone does.
                     if slot.last_synced {
                         slot.pending = slot.pending.saturating_sub(1);
+                        slot.syncs_sent = slot.syncs_sent.saturating_sub(1);
                         slot.last_synced = false;
                     }
                 }
