@@ -154,6 +154,8 @@ pub(crate) fn classify(text: &str, functions: &Functions, depth: u8, out: &mut C
                 out.effects.push(Effect::DiscardAll);
             } else if words.is(1, "temp") || words.is(1, "temporary") {
                 out.effects.push(Effect::Unpin(Pin::TempObjects));
+            } else if words.is(1, "sequences") {
+                out.effects.push(Effect::Unpin(Pin::Sequence));
             }
         }
         "listen" => pin(out, Pin::Listen),
@@ -352,6 +354,9 @@ fn do_block(text: &str, out: &mut Classification) {
     }
     if has_word("temp") || has_word("temporary") {
         out.effects.push(Effect::Pin(Pin::TempObjects));
+    }
+    if has_word("nextval") || has_word("setval") {
+        out.effects.push(Effect::Pin(Pin::Sequence));
     }
     if has_word("listen") {
         out.effects.push(Effect::Pin(Pin::Listen));

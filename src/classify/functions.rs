@@ -153,9 +153,10 @@ fn side_effect_builtin(name: &str) -> Option<Decision> {
         | "pg_try_advisory_lock"
         | "pg_try_advisory_lock_shared" => Some(Decision::Pin(Pin::AdvisoryLock)),
         "pg_advisory_unlock_all" => Some(Decision::Unpin(Pin::AdvisoryLock)),
+        "nextval" | "setval" => Some(Decision::Pin(Pin::Sequence)),
         "set_config" => Some(Decision::SetConfig),
-        // Sequences change or are session-local to the node that ran nextval.
-        "nextval" | "setval" | "currval" | "lastval"
+        // Session-local to the connection that ran nextval.
+        "currval" | "lastval"
         // These assign a transaction id.
         | "txid_current" | "txid_current_if_assigned" | "pg_current_xact_id"
         | "pg_current_xact_id_if_assigned"
@@ -422,11 +423,12 @@ mod tests {
             ),
             (call(Some("app"), "audit"), Decision::Route(Route::Standby)),
             (call(None, "refresh_cache"), Decision::Route(Route::Standby)),
-            (call(None, "nextval"), Decision::Route(Route::Primary)),
+            (call(None, "nextval"), Decision::Pin(Pin::Sequence)),
             (
                 call(Some("pg_catalog"), "nextval"),
-                Decision::Route(Route::Primary),
+                Decision::Pin(Pin::Sequence),
             ),
+            (call(None, "currval"), Decision::Route(Route::Primary)),
             (call(None, "random"), Decision::Route(Route::Standby)),
             (call(None, "now"), Decision::Route(Route::Standby)),
             (call(None, "slugify"), Decision::Route(Route::Standby)),

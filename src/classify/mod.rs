@@ -73,6 +73,8 @@ pub enum Pin {
     AdvisoryLock,
     /// A cursor `WITH HOLD` outlives its transaction.
     HoldCursor,
+    /// `nextval()` / `setval()`: `currval()` and `lastval()` read that connection's state.
+    Sequence,
     /// Session state the classifier cannot describe (a setting it cannot replay).
     Unknown,
 }
@@ -419,7 +421,8 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
         S::Discard { object_type } => match object_type {
             DiscardObject::ALL => out.effects.push(Effect::DiscardAll),
             DiscardObject::TEMP => out.effects.push(Effect::Unpin(Pin::TempObjects)),
-            DiscardObject::PLANS | DiscardObject::SEQUENCES => {}
+            DiscardObject::SEQUENCES => out.effects.push(Effect::Unpin(Pin::Sequence)),
+            DiscardObject::PLANS => {}
         },
         S::Declare { stmts, .. } => {
             for declare in stmts {

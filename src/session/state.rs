@@ -85,6 +85,7 @@ enum PinKey {
     Listen,
     AdvisoryLock,
     HoldCursor,
+    Sequence,
     Unknown,
 }
 
@@ -95,6 +96,7 @@ impl From<&Pin> for PinKey {
             Pin::Listen => PinKey::Listen,
             Pin::AdvisoryLock => PinKey::AdvisoryLock,
             Pin::HoldCursor => PinKey::HoldCursor,
+            Pin::Sequence => PinKey::Sequence,
             Pin::Unknown => PinKey::Unknown,
         }
     }

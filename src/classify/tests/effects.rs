@@ -374,7 +374,7 @@ fn prepared_statements() {
         (
             "PREPARE \"MyStmt\" AS SELECT nextval('s')",
             A,
-            vec![prepare("MyStmt", P)],
+            vec![PIN_UNKNOWN, prepare("MyStmt", P)],
         ),
         (
             "PREPARE p AS SELECT * FROM t FOR NO KEY UPDATE",
@@ -395,7 +395,7 @@ fn prepared_statements() {
         ("EXECUTE p", A, vec![execute("p")]),
         ("EXECUTE P(1, 'a')", A, vec![execute("p")]),
         ("EXECUTE \"MyStmt\"", A, vec![execute("MyStmt")]),
-        ("EXECUTE p(nextval('s'))", P, vec![execute("p")]),
+        ("EXECUTE p(nextval('s'))", P, vec![PIN_SEQ, execute("p")]),
         ("EXPLAIN EXECUTE p", S, vec![execute("p")]),
         ("EXPLAIN ANALYZE EXECUTE p(1)", S, vec![execute("p")]),
         (
@@ -597,4 +597,33 @@ fn random_fragments_never_panic() {
         let _ = classify(&sql, &functions);
         let _ = normalize(&sql);
     }
+}
+
+/// `nextval()` and `setval()` leave state on their connection that `currval()` and
+/// `lastval()` read later: they pin it, until `DISCARD SEQUENCES`.
+#[test]
+fn sequence_calls_pin_their_connection() {
+    let cases = vec![
+        ("SELECT \"nextval\"('s')", P, vec![PIN_SEQ]),
+        ("SELECT PG_CATALOG.NEXTVAL('s')", P, vec![PIN_SEQ]),
+        ("SELECT pg_catalog.nextval('s')", P, vec![PIN_SEQ]),
+        ("SELECT NextVal('s')", P, vec![PIN_SEQ]),
+        ("SELECT abs(nextval('s'))", P, vec![PIN_SEQ]),
+        (
+            "SELECT * FROM t WHERE id IN (SELECT setval('s', 1))",
+            P,
+            vec![PIN_SEQ],
+        ),
+        ("SELECT * FROM nextval('s')", P, vec![PIN_SEQ]),
+        ("SELECT * FROM pg_catalog.nextval('s')", P, vec![PIN_SEQ]),
+        ("SELECT ARRAY(SELECT nextval('s'))", P, vec![PIN_SEQ]),
+        ("SELECT nextval('s')", P, vec![PIN_SEQ]),
+        ("SELECT setval('s', 10)", P, vec![PIN_SEQ]),
+        ("COPY (SELECT nextval('s')) TO STDOUT", P, vec![PIN_SEQ]),
+        ("DECLARE c CURSOR FOR SELECT nextval('s')", P, vec![PIN_SEQ]),
+        ("DISCARD SEQUENCES", A, vec![Effect::Unpin(Pin::Sequence)]),
+        ("EXPLAIN SELECT nextval('s')", P, vec![]),
+        ("SELECT currval('s')", P, vec![]),
+    ];
+    check(&cases, &catalog());
 }

@@ -115,3 +115,4 @@ pub(super) const PIN_LISTEN: Effect = Effect::Pin(Pin::Listen);
 pub(super) const PIN_LOCK: Effect = Effect::Pin(Pin::AdvisoryLock);
 pub(super) const PIN_HOLD: Effect = Effect::Pin(Pin::HoldCursor);
 pub(super) const PIN_UNKNOWN: Effect = Effect::Pin(Pin::Unknown);
+pub(super) const PIN_SEQ: Effect = Effect::Pin(Pin::Sequence);
