@@ -239,7 +239,7 @@ impl Pool {
                     _permit: permit,
                 });
             }
-            tracing::info!(address = %self.key.address, "pooled server connection failed its check; replacing it");
+            tracing::debug!(address = %self.key.address, "pooled server connection closed, past its lifetime or failed its check; replacing it");
             self.closed(conn);
         }
         let conn = self.connect().await?;
@@ -251,10 +251,10 @@ impl Pool {
     }
 
     async fn healthy(&self, conn: &mut Pooled) -> bool {
-        if !conn.looks_alive() {
+        let config = &self.settings.raw;
+        if !conn.looks_alive() || conn.created.elapsed() >= config.pool.server_lifetime {
             return false;
         }
-        let config = &self.settings.raw;
         if conn.idle_since.elapsed() < config.pool.server_check_delay {
             return true;
         }

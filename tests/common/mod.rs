@@ -55,6 +55,11 @@ impl TestProxy {
         runtime().spawn(handle.shutdown())
     }
 
+    /// Counters of this proxy's server connection pools.
+    pub fn pools(&self) -> Vec<pgsplit::pool::PoolSnapshot> {
+        self.handle.as_ref().expect("proxy running").pools()
+    }
+
     /// Routing counters of this proxy.
     pub fn stats(&self) -> pgsplit::stats::StatsSnapshot {
         self.handle.as_ref().expect("proxy running").stats()
