@@ -114,20 +114,32 @@ impl Frame {
     }
 }
 
+/// A buffer that grew past this for one large message is given back once empty.
+const KEEP_BUFFER: usize = 64 * 1024;
+
 /// Splits a byte stream into frames; owns its buffer so reads are cancel-safe in `select!`.
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_len: usize,
+    /// Bytes asked of each read.
+    chunk: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Wraps a reader; frames longer than `max_len` are a protocol error.
+    /// Wraps a server connection: reads in 8 KiB chunks, for large results.
     pub fn new(inner: R, max_len: usize) -> Self {
+        Self::with_chunk(inner, max_len, 8 * 1024)
+    }
+
+    /// Wraps a reader that reads `chunk` bytes at a time; the buffer is allocated on the
+    /// first read, so thousands of idle clients cost little.
+    pub fn with_chunk(inner: R, max_len: usize, chunk: usize) -> Self {
         Self {
             inner,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::new(),
             max_len,
+            chunk,
         }
     }
 
@@ -137,8 +149,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.try_frame()? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(8 * 1024);
+            if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
+                self.buf = BytesMut::new();
+            }
+            if self.buf.capacity() - self.buf.len() < self.chunk / 2 {
+                self.buf.reserve(self.chunk);
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {
@@ -366,6 +381,9 @@ pub async fn flush_to<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> s
     if !out.is_empty() {
         w.write_all(out).await?;
         out.clear();
+        if out.capacity() > KEEP_BUFFER {
+            *out = BytesMut::new();
+        }
     }
     Ok(())
 }

@@ -54,7 +54,9 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedS
     let auth_timeout = shared.settings.raw.auth_timeout;
     let started = tokio::time::timeout(
         auth_timeout,
-        handshake(read, &mut write, &shared, permit.is_some()),
+        // Boxed: the login's state is large and short-lived; an idle session should not
+        // carry its space.
+        Box::pin(handshake(read, &mut write, &shared, permit.is_some())),
     )
     .await;
     let (client, (conn, server, node), startup, defaults) = match started {
@@ -134,7 +136,8 @@ async fn handshake(
         return Err(ProxyError::Shutdown);
     }
     let settings = &shared.settings;
-    let mut reader = FrameReader::new(read, settings.raw.max_message_size);
+    // Clients mostly send small messages, and most of them sit idle: small reads.
+    let mut reader = FrameReader::with_chunk(read, settings.raw.max_message_size, 1024);
     let user = settings.user(&startup.user);
     authenticate_client(&mut reader, write, &startup.user, user).await?;
     let user = user.ok_or_else(|| ProxyError::AuthFailed(startup.user.clone()))?;

@@ -274,7 +274,7 @@ impl<'a> Relay<'a> {
             key,
             primary,
             standby,
-            to_client: BytesMut::with_capacity(8192),
+            to_client: BytesMut::new(),
             batch: Vec::new(),
             batch_bytes: 0,
             sticky: None,
@@ -332,13 +332,15 @@ impl<'a> Relay<'a> {
         self.release_idle_connections();
         let result = loop {
             let accept_client = self.held.is_none();
+            // Handlers are boxed so the session's own future stays small while it waits:
+            // an idle client costs its sockets and buffers, not the largest handler's state.
             let step = tokio::select! {
-                frame = self.client.next(), if accept_client => self.on_client_frame(frame).await,
-                frame = next_frame(&mut self.primary.conn) => self.on_server_frame(Conn::Primary, frame).await,
-                frame = next_frame(&mut self.standby.conn) => self.on_server_frame(Conn::Standby, frame).await,
+                frame = self.client.next(), if accept_client => Box::pin(self.on_client_frame(frame)).await,
+                frame = next_frame(&mut self.primary.conn) => Box::pin(self.on_server_frame(Conn::Primary, frame)).await,
+                frame = next_frame(&mut self.standby.conn) => Box::pin(self.on_server_frame(Conn::Standby, frame)).await,
                 changed = phase.changed() => {
                     let now = if changed.is_ok() { *phase.borrow() } else { Phase::Closing };
-                    self.on_phase(now).await
+                    Box::pin(self.on_phase(now)).await
                 }
             };
             match step {
