@@ -36,7 +36,7 @@ pub struct ServerConn {
     pub reader: FrameReader<OwnedReadHalf>,
     /// Bytes to the server.
     pub writer: OwnedWriteHalf,
-    /// ParameterStatus values the server reported at startup.
+    /// ParameterStatus values the server reported, as they stand now.
     pub params: Vec<(String, String)>,
     /// The server's cancel key.
     pub key: BackendKey,
@@ -170,6 +170,15 @@ impl ServerConn {
                 b'Z' => return error.map_or(Ok((rows, reported)), Err),
                 _ => {}
             }
+        }
+    }
+
+    /// Records a ParameterStatus the server sent, so `params` stays current for the next
+    /// client that logs in over this connection.
+    pub fn note_parameter(&mut self, name: &str, value: &str) {
+        match self.params.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = value.to_owned(),
+            None => self.params.push((name.to_owned(), value.to_owned())),
         }
     }
 

@@ -126,7 +126,11 @@ impl Lease {
                 if rollback {
                     self.server.simple_query("ROLLBACK").await?;
                 }
-                self.server.simple_query("DISCARD ALL").await
+                let (_, reported) = self.server.query_reporting("DISCARD ALL").await?;
+                for (name, value) in reported {
+                    self.server.note_parameter(&name, &value);
+                }
+                Ok::<_, ProxyError>(())
             };
             match tokio::time::timeout(timeout, reset).await {
                 Ok(Ok(_)) => {

@@ -333,6 +333,7 @@ fn calls(words: &Words, functions: &Functions, out: &mut Classification) {
             Decision::Pin(p) => out.effects.push(Effect::Pin(p)),
             Decision::Unpin(p) => out.effects.push(Effect::Unpin(p)),
             Decision::SetConfig => out.effects.push(Effect::Pin(Pin::Unknown)),
+            Decision::SequenceState => out.effects.push(Effect::ReadsSequence),
             Decision::Route(_) => {}
         }
     }

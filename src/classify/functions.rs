@@ -40,6 +40,8 @@ pub(crate) enum Decision {
     Unpin(Pin),
     /// `set_config`: decided from its arguments by the caller.
     SetConfig,
+    /// `currval` / `lastval`: primary, reading the sequence state of its connection.
+    SequenceState,
 }
 
 /// The function catalog as the classifier needs it, plus the operator's overrides.
@@ -155,10 +157,9 @@ fn side_effect_builtin(name: &str) -> Option<Decision> {
         "pg_advisory_unlock_all" => Some(Decision::Unpin(Pin::AdvisoryLock)),
         "nextval" | "setval" => Some(Decision::Pin(Pin::Sequence)),
         "set_config" => Some(Decision::SetConfig),
-        // Session-local to the connection that ran nextval.
-        "currval" | "lastval"
+        "currval" | "lastval" => Some(Decision::SequenceState),
         // These assign a transaction id.
-        | "txid_current" | "txid_current_if_assigned" | "pg_current_xact_id"
+        "txid_current" | "txid_current_if_assigned" | "pg_current_xact_id"
         | "pg_current_xact_id_if_assigned"
         | "pg_notify"
         | "pg_advisory_unlock" | "pg_advisory_unlock_shared"
@@ -428,7 +429,7 @@ mod tests {
                 call(Some("pg_catalog"), "nextval"),
                 Decision::Pin(Pin::Sequence),
             ),
-            (call(None, "currval"), Decision::Route(Route::Primary)),
+            (call(None, "currval"), Decision::SequenceState),
             (call(None, "random"), Decision::Route(Route::Standby)),
             (call(None, "now"), Decision::Route(Route::Standby)),
             (call(None, "slugify"), Decision::Route(Route::Standby)),

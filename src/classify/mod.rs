@@ -114,6 +114,8 @@ pub enum Effect {
     Deallocate { name: Option<String> },
     /// `DISCARD ALL`.
     DiscardAll,
+    /// `currval()` / `lastval()`: reads what `nextval()` left on the connection.
+    ReadsSequence,
     /// A function or procedure was created, changed or dropped: reload the catalog.
     FunctionsChanged,
 }

@@ -124,6 +124,10 @@ impl<'a> Walk<'a> {
                 self.out.raise(Route::Primary);
                 self.out.effects.push(Effect::Unpin(pin));
             }
+            Decision::SequenceState => {
+                self.out.raise(Route::Primary);
+                self.out.effects.push(Effect::ReadsSequence);
+            }
             Decision::SetConfig => {
                 // A literal value may decide the effect: never reuse this decision.
                 self.out.cacheable = false;

@@ -167,47 +167,30 @@ async fn handshake(
         )
         .checkout()
         .await?;
-    let reported = take_settings(&mut server, &defaults).await?;
+    take_settings(&mut server, &defaults).await?;
     encode::auth(&mut out, 0, &[]);
     for (name, value) in &server.server.params {
-        let value = reported
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map_or(value, |(_, v)| v);
         encode::parameter_status(&mut out, name, value);
-    }
-    for (name, value) in &reported {
-        if !server.server.params.iter().any(|(n, _)| n == name) {
-            encode::parameter_status(&mut out, name, value);
-        }
     }
     flush_to(write, &mut out).await?;
     Ok(Some((reader, (conn, server, node), startup, defaults)))
 }
 
 /// Applies a client's startup settings on its first connection (pooled connections log
-/// in without them), returning the parameter values the server reported changing; a
-/// setting the server refuses fails the login with the server's error.
-async fn take_settings(
-    server: &mut Lease,
-    wanted: &Gucs,
-) -> Result<Vec<(String, String)>, ProxyError> {
-    let sql = match &server.gucs {
-        Some(applied) => guc_sync_sql(applied, wanted),
-        None => Some(format!(
-            "RESET ALL;{}",
-            guc_sync_sql(&Gucs::new(), wanted).unwrap_or_default()
-        )),
-    };
-    let Some(sql) = sql else {
-        return Ok(Vec::new());
+/// in without them), noting the parameter values the server reports; a setting the
+/// server refuses fails the login with the server's error.
+async fn take_settings(server: &mut Lease, wanted: &Gucs) -> Result<(), ProxyError> {
+    let Some(sql) = guc_sync_sql(server.gucs.as_ref(), wanted) else {
+        return Ok(());
     };
     server.gucs = None;
     server.unnamed = None;
     let (_, reported) = server.server.query_reporting(&sql).await?;
+    for (name, value) in reported {
+        server.server.note_parameter(&name, &value);
+    }
     server.gucs = Some(wanted.clone());
-    Ok(reported)
+    Ok(())
 }
 
 /// Checks the StartupMessage parameters; writes NegotiateProtocolVersion when the client

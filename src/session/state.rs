@@ -10,7 +10,7 @@ use crate::config::TransactionRouting;
 use crate::prepared::Statement;
 
 /// One of a client's two server connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Conn {
     /// The connection to the primary.
     Primary,
@@ -28,6 +28,8 @@ pub enum Plan {
     /// Answer here with this command tag (DEALLOCATE of a protocol-level statement,
     /// which exists on the servers only under pgsplit's name).
     Answer(&'static str),
+    /// Refuse with this SQLSTATE and message, here.
+    Refuse(&'static str, &'static str),
     /// A bare BEGIN: answer it here; the next statement picks the node.
     DeferBegin,
     /// COMMIT/ROLLBACK of a transaction that never reached a server: answer it here.
@@ -67,7 +69,11 @@ pub struct RoutingState {
     /// Connection running the open transaction, if any.
     pub txn: Option<Conn>,
     deferred_begin: Option<String>,
-    pins: BTreeSet<PinKey>,
+    /// A transaction that only pgsplit had begun failed before reaching a server: like
+    /// PostgreSQL, everything but its end is refused until then.
+    failed_begin: bool,
+    /// Pins with the connection each lives on.
+    pins: BTreeSet<(PinKey, Conn)>,
     /// Settings from the client's startup packet: what RESET returns to.
     defaults: Gucs,
     /// The session's settings (startup ones and SETs), replayed on every connection that serves it.
@@ -116,6 +122,7 @@ impl RoutingState {
             mode,
             txn: None,
             deferred_begin: None,
+            failed_begin: false,
             pins: BTreeSet::new(),
             gucs: defaults.clone(),
             defaults,
@@ -126,19 +133,44 @@ impl RoutingState {
 
     /// Whether the client is pinned to its primary connection.
     pub fn pinned(&self) -> bool {
-        !self.pins.is_empty()
+        self.pinned_on(Conn::Primary)
     }
 
-    /// Whether the session keeps `conn` between transactions: pins live on the primary
-    /// connection, SQL PREPAREd statements on the one that prepared them.
+    /// Whether session state pins the client to `conn` (a standby gets pins inside a
+    /// read-only transaction: a WITH HOLD cursor, an advisory lock).
+    pub fn pinned_on(&self, conn: Conn) -> bool {
+        self.pins.iter().any(|(_, c)| *c == conn)
+    }
+
+    /// Whether the session keeps `conn` between transactions: its pins, and SQL
+    /// PREPAREd statements, live there.
     pub fn holds(&self, conn: Conn) -> bool {
-        (conn == Conn::Primary && self.pinned())
-            || self.sql_prepared.values().any(|(c, _)| *c == conn)
+        self.pinned_on(conn) || self.sql_prepared.values().any(|(c, _)| *c == conn)
+    }
+
+    /// Whether a lone `currval()`/`lastval()` would run where this session's `nextval()`
+    /// did not: outside a transaction and with no sequence pin, transaction pooling may
+    /// hand it a connection whose sequence state belongs to another client.
+    pub fn loses_sequence_state(&self, c: &Classification, lone: bool) -> bool {
+        lone && c.effects.contains(&Effect::ReadsSequence)
+            && self.txn.is_none()
+            && self.deferred_begin.is_none()
+            && !self.pins.contains(&(PinKey::Sequence, Conn::Primary))
     }
 
     /// Whether a BEGIN is being held back until the next statement.
     pub fn begin_deferred(&self) -> bool {
         self.deferred_begin.is_some()
+    }
+
+    /// The first statement of a deferred transaction failed before any server saw it.
+    pub fn fail_deferred_transaction(&mut self) {
+        self.failed_begin = true;
+    }
+
+    /// Whether the client is in a transaction pgsplit answered for, now failed.
+    pub fn transaction_failed_here(&self) -> bool {
+        self.failed_begin
     }
 
     fn default_read_only(&self) -> bool {
@@ -161,6 +193,7 @@ impl RoutingState {
             // A standby refuses SERIALIZABLE, even for a single read.
             Route::Standby if self.default_serializable() => Conn::Primary,
             Route::Standby => Conn::Standby,
+            Route::Any if self.pinned_on(Conn::Standby) => Conn::Standby,
             Route::Any => open.unwrap_or(Conn::Primary),
         }
     }
@@ -197,6 +230,16 @@ impl RoutingState {
     fn plan(&mut self, c: &Classification, text: &str, single: bool, open: Option<Conn>) -> Plan {
         if let Some(conn) = self.txn {
             return Plan::Send(conn);
+        }
+        if self.failed_begin {
+            if single && matches!(c.effects.first(), Some(Effect::EndTransaction)) {
+                self.failed_begin = false;
+                return Plan::EndDeferred("ROLLBACK");
+            }
+            return Plan::Refuse(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            );
         }
         let first = c.effects.first();
         if let Some(begin) = self.deferred_begin.take() {
@@ -262,7 +305,10 @@ impl RoutingState {
         }
         if let (Some(Effect::Deallocate { name: Some(name) }), true) = (first, single) {
             let sql_name = name.to_ascii_lowercase();
-            if !self.sql_prepared.contains_key(&sql_name) {
+            if let Some((conn, _)) = self.sql_prepared.get(&sql_name) {
+                // Where the statement is, or the server would not know it.
+                return Plan::Send(*conn);
+            } else {
                 let protocol_name = [name.as_str(), sql_name.as_str()]
                     .into_iter()
                     .find(|n| self.statements.contains_key(*n))
@@ -301,12 +347,20 @@ impl RoutingState {
                         self.gucs.remove(name);
                     }
                 },
-                Effect::ResetAll => self.gucs.clone_from(&self.defaults),
+                Effect::ResetAll => {
+                    let mut gucs = self.defaults.clone();
+                    for name in NOT_RESET_BY_ALL {
+                        if let Some(value) = self.gucs.get(name) {
+                            gucs.insert(name.to_owned(), value.clone());
+                        }
+                    }
+                    self.gucs = gucs;
+                }
                 Effect::Pin(p) => {
-                    self.pins.insert(p.into());
+                    self.pins.insert((p.into(), conn));
                 }
                 Effect::Unpin(p) => {
-                    self.pins.remove(&p.into());
+                    self.pins.remove(&(p.into(), conn));
                 }
                 Effect::Prepare { name, route } => {
                     self.sql_prepared
@@ -366,7 +420,8 @@ pub fn apply_to_server(applied: &mut Gucs, c: &Classification) {
             Effect::Reset { name } => {
                 applied.remove(name);
             }
-            Effect::ResetAll | Effect::DiscardAll => applied.clear(),
+            Effect::ResetAll => applied.retain(|n, _| NOT_RESET_BY_ALL.contains(&n.as_str())),
+            Effect::DiscardAll => applied.clear(),
             _ => {}
         }
     }
@@ -456,14 +511,39 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     Ok(settings)
 }
 
-/// The SQL that makes a connection's settings (`applied`) equal to the session's (`wanted`).
-pub fn guc_sync_sql(applied: &Gucs, wanted: &Gucs) -> Option<String> {
+/// Settings `RESET ALL` leaves alone (and a client's `RESET ALL` too).
+const NOT_RESET_BY_ALL: [&str; 2] = ["session_authorization", "role"];
+
+/// The SQL that makes a connection's settings (`applied`, `None` when unknown) equal to
+/// the session's (`wanted`). Unknown settings start from scratch, identity included:
+/// `RESET ALL` does not reset the role or session authorization.
+pub fn guc_sync_sql(applied: Option<&Gucs>, wanted: &Gucs) -> Option<String> {
+    let empty = Gucs::new();
     let mut sql = String::new();
+    let applied = match applied {
+        Some(applied) => applied,
+        None => {
+            sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ROLE;RESET ALL;");
+            &empty
+        }
+    };
     for name in applied.keys().filter(|n| !wanted.contains_key(*n)) {
         sql.push_str(&format!("RESET {name};"));
     }
-    for (name, value) in wanted {
-        if applied.get(name) != Some(value) {
+    // SET SESSION AUTHORIZATION drops the role: the role follows it.
+    let authorization = "session_authorization";
+    let new_authorization = wanted.get(authorization).is_some()
+        && applied.get(authorization) != wanted.get(authorization);
+    let ordered = NOT_RESET_BY_ALL
+        .iter()
+        .filter_map(|n| wanted.get_key_value(*n))
+        .chain(
+            wanted
+                .iter()
+                .filter(|(n, _)| !NOT_RESET_BY_ALL.contains(&n.as_str())),
+        );
+    for (name, value) in ordered {
+        if applied.get(name) != Some(value) || (new_authorization && name == "role") {
             sql.push_str(&format!("SET {name} TO {value};"));
         }
     }
@@ -781,6 +861,81 @@ mod tests {
     }
 
     #[test]
+    fn a_deferred_transaction_that_failed_here_refuses_all_but_its_end() {
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
+        s.plan_query(
+            &c(Route::Any, vec![begin(None, false)]),
+            "BEGIN",
+            true,
+            None,
+        );
+        s.plan_query(&c(Route::Primary, vec![]), "INSERT", true, None);
+        s.fail_deferred_transaction();
+        assert!(matches!(
+            s.plan_query(&c(Route::Primary, vec![]), "INSERT", true, None),
+            Plan::Refuse("25P02", _)
+        ));
+        assert_eq!(
+            s.plan_query(
+                &c(Route::Any, vec![Effect::EndTransaction]),
+                "COMMIT",
+                true,
+                None
+            ),
+            Plan::EndDeferred("ROLLBACK")
+        );
+        assert!(!s.transaction_failed_here());
+    }
+
+    #[test]
+    fn a_lone_currval_outside_a_transaction_needs_the_sequence_pin() {
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
+        let currval = c(Route::Primary, vec![Effect::ReadsSequence]);
+        assert!(s.loses_sequence_state(&currval, true));
+        assert!(!s.loses_sequence_state(&currval, false));
+        s.ready(Conn::Primary, b'T');
+        assert!(!s.loses_sequence_state(&currval, true));
+        s.ready(Conn::Primary, b'I');
+        s.apply(
+            &c(Route::Primary, vec![Effect::Pin(Pin::Sequence)]),
+            Conn::Primary,
+        );
+        assert!(!s.loses_sequence_state(&currval, true));
+    }
+
+    #[test]
+    fn pins_hold_the_connection_they_were_taken_on() {
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
+        s.apply(
+            &c(Route::Any, vec![Effect::Pin(Pin::HoldCursor)]),
+            Conn::Standby,
+        );
+        assert!(s.holds(Conn::Standby) && !s.holds(Conn::Primary));
+        assert_eq!(
+            s.plan_query(
+                &c(Route::Any, vec![]),
+                "FETCH ALL FROM c",
+                true,
+                Some(Conn::Primary)
+            ),
+            Plan::Send(Conn::Standby)
+        );
+        s.apply(
+            &c(Route::Any, vec![Effect::Unpin(Pin::HoldCursor)]),
+            Conn::Primary,
+        );
+        assert!(
+            s.holds(Conn::Standby),
+            "an unpin elsewhere leaves the standby's pin"
+        );
+        s.apply(
+            &c(Route::Any, vec![Effect::Unpin(Pin::HoldCursor)]),
+            Conn::Standby,
+        );
+        assert!(!s.holds(Conn::Standby));
+    }
+
+    #[test]
     fn deallocating_a_protocol_statement_is_answered_here() {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         s.statements.insert(
@@ -823,9 +978,37 @@ mod tests {
         ]
         .into();
         assert_eq!(
-            guc_sync_sql(&applied, &wanted).as_deref(),
+            guc_sync_sql(Some(&applied), &wanted).as_deref(),
             Some("RESET a;SET b TO 3;SET c TO 'x';")
         );
-        assert_eq!(guc_sync_sql(&wanted, &wanted), None);
+        assert_eq!(guc_sync_sql(Some(&wanted), &wanted), None);
+        assert_eq!(
+            guc_sync_sql(None, &wanted).as_deref(),
+            Some("SET SESSION AUTHORIZATION DEFAULT;RESET ROLE;RESET ALL;SET b TO 3;SET c TO 'x';")
+        );
+    }
+
+    #[test]
+    fn identity_is_set_first_and_survives_reset_all() {
+        let wanted: Gucs = [
+            ("a".to_string(), "1".to_string()),
+            ("role".to_string(), "r".to_string()),
+            ("session_authorization".to_string(), "u".to_string()),
+        ]
+        .into();
+        let applied: Gucs = [("role".to_string(), "r".to_string())].into();
+        assert_eq!(
+            guc_sync_sql(Some(&applied), &wanted).as_deref(),
+            Some("SET session_authorization TO u;SET role TO r;SET a TO 1;")
+        );
+        let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
+        s.gucs = wanted.clone();
+        s.apply(&c(Route::Any, vec![Effect::ResetAll]), Conn::Primary);
+        assert_eq!(s.gucs.len(), 2, "{:?}", s.gucs);
+        let mut on_server = wanted.clone();
+        apply_to_server(&mut on_server, &c(Route::Any, vec![Effect::ResetAll]));
+        assert_eq!(on_server, s.gucs);
+        s.apply(&c(Route::Any, vec![Effect::DiscardAll]), Conn::Primary);
+        assert!(s.gucs.is_empty());
     }
 }

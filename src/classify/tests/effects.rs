@@ -600,7 +600,7 @@ fn random_fragments_never_panic() {
 }
 
 /// `nextval()` and `setval()` leave state on their connection that `currval()` and
-/// `lastval()` read later: they pin it, until `DISCARD SEQUENCES`.
+/// `lastval()` read later: they pin it, until `DISCARD SEQUENCES`; the readers say so.
 #[test]
 fn sequence_calls_pin_their_connection() {
     let cases = vec![
@@ -623,7 +623,8 @@ fn sequence_calls_pin_their_connection() {
         ("DECLARE c CURSOR FOR SELECT nextval('s')", P, vec![PIN_SEQ]),
         ("DISCARD SEQUENCES", A, vec![Effect::Unpin(Pin::Sequence)]),
         ("EXPLAIN SELECT nextval('s')", P, vec![]),
-        ("SELECT currval('s')", P, vec![]),
+        ("SELECT currval('s')", P, vec![Effect::ReadsSequence]),
+        ("SELECT lastval()", P, vec![Effect::ReadsSequence]),
     ];
     check(&cases, &catalog());
 }

@@ -32,8 +32,6 @@ const PLAIN: &[(&str, Route)] = &[
     ("SELECT 1 FOR UPDATE", P),
     ("SELECT * FROM (SELECT * FROM t FOR UPDATE) s", P),
     // Sequences and transaction ids.
-    ("SELECT currval('s')", P),
-    ("SELECT lastval()", P),
     ("SELECT txid_current()", P),
     ("SELECT txid_current_if_assigned()", P),
     ("SELECT pg_current_xact_id()", P),

@@ -2,8 +2,6 @@
 //! (prepared first where the connection lacks them), and the session's settings on a
 //! connection that lacks them. Replies to what pgsplit adds never reach the client.
 
-use std::sync::Arc;
-
 use bytes::{BufMut, BytesMut};
 
 use super::wire::{encode_close_statement, write_to};
@@ -12,7 +10,7 @@ use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::prepared::Statement;
 use crate::protocol::{encode, read_cstr, Frame};
-use crate::session::state::{guc_sync_sql, Conn, Gucs, Target};
+use crate::session::state::{guc_sync_sql, Conn, Target};
 
 /// A name no statement has: a client's Close of its statement becomes a Close of this,
 /// which the server answers with CloseComplete without touching statements other
@@ -47,13 +45,19 @@ impl Outgoing<'_> {
     }
 
     /// Prepares a statement ahead of the client's messages if the connection lacks it.
+    /// Every Parse under a server-side name follows a Close of that name: should a failure
+    /// earlier in the batch make the server skip both, the record saying the connection
+    /// lacks the statement can be wrong only in the harmless direction.
     fn ensure(&mut self, target: &Target) {
         match target {
             Target::Named(statement) => {
                 if !self.lease.statements.touch(statement.id) {
                     self.hold(statement);
+                    encode_close_statement(&mut self.front, &statement.name);
+                    self.front_closes.push(true);
                     self.front.extend_from_slice(&statement.parse);
-                    self.front_parses.push((ParseOf::Named(statement.id), true));
+                    self.front_parses
+                        .push((ParseOf::Named(statement.id, None), true));
                 }
             }
             Target::Unnamed { parse, id } => {
@@ -74,22 +78,17 @@ impl Outgoing<'_> {
                 self.body_parses.push((ParseOf::Unnamed(id), false));
                 self.lease.unnamed = Some(id);
             }
-            Op::Parse(statement) => {
-                if self.lease.statements.touch(statement.id) {
-                    // Held already (another client prepared the same text): close it so
-                    // the client's Parse succeeds and gets its ParseComplete.
-                    encode_close_statement(&mut self.body, &statement.name);
-                    self.body_closes.push(true);
-                } else {
+            Op::Parse(name, statement) => {
+                // Closed first: whether another client prepared the same text here or
+                // not, the client's Parse succeeds and gets its ParseComplete.
+                if !self.lease.statements.touch(statement.id) {
                     self.hold(&statement);
                 }
+                encode_close_statement(&mut self.body, &statement.name);
+                self.body_closes.push(true);
                 self.body.extend_from_slice(&statement.parse);
-                self.body_parses.push((ParseOf::Named(statement.id), false));
-            }
-            Op::ParseTaken(statement) => {
-                self.ensure(&Target::Named(Arc::clone(&statement)));
-                self.body.extend_from_slice(&statement.parse);
-                self.body_parses.push((ParseOf::Refused, false));
+                self.body_parses
+                    .push((ParseOf::Named(statement.id, Some(name)), false));
             }
             Op::Uses(frame, target) => {
                 self.ensure(&target);
@@ -100,6 +99,7 @@ impl Outgoing<'_> {
                     Target::Unnamed { .. } => self.body.extend_from_slice(&frame.raw),
                 }
             }
+            Op::Unknown(frame) => rename_statement(&frame, NO_STATEMENT, &mut self.body),
             Op::Close(Some(_)) => {
                 encode_close_statement(&mut self.body, NO_STATEMENT);
                 self.body_closes.push(false);
@@ -153,7 +153,7 @@ impl Relay<'_> {
         let used = ops
             .iter()
             .filter_map(|op| match op {
-                Op::Parse(s) | Op::ParseTaken(s) => Some(s.id),
+                Op::Parse(_, s) => Some(s.id),
                 Op::Uses(_, Target::Named(s)) => Some(s.id),
                 _ => None,
             })
@@ -218,13 +218,7 @@ impl Relay<'_> {
         if lease.gucs.as_ref() == Some(wanted) {
             return Ok(false);
         }
-        let sql = match &lease.gucs {
-            Some(applied) => guc_sync_sql(applied, wanted),
-            None => Some(format!(
-                "RESET ALL;{}",
-                guc_sync_sql(&Gucs::new(), wanted).unwrap_or_default()
-            )),
-        };
+        let sql = guc_sync_sql(lease.gucs.as_ref(), wanted);
         lease.gucs = Some(wanted.clone());
         match sql {
             Some(sql) => {

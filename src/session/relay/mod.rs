@@ -40,19 +40,17 @@ enum Swallow {
 }
 
 /// What a Parse sent to a server creates.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum ParseOf {
-    /// A named statement, by id.
-    Named(u64),
+    /// A named statement, by id; with the client's name when the client sent the Parse.
+    Named(u64, Option<String>),
     /// The unnamed statement, by the identity of the client's Parse.
     Unnamed(u64),
-    /// Nothing: a client re-using a statement name, which the server refuses (42P05).
-    Refused,
 }
 
 /// A Parse or Close in flight: answered by ParseComplete / CloseComplete in order, or
 /// skipped when an earlier message fails.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct InFlight<T> {
     /// Which of the connection's ReadyForQuery answers ends its batch.
     sync: u64,
@@ -71,12 +69,20 @@ struct Slot {
     pending: usize,
     swallow: VecDeque<Swallow>,
     parses: VecDeque<InFlight<ParseOf>>,
+    /// Client statements whose Parse failed: (client name, statement id).
+    failed_parses: Vec<(String, u64)>,
     closes: VecDeque<InFlight<()>>,
     /// ReadyForQuery answers asked for and received, numbering the batches in flight.
     syncs_sent: u64,
     syncs_seen: u64,
     /// In COPY FROM STDIN: client data goes here, and Sync/Flush are ignored by the server.
     copy_in: bool,
+    /// An extended-protocol COPY ended: the server waits for the client's Sync, which
+    /// belongs to the batch that started the COPY (whose own Sync the server ignored).
+    awaits_sync: bool,
+    /// A command the client ran elsewhere (DISCARD ALL, DEALLOCATE ALL) dropped the
+    /// session state this connection holds: it is reset before anyone else uses it.
+    reset_on_release: bool,
     /// Whether the last request sent here ended with Sync.
     last_synced: bool,
     /// An autocommit read whose answer has not started yet: if the server dies now,
@@ -95,10 +101,13 @@ impl Slot {
             pending: 0,
             swallow: VecDeque::new(),
             parses: VecDeque::new(),
+            failed_parses: Vec::new(),
             closes: VecDeque::new(),
             syncs_sent: 0,
             syncs_seen: 0,
             copy_in: false,
+            awaits_sync: false,
+            reset_on_release: false,
             last_synced: false,
             retry: None,
             early: BytesMut::new(),
@@ -108,7 +117,8 @@ impl Slot {
     /// Matches ParseComplete, CloseComplete and ReadyForQuery against the messages in
     /// flight; true when the reply answers a message pgsplit added (and is dropped).
     /// At ReadyForQuery, a Parse that got no ParseComplete was skipped or failed: the
-    /// connection does not hold that statement.
+    /// connection does not hold that statement, and a client's statement by that name
+    /// does not exist (left in `failed_parses` for the session to forget).
     fn track_reply(&mut self, tag: u8) -> bool {
         let batch = self.syncs_seen;
         match tag {
@@ -127,11 +137,16 @@ impl Slot {
                     };
                     if let Some(lease) = self.conn.as_mut() {
                         match failed.what {
-                            ParseOf::Named(id) => lease.statements.remove(id),
+                            ParseOf::Named(id, client) => {
+                                lease.statements.remove(id);
+                                if let Some(name) = client {
+                                    self.failed_parses.push((name, id));
+                                }
+                            }
                             ParseOf::Unnamed(id) if lease.unnamed == Some(id) => {
                                 lease.unnamed = None
                             }
-                            _ => {}
+                            ParseOf::Unnamed(_) => {}
                         }
                     }
                 }
@@ -182,12 +197,14 @@ enum Op {
     Forward(Frame),
     /// Parse of the unnamed statement, with the identity of this Parse.
     ParseUnnamed(Frame, u64),
-    /// Parse of a named statement, sent under its server-side name.
-    Parse(Arc<Statement>),
-    /// Parse of a name the client already uses: sent so the server refuses it (42P05).
-    ParseTaken(Arc<Statement>),
+    /// Parse of a named statement (the client's name, and the statement the servers know).
+    Parse(String, Arc<Statement>),
     /// Bind, or Describe of a statement, naming a client statement.
     Uses(Frame, Target),
+    /// Bind or Describe naming a statement the client does not have: it must fail as
+    /// PostgreSQL would (26000), never find another client's statement on a pooled
+    /// connection.
+    Unknown(Frame),
     /// Close of a client statement (`None` for the unnamed one).
     Close(Option<String>),
 }
@@ -221,8 +238,9 @@ pub struct Relay<'a> {
     skip_to_sync: bool,
     /// Settings before the open transaction (or the current autocommit request).
     gucs_before: Gucs,
-    /// The answer being relayed included a ROLLBACK.
-    rolled_back: bool,
+    /// The answer being relayed included a COMMIT: a transaction that ends without one
+    /// (ROLLBACK, a COMMIT that failed) undid its SETs.
+    committed: bool,
     /// Settings before a request that changed them, restored if that request fails.
     guc_undo: Option<(Conn, Gucs)>,
     /// Standbys that failed this client recently, with when to try them again.
@@ -284,7 +302,7 @@ impl<'a> Relay<'a> {
             last: None,
             skip_to_sync: false,
             gucs_before: Gucs::new(),
-            rolled_back: false,
+            committed: false,
             guc_undo: None,
             avoid: Vec::new(),
             cancel_points_at: None,
@@ -314,6 +332,17 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// The connection whose extended-protocol COPY waits for the client's Sync, if any.
+    fn awaiting_sync(&self) -> Option<Conn> {
+        if self.primary.awaits_sync {
+            Some(Conn::Primary)
+        } else if self.standby.awaits_sync {
+            Some(Conn::Standby)
+        } else {
+            None
+        }
+    }
+
     fn busy(&self) -> bool {
         self.primary.pending > 0
             || self.standby.pending > 0
@@ -321,6 +350,7 @@ impl<'a> Relay<'a> {
             || self.held.is_some()
             || self.sticky.is_some()
             || self.copying().is_some()
+            || self.awaiting_sync().is_some()
     }
 
     fn idle(&self) -> bool {
@@ -352,6 +382,7 @@ impl<'a> Relay<'a> {
         if self.counted_pinned {
             self.shared.stats.set_pinned(false);
         }
+        self.shared.cancels.update(self.key, None);
         for conn in [Conn::Primary, Conn::Standby] {
             self.return_connection(conn);
         }
@@ -362,22 +393,36 @@ impl<'a> Relay<'a> {
     /// closed; one in a transaction, or holding pins or SQL PREPAREs, is reset first.
     fn return_connection(&mut self, conn: Conn) {
         let in_txn = self.state.txn == Some(conn);
-        let dirty = self.state.holds(conn);
-        let sticky = self.sticky == Some(conn);
-        let slot = std::mem::replace(self.slot(conn), Slot::empty());
-        let Some(lease) = slot.conn else {
+        let dirty = self.state.holds(conn) || self.slot(conn).reset_on_release;
+        let unfinished = {
+            let slot = self.slot(conn);
+            slot.pending > 0 || slot.copy_in || slot.awaits_sync
+        } || self.sticky == Some(conn);
+        let Some(lease) = self.take_slot(conn) else {
             return;
         };
-        if conn == Conn::Standby {
-            self.shared.stats.release(slot.node);
-        }
-        if slot.pending > 0 || slot.copy_in || sticky {
+        if unfinished {
             drop(lease);
         } else if in_txn || dirty {
             lease.reset_and_release(in_txn);
         } else {
             lease.release();
         }
+    }
+
+    /// Empties a slot, handing back its connection; the client's cancel key stops
+    /// pointing at it, so a late cancel cannot reach the connection's next user.
+    fn take_slot(&mut self, conn: Conn) -> Option<Lease> {
+        let slot = std::mem::replace(self.slot(conn), Slot::empty());
+        let lease = slot.conn?;
+        if conn == Conn::Standby {
+            self.shared.stats.release(slot.node);
+        }
+        if self.cancel_points_at == Some(lease.server.key) {
+            self.shared.cancels.update(self.key, None);
+            self.cancel_points_at = None;
+        }
+        Some(lease)
     }
 
     /// In transaction pooling, returns every connection the client does not need until
@@ -395,6 +440,7 @@ impl<'a> Relay<'a> {
                 && slot.pending == 0
                 && slot.swallow.is_empty()
                 && !slot.copy_in
+                && !slot.awaits_sync
                 && self.sticky != Some(conn)
                 && self.state.txn != Some(conn)
                 && !self.state.holds(conn)
@@ -402,19 +448,14 @@ impl<'a> Relay<'a> {
             if !idle {
                 continue;
             }
-            let slot = self.slot(conn);
-            let node = slot.node;
-            let Some(lease) = std::mem::replace(slot, Slot::empty()).conn else {
-                continue;
-            };
-            if conn == Conn::Standby {
-                self.shared.stats.release(node);
+            let reset = self.slot(conn).reset_on_release;
+            if let Some(lease) = self.take_slot(conn) {
+                if reset {
+                    lease.reset_and_release(false);
+                } else {
+                    lease.release();
+                }
             }
-            if self.cancel_points_at == Some(lease.server.key) {
-                self.shared.cancels.update(self.key, None);
-                self.cancel_points_at = None;
-            }
-            lease.release();
         }
     }
 
@@ -476,7 +517,15 @@ impl<'a> Relay<'a> {
                 let slot = self.slot(conn);
                 if matches!(frame.tag, b'c' | b'f') {
                     slot.copy_in = false;
+                    slot.awaits_sync = slot.last_synced;
                 }
+                write_to(slot, &frame.raw).await?;
+            }
+            b'S' if self.awaiting_sync().is_some() => {
+                let conn = self.awaiting_sync().unwrap_or(Conn::Primary);
+                let slot = self.slot(conn);
+                slot.awaits_sync = false;
+                slot.last_synced = false;
                 write_to(slot, &frame.raw).await?;
             }
             b'H' | b'S' => {
@@ -523,6 +572,7 @@ impl<'a> Relay<'a> {
             Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
         );
         let (plan, class) = self.plan(&request);
+        let begins = matches!(plan, Plan::BeginThenSend(..));
         match self.execute(plan, class, request).await {
             Ok(()) => Ok(()),
             // Nothing reached a server: answer like a failed statement and carry on.
@@ -533,6 +583,10 @@ impl<'a> Relay<'a> {
                 | ProxyError::Server { .. }),
             ) => {
                 self.sticky = None;
+                if begins {
+                    // The client was told BEGIN succeeded: its transaction has now failed.
+                    self.state.fail_deferred_transaction();
+                }
                 encode::error(
                     &mut self.to_client,
                     Severity::Error,
@@ -567,9 +621,9 @@ impl<'a> Relay<'a> {
         };
         let local = self.state.txn.is_none()
             && self.sticky.is_none()
-            && ops.iter().any(|op| matches!(op, Op::Parse(_)))
+            && ops.iter().any(|op| matches!(op, Op::Parse(..)))
             && ops.iter().all(|op| match op {
-                Op::Parse(_) | Op::Close(Some(_)) => true,
+                Op::Parse(..) | Op::Close(Some(_)) => true,
                 Op::Forward(frame) => frame.tag == b'S',
                 _ => false,
             });
@@ -578,7 +632,7 @@ impl<'a> Relay<'a> {
         }
         for op in ops {
             let tag = match op {
-                Op::Parse(_) => b'1',
+                Op::Parse(..) => b'1',
                 Op::Close(_) => b'3',
                 _ => continue,
             };
@@ -602,7 +656,9 @@ impl<'a> Relay<'a> {
     }
 
     fn client_status(&self) -> u8 {
-        if self.state.txn.is_some() || self.state.begin_deferred() {
+        if self.state.transaction_failed_here() {
+            b'E'
+        } else if self.state.txn.is_some() || self.state.begin_deferred() {
             b'T'
         } else {
             b'I'
@@ -612,6 +668,37 @@ impl<'a> Relay<'a> {
     /// Classifies a request and asks the routing state where it goes.
     fn plan(&mut self, request: &Request) -> (Plan, Arc<Classification>) {
         let open = self.last;
+        let lone = match request {
+            Request::Query(_) => true,
+            Request::Batch { ops, .. } => {
+                ops.iter()
+                    .filter(|op| matches!(op, Op::Uses(f, _) if f.tag == b'B'))
+                    .count()
+                    == 1
+            }
+            Request::Function(_) => false,
+        };
+        let (plan, class) = self.plan_request(request, open);
+        if self.transaction_pooling
+            && matches!(plan, Plan::Send(_))
+            && self
+                .state
+                .loses_sequence_state(&class, lone && class.statements <= 1)
+        {
+            let refusal = "currval() and lastval() read the sequence state of the server \
+                connection that ran nextval(), which pgsplit's transaction pooling has since \
+                handed back: call them in the same transaction or request as the INSERT, use \
+                INSERT ... RETURNING, call nextval() explicitly, or use pool mode \"session\"";
+            return (Plan::Refuse("0A000", refusal), class);
+        }
+        (plan, class)
+    }
+
+    fn plan_request(
+        &mut self,
+        request: &Request,
+        open: Option<Conn>,
+    ) -> (Plan, Arc<Classification>) {
         match request {
             Request::Query(frame) => {
                 let text = query_text(frame.body());
@@ -668,17 +755,14 @@ impl<'a> Relay<'a> {
                             .statements
                             .insert(name, Prepared { class, target });
                         Op::ParseUnnamed(frame, id)
-                    } else if let Some(Target::Named(taken)) =
-                        self.state.statements.get(&name).map(|p| &p.target)
-                    {
-                        Op::ParseTaken(Arc::clone(taken))
                     } else {
+                        // A name in use is replaced (PostgreSQL would refuse it with 42P05).
                         let statement = self.shared.statements.intern(text_and_types);
                         let target = Target::Named(Arc::clone(&statement));
                         self.state
                             .statements
-                            .insert(name, Prepared { class, target });
-                        Op::Parse(statement)
+                            .insert(name.clone(), Prepared { class, target });
+                        Op::Parse(name, statement)
                     }
                 }
                 b'B' | b'D' => match statement_named(&frame) {
@@ -690,10 +774,15 @@ impl<'a> Relay<'a> {
                             }
                             Op::Uses(frame, p.target.clone())
                         }
+                        // SQL PREPAREd: on the connection that holds it.
+                        None if self.state.sql_prepared.contains_key(&name) => {
+                            combined.route = Route::Primary;
+                            Op::Forward(frame)
+                        }
                         // Unknown statement: the server reports the error; send it where writes go.
                         None => {
                             combined.route = Route::Primary;
-                            Op::Forward(frame)
+                            Op::Unknown(frame)
                         }
                     },
                     None => Op::Forward(frame),
@@ -739,6 +828,17 @@ impl<'a> Relay<'a> {
             Plan::Answer(tag) => {
                 let status = self.client_status();
                 return self.reply_here(tag, status).await;
+            }
+            Plan::Refuse(code, message) => {
+                encode::error(&mut self.to_client, Severity::Error, code, message);
+                if matches!(request, Request::Batch { sync: false, .. }) {
+                    self.skip_to_sync = true;
+                } else {
+                    let status = self.client_status();
+                    encode::ready_for_query(&mut self.to_client, status);
+                }
+                flush_to(&mut self.client_out, &mut self.to_client).await?;
+                return Ok(());
             }
         };
         let mid_chain = self.sticky.is_some();
@@ -802,6 +902,9 @@ impl<'a> Relay<'a> {
                 let message = format!(
                     "pgsplit could not apply this session's settings on another server: {error}"
                 );
+                if waiting.begin.is_some() {
+                    self.state.fail_deferred_transaction();
+                }
                 encode::error(&mut self.to_client, Severity::Error, "08006", &message);
                 if answered {
                     let status = self.client_status();
@@ -837,7 +940,7 @@ impl<'a> Relay<'a> {
         if self.state.txn.is_none() {
             self.gucs_before.clone_from(&self.state.gucs);
         }
-        self.rolled_back = false;
+        self.committed = false;
         if class.effects.iter().any(|e| {
             matches!(
                 e,
@@ -845,6 +948,18 @@ impl<'a> Relay<'a> {
             )
         }) {
             self.guc_undo = Some((conn, self.state.gucs.clone()));
+        }
+        if class
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::DiscardAll | Effect::Deallocate { name: None }))
+        {
+            // The command clears the session state only where it runs.
+            for other in [Conn::Primary, Conn::Standby] {
+                if other != conn && self.state.holds(other) {
+                    self.slot(other).reset_on_release = true;
+                }
+            }
         }
         self.state.apply(&class, conn);
         self.count_pinned();
@@ -918,7 +1033,31 @@ impl<'a> Relay<'a> {
         let mut injected_done = false;
         let mut injected_error = None;
         let slot = self.slot(conn);
+        if frame.tag == b'S' {
+            let mut body = frame.body();
+            if let (Some(lease), Some(name), Some(value)) = (
+                slot.conn.as_mut(),
+                read_cstr(&mut body),
+                read_cstr(&mut body),
+            ) {
+                lease.server.note_parameter(&name, &value);
+            }
+        }
         let ours = slot.track_reply(frame.tag);
+        if !slot.failed_parses.is_empty() {
+            // PostgreSQL creates no statement when its Parse fails.
+            for (name, id) in std::mem::take(&mut slot.failed_parses) {
+                let failed = self
+                    .state
+                    .statements
+                    .get(&name)
+                    .is_some_and(|p| matches!(&p.target, Target::Named(s) if s.id == id));
+                if failed {
+                    self.state.statements.remove(&name);
+                }
+            }
+        }
+        let slot = self.slot(conn);
         let swallowed = match (slot.swallow.front().copied(), frame.tag) {
             (None, _) if ours => true,
             (Some(Swallow::UntilReady), tag) => {
@@ -955,13 +1094,20 @@ impl<'a> Relay<'a> {
         };
         if !swallowed {
             match frame.tag {
-                b'C' if frame.body().starts_with(b"ROLLBACK") => self.rolled_back = true,
+                b'C' if frame.body().starts_with(b"COMMIT") => self.committed = true,
+                b'C' if frame.body().starts_with(b"ROLLBACK") => {
+                    // ROLLBACK TO SAVEPOINT undoes the SETs since the savepoint, which
+                    // are not tracked: the connection's settings are unknown from here.
+                    if let Some(lease) = slot.conn.as_mut() {
+                        lease.gucs = None;
+                    }
+                }
                 b'Z' => {
                     slot.pending = slot.pending.saturating_sub(1);
                     let status = frame.body().first().copied().unwrap_or(b'I');
                     let was_in_txn = self.state.txn.is_some();
                     self.state.ready(conn, status);
-                    if was_in_txn && status == b'I' && self.rolled_back {
+                    if was_in_txn && status == b'I' && !self.committed {
                         // The server undid the transaction's SETs; so does the session.
                         self.state.gucs.clone_from(&self.gucs_before);
                         // The server's own settings went back to where they were before the
@@ -984,17 +1130,14 @@ impl<'a> Relay<'a> {
                         self.guc_undo = None;
                     }
                 }
-                b'G' => {
-                    slot.copy_in = true;
-                    // The server ignores a Sync that arrives in COPY mode: the batch's own
-                    // Sync gets no ReadyForQuery; the one after CopyDone does.
-                    if slot.last_synced {
-                        slot.pending = slot.pending.saturating_sub(1);
-                        slot.syncs_sent = slot.syncs_sent.saturating_sub(1);
-                        slot.last_synced = false;
-                    }
-                }
+                // The server ignores a Sync that arrives in COPY mode: the ReadyForQuery
+                // owed to the batch comes after the client's Sync that follows CopyDone,
+                // CopyFail or the server's error, which is sent as part of that batch.
+                b'G' => slot.copy_in = true,
                 b'E' => {
+                    if slot.copy_in && slot.last_synced {
+                        slot.awaits_sync = true;
+                    }
                     slot.copy_in = false;
                     if let Some((undo_conn, gucs)) = self.guc_undo.take() {
                         if undo_conn == conn {
