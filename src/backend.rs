@@ -1,6 +1,8 @@
 //! Connections from pgsplit to PostgreSQL servers: startup, authentication, and a
 //! small simple-query client for the monitor.
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -42,6 +44,9 @@ pub struct ServerConn {
     pub key: BackendKey,
     /// Address it was reached at.
     pub address: String,
+    /// Cancel requests on their way to this backend: it is not handed to another client
+    /// until they have arrived.
+    pub cancels_in_flight: Arc<AtomicUsize>,
 }
 
 impl ServerConn {
@@ -123,6 +128,7 @@ impl ServerConn {
                         params: server_params,
                         key,
                         address: login.address.to_owned(),
+                        cancels_in_flight: Arc::default(),
                     })
                 }
                 // NoticeResponse and NegotiateProtocolVersion need no answer.
@@ -203,6 +209,9 @@ pub async fn send_cancel(
         let mut stream = TcpStream::connect(address).await?;
         stream.write_all(&out).await?;
         stream.shutdown().await?;
+        // The server closes the connection once it has acted on the request.
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest).await?;
         Ok::<_, std::io::Error>(())
     };
     match tokio::time::timeout(timeout, send).await {

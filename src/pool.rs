@@ -103,8 +103,23 @@ impl DerefMut for Lease {
 }
 
 impl Lease {
-    /// Returns a clean, idle connection (no transaction, nothing in flight) to its pool.
+    /// Returns a clean, idle connection (no transaction, nothing in flight) to its pool;
+    /// once any cancel on its way to it has arrived, so none reaches its next user.
     pub fn release(mut self) {
+        if self.server.cancels_in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::spawn(async move {
+                let deadline = Instant::now() + self.pool.settings.raw.connect_timeout;
+                while self.server.cancels_in_flight.load(Ordering::SeqCst) > 0 {
+                    if Instant::now() > deadline {
+                        // Never handed on: dropped, so closed.
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                self.release();
+            });
+            return;
+        }
         if let Some(mut conn) = self.conn.take() {
             let config = &self.pool.settings.raw.pool;
             if conn.created.elapsed() >= config.server_lifetime || self.pool.retired() {

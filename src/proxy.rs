@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -38,6 +39,8 @@ pub struct CancelTarget {
     pub address: String,
     /// The server's own key for that backend.
     pub key: BackendKey,
+    /// The connection's count of cancels on their way.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 /// Cancel keys pgsplit handed to clients, mapped to the server connection running each
@@ -63,14 +66,14 @@ impl CancelRegistry {
         }
     }
 
-    /// The server running the request of the session behind a key, if any.
-    pub fn lookup(&self, key: BackendKey) -> Option<CancelTarget> {
-        self.keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned()
-            .flatten()
+    /// The server running the request of the session behind a key, if any, counted as
+    /// having a cancel on its way (under the registry's lock, so a session releasing
+    /// that connection either sees the count or has already unlinked it).
+    pub fn begin_cancel(&self, key: BackendKey) -> Option<CancelTarget> {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let target = keys.get(&key).cloned().flatten()?;
+        target.in_flight.fetch_add(1, Ordering::SeqCst);
+        Some(target)
     }
 
     /// Points a key at the server now serving the session, or at nothing.
@@ -285,20 +288,23 @@ mod tests {
         let target = CancelTarget {
             address: "h:1".into(),
             key: BackendKey { pid: 1, secret: 2 },
+            in_flight: Arc::default(),
         };
         let a = registry.register();
         let b = registry.register();
         assert_ne!(a, b);
         assert!(a.pid >= 0);
-        assert!(registry.lookup(a).is_none());
+        assert!(registry.begin_cancel(a).is_none());
         registry.update(a, Some(target.clone()));
-        registry.update(b, Some(target));
-        assert_eq!(registry.lookup(a).map(|t| t.key.pid), Some(1));
+        registry.update(b, Some(target.clone()));
+        assert_eq!(registry.begin_cancel(a).map(|t| t.key.pid), Some(1));
+        assert!(registry.begin_cancel(a).is_some());
+        assert_eq!(target.in_flight.load(Ordering::SeqCst), 2);
         registry.update(b, None);
-        assert!(registry.lookup(b).is_none());
+        assert!(registry.begin_cancel(b).is_none());
         registry.remove(a);
-        assert!(registry.lookup(a).is_none());
+        assert!(registry.begin_cancel(a).is_none());
         registry.update(a, None);
-        assert!(registry.lookup(a).is_none());
+        assert!(registry.begin_cancel(a).is_none());
     }
 }

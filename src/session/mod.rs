@@ -234,8 +234,8 @@ fn parse_params(
 }
 
 async fn forward_cancel(shared: &Shared, key: BackendKey) {
-    let Some(target) = shared.cancels.lookup(key) else {
-        tracing::debug!("cancel request with an unknown key ignored");
+    let Some(target) = shared.cancels.begin_cancel(key) else {
+        tracing::debug!("cancel request with an unknown key or nothing running ignored");
         return;
     };
     if let Err(e) = send_cancel(
@@ -247,6 +247,9 @@ async fn forward_cancel(shared: &Shared, key: BackendKey) {
     {
         tracing::warn!(error = %e, "could not forward a cancel request");
     }
+    target
+        .in_flight
+        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 #[cfg(test)]

@@ -984,6 +984,7 @@ impl<'a> Relay<'a> {
                 let target = CancelTarget {
                     address: lease.server.address.clone(),
                     key: lease.server.key,
+                    in_flight: Arc::clone(&lease.server.cancels_in_flight),
                 };
                 self.shared.cancels.update(self.key, Some(target));
             }
