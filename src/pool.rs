@@ -404,6 +404,16 @@ impl Pools {
             for pool in self.all() {
                 pool.maintain().await;
             }
+            // Pools nobody uses any more (a database that does not exist, a node that
+            // left) are forgotten; one in use holds its own reference.
+            self.pools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, pool| {
+                    Arc::strong_count(pool) > 1
+                        || pool.open.load(Ordering::Relaxed) > 0
+                        || pool.waiting.load(Ordering::Relaxed) > 0
+                });
         }
         for pool in self.all() {
             pool.retired.store(true, Ordering::Relaxed);
