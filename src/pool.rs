@@ -278,6 +278,8 @@ impl Pool {
             return true;
         }
         let check = conn.server.simple_query("");
+        // A Query destroys the unnamed statement.
+        conn.unnamed = None;
         matches!(
             tokio::time::timeout(config.connect_timeout, check).await,
             Ok(Ok(_))

@@ -228,11 +228,27 @@ impl RoutingState {
     }
 
     fn plan(&mut self, c: &Classification, text: &str, single: bool, open: Option<Conn>) -> Plan {
+        if let (Some(Effect::Deallocate { name: Some(name) }), true) = (c.effects.first(), single) {
+            // A protocol-level statement exists on the servers only under pgsplit's name.
+            let sql_name = name.to_ascii_lowercase();
+            if !self.sql_prepared.contains_key(&sql_name) {
+                let protocol_name = [name.as_str(), sql_name.as_str()]
+                    .into_iter()
+                    .find(|n| self.statements.contains_key(*n))
+                    .map(str::to_owned);
+                if let Some(n) = protocol_name {
+                    self.statements.remove(&n);
+                    return Plan::Answer("DEALLOCATE");
+                }
+            }
+        }
         if let Some(conn) = self.txn {
             return Plan::Send(conn);
         }
         if self.failed_begin {
-            if single && matches!(c.effects.first(), Some(Effect::EndTransaction)) {
+            if (single || c.effects.len() == 1)
+                && matches!(c.effects.first(), Some(Effect::EndTransaction))
+            {
                 self.failed_begin = false;
                 return Plan::EndDeferred("ROLLBACK");
             }
@@ -304,19 +320,9 @@ impl RoutingState {
             return Plan::Send(self.autocommit(*route, open));
         }
         if let (Some(Effect::Deallocate { name: Some(name) }), true) = (first, single) {
-            let sql_name = name.to_ascii_lowercase();
-            if let Some((conn, _)) = self.sql_prepared.get(&sql_name) {
+            if let Some((conn, _)) = self.sql_prepared.get(&name.to_ascii_lowercase()) {
                 // Where the statement is, or the server would not know it.
                 return Plan::Send(*conn);
-            } else {
-                let protocol_name = [name.as_str(), sql_name.as_str()]
-                    .into_iter()
-                    .find(|n| self.statements.contains_key(*n))
-                    .map(str::to_owned);
-                if let Some(n) = protocol_name {
-                    self.statements.remove(&n);
-                    return Plan::Answer("DEALLOCATE");
-                }
             }
         }
         if let Some(Effect::Execute { name }) = first {
@@ -332,21 +338,34 @@ impl RoutingState {
         Plan::Send(self.autocommit(c.route, open))
     }
 
-    /// Records what a request sent to `conn` does to the session (pins, settings, statements).
-    pub fn apply(&mut self, c: &Classification, conn: Conn) {
+    /// Records what a request sent to `conn` does to the session: settings and what it
+    /// creates (pins, SQL PREPAREs) at once; what it releases (unpins, DEALLOCATE, the
+    /// session state DISCARD ALL drops) is returned, to be applied with [`Self::release`]
+    /// only once the server has done it (the request succeeded, its transaction committed).
+    pub fn apply(&mut self, c: &Classification, conn: Conn) -> Vec<Effect> {
+        let mut releases = Vec::new();
         for effect in &c.effects {
             match effect {
                 Effect::Set { name, value } => {
+                    if name == "session_authorization" {
+                        // PostgreSQL drops the role with it.
+                        self.gucs.remove("role");
+                    }
                     self.gucs.insert(name.clone(), value.clone());
                 }
-                Effect::Reset { name } => match self.defaults.get(name) {
-                    Some(value) => {
-                        self.gucs.insert(name.clone(), value.clone());
+                Effect::Reset { name } => {
+                    if name == "session_authorization" {
+                        self.gucs.remove("role");
                     }
-                    None => {
-                        self.gucs.remove(name);
+                    match self.defaults.get(name) {
+                        Some(value) => {
+                            self.gucs.insert(name.clone(), value.clone());
+                        }
+                        None => {
+                            self.gucs.remove(name);
+                        }
                     }
-                },
+                }
                 Effect::ResetAll => {
                     let mut gucs = self.defaults.clone();
                     for name in NOT_RESET_BY_ALL {
@@ -359,25 +378,46 @@ impl RoutingState {
                 Effect::Pin(p) => {
                     self.pins.insert((p.into(), conn));
                 }
-                Effect::Unpin(p) => {
-                    self.pins.remove(&(p.into(), conn));
-                }
                 Effect::Prepare { name, route } => {
                     self.sql_prepared
                         .insert(name.to_ascii_lowercase(), (conn, *route));
                 }
+                Effect::DiscardAll => {
+                    self.gucs.clone_from(&self.defaults);
+                    releases.push(effect.clone());
+                }
+                Effect::Unpin(_) | Effect::Deallocate { .. } => releases.push(effect.clone()),
+                _ => {}
+            }
+        }
+        releases
+    }
+
+    /// Applies releases returned by [`Self::apply`] once they took effect on `conn`:
+    /// only the state that lives there goes.
+    pub fn release(&mut self, effects: &[Effect], conn: Conn) {
+        for effect in effects {
+            match effect {
+                Effect::Unpin(p) => {
+                    self.pins.remove(&(p.into(), conn));
+                }
                 Effect::Deallocate { name: Some(name) } => {
-                    self.sql_prepared.remove(&name.to_ascii_lowercase());
-                    self.statements.remove(name);
+                    let sql_name = name.to_ascii_lowercase();
+                    if self
+                        .sql_prepared
+                        .get(&sql_name)
+                        .is_some_and(|(c, _)| *c == conn)
+                    {
+                        self.sql_prepared.remove(&sql_name);
+                    }
                 }
                 Effect::Deallocate { name: None } => {
-                    self.sql_prepared.clear();
+                    self.sql_prepared.retain(|_, (c, _)| *c != conn);
                     self.statements.clear();
                 }
                 Effect::DiscardAll => {
-                    self.gucs.clone_from(&self.defaults);
-                    self.pins.clear();
-                    self.sql_prepared.clear();
+                    self.pins.retain(|(_, c)| *c != conn);
+                    self.sql_prepared.retain(|_, (c, _)| *c != conn);
                     self.statements.clear();
                 }
                 _ => {}
@@ -415,9 +455,15 @@ pub fn apply_to_server(applied: &mut Gucs, c: &Classification) {
     for effect in &c.effects {
         match effect {
             Effect::Set { name, value } => {
+                if name == "session_authorization" {
+                    applied.remove("role");
+                }
                 applied.insert(name.clone(), value.clone());
             }
             Effect::Reset { name } => {
+                if name == "session_authorization" {
+                    applied.remove("role");
+                }
                 applied.remove(name);
             }
             Effect::ResetAll => applied.retain(|n, _| NOT_RESET_BY_ALL.contains(&n.as_str())),
@@ -553,6 +599,12 @@ pub fn guc_sync_sql(applied: Option<&Gucs>, wanted: &Gucs) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applies a request's effects as if it succeeded.
+    fn done(s: &mut RoutingState, c: &Classification, conn: Conn) {
+        let releases = s.apply(c, conn);
+        s.release(&releases, conn);
+    }
 
     fn c(route: Route, effects: Vec<Effect>) -> Classification {
         Classification {
@@ -700,7 +752,8 @@ mod tests {
             Plan::Send(Conn::Primary)
         );
 
-        s.apply(
+        done(
+            &mut s,
             &c(
                 Route::Any,
                 vec![Effect::Set {
@@ -714,13 +767,18 @@ mod tests {
             s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None),
             Plan::Send(Conn::Primary)
         );
-        s.apply(&c(Route::Any, vec![Effect::ResetAll]), Conn::Primary);
+        done(
+            &mut s,
+            &c(Route::Any, vec![Effect::ResetAll]),
+            Conn::Primary,
+        );
         assert_eq!(
             s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None),
             Plan::Send(Conn::Standby)
         );
 
-        s.apply(
+        done(
+            &mut s,
             &c(Route::Primary, vec![Effect::Pin(Pin::Listen)]),
             Conn::Primary,
         );
@@ -728,7 +786,8 @@ mod tests {
             s.plan_query(&c(Route::Standby, vec![]), "SELECT 1", true, None),
             Plan::Send(Conn::Primary)
         );
-        s.apply(
+        done(
+            &mut s,
             &c(Route::Primary, vec![Effect::Unpin(Pin::Listen)]),
             Conn::Primary,
         );
@@ -741,7 +800,8 @@ mod tests {
     #[test]
     fn default_transaction_read_only_sends_transactions_to_a_standby() {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
-        s.apply(
+        done(
+            &mut s,
             &c(
                 Route::Any,
                 vec![Effect::Set {
@@ -774,7 +834,8 @@ mod tests {
     #[test]
     fn sql_prepared_statements_execute_where_they_were_prepared() {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
-        s.apply(
+        done(
+            &mut s,
             &c(
                 Route::Standby,
                 vec![Effect::Prepare {
@@ -789,10 +850,19 @@ mod tests {
             s.plan_query(&exec, "EXECUTE q", true, None),
             Plan::Send(Conn::Standby)
         );
-        s.apply(
-            &c(Route::Any, vec![Effect::Deallocate { name: None }]),
-            Conn::Primary,
+        let dealloc_all = c(Route::Any, vec![Effect::Deallocate { name: None }]);
+        done(&mut s, &dealloc_all, Conn::Primary);
+        assert_eq!(
+            s.plan_query(&exec, "EXECUTE q", true, None),
+            Plan::Send(Conn::Standby),
+            "DEALLOCATE ALL on another connection leaves it"
         );
+        let releases = s.apply(&dealloc_all, Conn::Standby);
+        assert!(
+            s.holds(Conn::Standby),
+            "released only once the server has done it"
+        );
+        s.release(&releases, Conn::Standby);
         assert_eq!(
             s.plan_query(&exec, "EXECUTE q", true, None),
             Plan::Send(Conn::Primary)
@@ -836,11 +906,13 @@ mod tests {
             name: name.into(),
             value: "1".into(),
         };
-        s.apply(
+        done(
+            &mut s,
             &c(Route::Any, vec![set("work_mem"), set("x")]),
             Conn::Primary,
         );
-        s.apply(
+        done(
+            &mut s,
             &c(
                 Route::Any,
                 vec![Effect::Reset {
@@ -850,7 +922,11 @@ mod tests {
             Conn::Primary,
         );
         assert_eq!(s.gucs["work_mem"], "'8MB'");
-        s.apply(&c(Route::Any, vec![Effect::ResetAll]), Conn::Primary);
+        done(
+            &mut s,
+            &c(Route::Any, vec![Effect::ResetAll]),
+            Conn::Primary,
+        );
         assert_eq!(s.gucs, want);
 
         let mut applied = want.clone();
@@ -896,7 +972,8 @@ mod tests {
         s.ready(Conn::Primary, b'T');
         assert!(!s.loses_sequence_state(&currval, true));
         s.ready(Conn::Primary, b'I');
-        s.apply(
+        done(
+            &mut s,
             &c(Route::Primary, vec![Effect::Pin(Pin::Sequence)]),
             Conn::Primary,
         );
@@ -906,7 +983,8 @@ mod tests {
     #[test]
     fn pins_hold_the_connection_they_were_taken_on() {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
-        s.apply(
+        done(
+            &mut s,
             &c(Route::Any, vec![Effect::Pin(Pin::HoldCursor)]),
             Conn::Standby,
         );
@@ -920,7 +998,8 @@ mod tests {
             ),
             Plan::Send(Conn::Standby)
         );
-        s.apply(
+        done(
+            &mut s,
             &c(Route::Any, vec![Effect::Unpin(Pin::HoldCursor)]),
             Conn::Primary,
         );
@@ -928,7 +1007,8 @@ mod tests {
             s.holds(Conn::Standby),
             "an unpin elsewhere leaves the standby's pin"
         );
-        s.apply(
+        done(
+            &mut s,
             &c(Route::Any, vec![Effect::Unpin(Pin::HoldCursor)]),
             Conn::Standby,
         );
@@ -1003,12 +1083,20 @@ mod tests {
         );
         let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         s.gucs = wanted.clone();
-        s.apply(&c(Route::Any, vec![Effect::ResetAll]), Conn::Primary);
+        done(
+            &mut s,
+            &c(Route::Any, vec![Effect::ResetAll]),
+            Conn::Primary,
+        );
         assert_eq!(s.gucs.len(), 2, "{:?}", s.gucs);
         let mut on_server = wanted.clone();
         apply_to_server(&mut on_server, &c(Route::Any, vec![Effect::ResetAll]));
         assert_eq!(on_server, s.gucs);
-        s.apply(&c(Route::Any, vec![Effect::DiscardAll]), Conn::Primary);
+        done(
+            &mut s,
+            &c(Route::Any, vec![Effect::DiscardAll]),
+            Conn::Primary,
+        );
         assert!(s.gucs.is_empty());
     }
 }

@@ -241,6 +241,13 @@ pub struct Relay<'a> {
     /// The answer being relayed included a COMMIT: a transaction that ends without one
     /// (ROLLBACK, a COMMIT that failed) undid its SETs.
     committed: bool,
+    /// The answer being relayed included an error.
+    request_failed: bool,
+    /// What the request in flight releases (unpins, DEALLOCATE, DISCARD ALL), applied
+    /// once it succeeded.
+    releasing: Vec<Effect>,
+    /// Releases done inside the open transaction: they happen if it commits.
+    txn_releases: Vec<(Conn, Effect)>,
     /// Settings before a request that changed them, restored if that request fails.
     guc_undo: Option<(Conn, Gucs)>,
     /// Standbys that failed this client recently, with when to try them again.
@@ -262,6 +269,18 @@ pub struct Relay<'a> {
 enum Step {
     Continue,
     Done,
+}
+
+/// Whether a failure happened before the request reached any server, so the session can
+/// answer it as a failed statement and go on.
+fn reached_no_server(e: &ProxyError) -> bool {
+    matches!(
+        e,
+        ProxyError::NoPrimary
+            | ProxyError::ServerUnavailable { .. }
+            | ProxyError::CheckoutTimeout { .. }
+            | ProxyError::Server { .. }
+    )
 }
 
 impl<'a> Relay<'a> {
@@ -303,6 +322,9 @@ impl<'a> Relay<'a> {
             skip_to_sync: false,
             gucs_before: Gucs::new(),
             committed: false,
+            request_failed: false,
+            releasing: Vec::new(),
+            txn_releases: Vec::new(),
             guc_undo: None,
             avoid: Vec::new(),
             cancel_points_at: None,
@@ -459,6 +481,51 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// At a request's ReadyForQuery: what it released happened if it succeeded outside a
+    /// transaction, or once its transaction commits; a failure or rollback undid it (the
+    /// temp table, the LISTEN, the prepared statement is still there).
+    fn settle_releases(&mut self, conn: Conn, status: u8, was_in_txn: bool) {
+        let releases = std::mem::take(&mut self.releasing);
+        let succeeded = !self.request_failed;
+        self.request_failed = false;
+        let mut done = Vec::new();
+        match status {
+            b'I' => {
+                let committed = !was_in_txn || self.committed;
+                if was_in_txn {
+                    let txn = std::mem::take(&mut self.txn_releases);
+                    if committed {
+                        done = txn;
+                    }
+                }
+                if succeeded && committed {
+                    done.extend(releases.into_iter().map(|e| (conn, e)));
+                }
+            }
+            b'T' if succeeded => self
+                .txn_releases
+                .extend(releases.into_iter().map(|e| (conn, e))),
+            _ => {}
+        }
+        for (at, effect) in done {
+            self.state.release(std::slice::from_ref(&effect), at);
+            if matches!(
+                effect,
+                Effect::DiscardAll | Effect::Deallocate { name: None }
+            ) {
+                // The client dropped its session state; what lives on its other
+                // connection goes too, and that connection is reset before reuse.
+                for other in [Conn::Primary, Conn::Standby] {
+                    if other != at && self.state.holds(other) {
+                        self.state.release(std::slice::from_ref(&effect), other);
+                        self.slot(other).reset_on_release = true;
+                    }
+                }
+            }
+        }
+        self.count_pinned();
+    }
+
     /// Keeps the pinned-clients gauge in line with whether this client holds a
     /// connection between transactions.
     fn count_pinned(&mut self) {
@@ -574,36 +641,38 @@ impl<'a> Relay<'a> {
         let (plan, class) = self.plan(&request);
         let begins = matches!(plan, Plan::BeginThenSend(..));
         match self.execute(plan, class, request).await {
-            Ok(()) => Ok(()),
-            // Nothing reached a server: answer like a failed statement and carry on.
-            Err(
-                e @ (ProxyError::NoPrimary
-                | ProxyError::ServerUnavailable { .. }
-                | ProxyError::CheckoutTimeout { .. }
-                | ProxyError::Server { .. }),
-            ) => {
-                self.sticky = None;
-                if begins {
-                    // The client was told BEGIN succeeded: its transaction has now failed.
-                    self.state.fail_deferred_transaction();
-                }
-                encode::error(
-                    &mut self.to_client,
-                    Severity::Error,
-                    e.sqlstate(),
-                    &e.to_string(),
-                );
-                if answered {
-                    let status = self.client_status();
-                    encode::ready_for_query(&mut self.to_client, status);
-                } else {
-                    self.skip_to_sync = true;
-                }
-                flush_to(&mut self.client_out, &mut self.to_client).await?;
-                Ok(())
-            }
-            Err(e) => Err(e),
+            Err(e) if reached_no_server(&e) => self.answer_unsent(e, answered, begins).await,
+            result => result,
         }
+    }
+
+    /// Answers a request that reached no server like a failed statement; the session
+    /// carries on.
+    async fn answer_unsent(
+        &mut self,
+        e: ProxyError,
+        answered: bool,
+        begins: bool,
+    ) -> Result<(), ProxyError> {
+        self.sticky = None;
+        if begins {
+            // The client was told BEGIN succeeded: its transaction has now failed.
+            self.state.fail_deferred_transaction();
+        }
+        encode::error(
+            &mut self.to_client,
+            Severity::Error,
+            e.sqlstate(),
+            &e.to_string(),
+        );
+        if answered {
+            let status = self.client_status();
+            encode::ready_for_query(&mut self.to_client, status);
+        } else {
+            self.skip_to_sync = true;
+        }
+        flush_to(&mut self.client_out, &mut self.to_client).await?;
+        Ok(())
     }
 
     /// Answers a batch that only prepares named statements (and perhaps closes some), outside a
@@ -680,6 +749,7 @@ impl<'a> Relay<'a> {
         };
         let (plan, class) = self.plan_request(request, open);
         if self.transaction_pooling
+            && self.sticky.is_none()
             && matches!(plan, Plan::Send(_))
             && self
                 .state
@@ -713,9 +783,18 @@ impl<'a> Relay<'a> {
                 let class = Classification::primary();
                 (self.state.plan_batch(&class, open, true), Arc::new(class))
             }
-            Request::Batch { class, sync, .. } => {
+            Request::Batch { class, sync, ops } => {
+                let executes = ops.iter().any(|op| match op {
+                    Op::Uses(f, _) | Op::Unknown(f) | Op::Forward(f) => f.tag == b'B',
+                    _ => false,
+                });
                 let plan = match self.sticky {
                     Some(conn) => Plan::Send(conn),
+                    // Preparing or describing the ROLLBACK that ends a transaction that
+                    // failed here: no transaction exists on any server, so any will do.
+                    None if self.state.transaction_failed_here() && !executes => {
+                        Plan::Send(Conn::Primary)
+                    }
                     None => self.state.plan_batch(class, open, *sync),
                 };
                 (plan, Arc::clone(class))
@@ -867,7 +946,10 @@ impl<'a> Relay<'a> {
             );
         self.standby.retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
         self.injected_error = None;
-        if !mid_chain && self.sync_settings(conn).await? {
+        // Inside its transaction the connection has exactly what the client set there;
+        // a sync would only fail in an aborted transaction and block its ROLLBACK.
+        let in_own_txn = self.state.txn == Some(conn);
+        if !mid_chain && !in_own_txn && self.sync_settings(conn).await? {
             // The request waits for the settings: if they fail there (a role or schema
             // not replayed yet), it must not run with the wrong ones.
             self.after_sync = Some(AfterSync {
@@ -891,8 +973,17 @@ impl<'a> Relay<'a> {
                     && self.state.txn.is_none()
                     && waiting.begin.is_none() =>
             {
-                self.execute(Plan::Send(Conn::Primary), waiting.class, waiting.request)
+                let answered = matches!(
+                    waiting.request,
+                    Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
+                );
+                match self
+                    .execute(Plan::Send(Conn::Primary), waiting.class, waiting.request)
                     .await
+                {
+                    Err(e) if reached_no_server(&e) => self.answer_unsent(e, answered, false).await,
+                    result => result,
+                }
             }
             Some((_, error)) => {
                 let answered = matches!(
@@ -941,6 +1032,7 @@ impl<'a> Relay<'a> {
             self.gucs_before.clone_from(&self.state.gucs);
         }
         self.committed = false;
+        self.request_failed = false;
         if class.effects.iter().any(|e| {
             matches!(
                 e,
@@ -949,33 +1041,19 @@ impl<'a> Relay<'a> {
         }) {
             self.guc_undo = Some((conn, self.state.gucs.clone()));
         }
-        if class
-            .effects
-            .iter()
-            .any(|e| matches!(e, Effect::DiscardAll | Effect::Deallocate { name: None }))
-        {
-            // The command clears the session state only where it runs.
-            for other in [Conn::Primary, Conn::Standby] {
-                if other != conn && self.state.holds(other) {
-                    self.slot(other).reset_on_release = true;
-                }
-            }
-        }
-        self.state.apply(&class, conn);
+        let releases = self.state.apply(&class, conn);
+        self.releasing.extend(releases);
         self.count_pinned();
         if let Some(lease) = self.slot(conn).conn.as_mut() {
             // This connection runs the SETs itself.
             if let Some(applied) = lease.gucs.as_mut() {
                 apply_to_server(applied, &class);
             }
-            if class
-                .effects
-                .iter()
-                .any(|e| matches!(e, Effect::DiscardAll | Effect::Deallocate { name: None }))
-            {
-                lease.forget_statements();
-            }
         }
+        let drops_statements = class
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::DiscardAll | Effect::Deallocate { name: None }));
         self.shared.stats.record(conn, self.slot(conn).node);
         self.last = Some(conn);
         let server_key = self.slot(conn).conn.as_ref().map(|c| c.server.key);
@@ -990,7 +1068,7 @@ impl<'a> Relay<'a> {
             }
             self.cancel_points_at = server_key;
         }
-        match request {
+        let sent = match request {
             Request::Query(frame) | Request::Function(frame) => {
                 let slot = self.slot(conn);
                 slot.pending += 1;
@@ -1006,7 +1084,14 @@ impl<'a> Relay<'a> {
                 self.sticky = if sync { None } else { Some(conn) };
                 self.send_batch(conn, ops, sync).await
             }
+        };
+        if drops_statements {
+            // After the batch is written: statements it used were recorded as held.
+            if let Some(lease) = self.slot(conn).conn.as_mut() {
+                lease.forget_statements();
+            }
         }
+        sent
     }
 
     /// Answers a request without a server (deferred BEGIN and its empty end).
@@ -1108,6 +1193,7 @@ impl<'a> Relay<'a> {
                     let status = frame.body().first().copied().unwrap_or(b'I');
                     let was_in_txn = self.state.txn.is_some();
                     self.state.ready(conn, status);
+                    self.settle_releases(conn, status, was_in_txn);
                     if was_in_txn && status == b'I' && !self.committed {
                         // The server undid the transaction's SETs; so does the session.
                         self.state.gucs.clone_from(&self.gucs_before);
@@ -1140,6 +1226,7 @@ impl<'a> Relay<'a> {
                         slot.awaits_sync = true;
                     }
                     slot.copy_in = false;
+                    self.request_failed = true;
                     if let Some((undo_conn, gucs)) = self.guc_undo.take() {
                         if undo_conn == conn {
                             self.state.gucs = gucs;

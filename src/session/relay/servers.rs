@@ -36,9 +36,13 @@ impl Relay<'_> {
             if committed || still_standby {
                 return Ok(Conn::Standby);
             }
-            self.shared.stats.release(self.standby.node);
-            if let Some(old) = std::mem::replace(&mut self.standby, Slot::empty()).conn {
-                old.release();
+            let reset = self.standby.reset_on_release;
+            if let Some(old) = self.take_slot(Conn::Standby) {
+                if reset {
+                    old.reset_and_release(false);
+                } else {
+                    old.release();
+                }
             }
         }
         let routing = &self.shared.settings.raw.routing;
