@@ -67,6 +67,22 @@ pub struct Config {
     /// Largest protocol message accepted from a client or server, in bytes. Default 64 MiB.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
+    /// TLS toward clients: `disable` (default), `allow` (TLS when the client asks) or
+    /// `require` (plaintext clients are refused).
+    #[serde(default)]
+    pub tls_mode: TlsMode,
+    /// PEM certificate chain presented to clients (RSA or ECDSA).
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of that certificate.
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
+    /// PEM CA certificates that client certificates must chain to (with `verify_client`).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// Whether clients must present a certificate signed by `tls_ca_file`. Default false.
+    #[serde(default)]
+    pub verify_client: bool,
     /// How pgsplit watches the cluster.
     #[serde(default)]
     pub monitor: MonitorConfig,
@@ -288,6 +304,19 @@ impl Default for PoolConfig {
             prepared_statements_cache_size: default_prepared_statements_cache_size(),
         }
     }
+}
+
+/// Whether clients speak TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// SSLRequest is answered `N`.
+    #[default]
+    Disable,
+    /// TLS for clients that ask for it.
+    Allow,
+    /// Only TLS clients are served.
+    Require,
 }
 
 /// How long a client holds a server connection.
@@ -562,6 +591,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        crate::tls::acceptor(&raw).map_err(|(key, message)| invalid(key, message))?;
         raw.monitor.validate()?;
         if raw.nodes.is_empty() {
             return Err(invalid("nodes", "at least one node is required"));
@@ -701,6 +731,11 @@ mod tests {
             (
                 "[pool]\ncheckout_timeout = \"0s\"\n",
                 "pool.checkout_timeout",
+            ),
+            ("tls_mode = \"require\"\n", "tls_cert_file"),
+            (
+                "tls_mode = \"allow\"\ntls_cert_file = \"/nonexistent.pem\"\ntls_key_file = \"/nonexistent.key\"\n",
+                "tls_cert_file",
             ),
         ];
         for (prefix, key) in cases {

@@ -38,6 +38,9 @@ pub enum ProxyError {
     /// A startup parameter pgsplit cannot turn into a setting.
     #[error("{0}")]
     BadStartupParameter(String),
+    /// `tls_mode = "require"` and the client did not ask for TLS.
+    #[error("pgsplit accepts only TLS connections (tls_mode = \"require\"): connect with sslmode=require")]
+    TlsRequired,
     /// No node currently acts as the primary.
     #[error("no primary server is available")]
     NoPrimary,
@@ -72,7 +75,7 @@ impl ProxyError {
             ProxyError::Protocol(_) => "08P01",
             ProxyError::Unsupported(_) => "0A000",
             ProxyError::BadStartupParameter(_) => "22023",
-            ProxyError::NoUser => "28000",
+            ProxyError::NoUser | ProxyError::TlsRequired => "28000",
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::AuthTimeout => "08006",
             ProxyError::TooManyClients | ProxyError::CheckoutTimeout { .. } => "53300",

@@ -19,4 +19,5 @@ pub mod protocol;
 pub mod proxy;
 pub mod session;
 pub mod stats;
+pub mod tls;
 pub mod topology;

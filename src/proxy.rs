@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -107,6 +107,8 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Lifecycle phase.
     pub phase: watch::Sender<Phase>,
+    /// The client-side TLS acceptor; swapped when certificates are reloaded.
+    pub tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// Statement classifier with its cache.
     pub classifier: Classifier,
     /// Function volatility per database.
@@ -154,7 +156,14 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
     let max_clients = u32::try_from(settings.raw.max_client_conn).unwrap_or(u32::MAX >> 3);
     let clients = Arc::new(Semaphore::new(max_clients as usize));
     let (phase, _) = watch::channel(Phase::Running);
+    let tls = crate::tls::acceptor(&settings.raw).map_err(|(key, message)| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{key}: {message}"),
+        )
+    })?;
     let shared = Arc::new(Shared {
+        tls: ArcSwapOption::from(tls.map(Arc::new)),
         classifier: Classifier::new(settings.raw.routing.classify_cache_size),
         stats: Stats::new(settings.nodes.len()),
         settings,

@@ -8,29 +8,26 @@ pub mod state;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::authenticate_client;
 use crate::backend::send_cancel;
+use crate::config::TlsMode;
 use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
 use crate::proxy::{Phase, Shared};
+use crate::tls::{ClientRead, ClientStream, ClientWrite};
 use crate::topology::Role;
 use relay::Relay;
 use state::{guc_sync_sql, startup_gucs, Conn, Gucs};
 
 /// An authenticated client, its first server connection (which one, and on which node),
 /// its startup parameters and the settings they make.
-type Handshake = (
-    FrameReader<OwnedReadHalf>,
-    (Conn, Lease, usize),
-    Startup,
-    Gucs,
-);
+type Handshake = (FrameReader<ClientRead>, (Conn, Lease, usize), Startup, Gucs);
 
 /// What the client asked for in its StartupMessage.
 pub struct Startup {
@@ -43,25 +40,45 @@ pub struct Startup {
 }
 
 /// Serves one client connection until it ends; never panics on client input.
-pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = tcp.set_nodelay(true);
     let mut phase = shared.phase.subscribe();
-    let auth_timeout = shared.settings.raw.auth_timeout;
-    let started = tokio::time::timeout(
-        auth_timeout,
+    let deadline = tokio::time::Instant::now() + shared.settings.raw.auth_timeout;
+    let negotiated = tokio::time::timeout_at(
+        deadline,
+        Box::pin(negotiate(ClientStream::Plain(tcp), &shared)),
+    )
+    .await;
+    let (mut stream, params, minor) = match negotiated {
+        Ok(Ok(Some(negotiated))) => negotiated,
+        // A cancel request, done; or a client that never sent a startup packet.
+        Ok(Ok(None)) | Err(_) => return,
+        Ok(Err((e, Some(mut stream)))) => return report(&mut stream, &peer, e).await,
+        Ok(Err((e, None))) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    if shared.settings.raw.tls_mode == TlsMode::Require && !stream.is_tls() {
+        return report(&mut stream, &peer, ProxyError::TlsRequired).await;
+    }
+    let (read, mut write) = stream.split();
+    let started = tokio::time::timeout_at(
+        deadline,
         // Boxed: the login's state is large and short-lived; an idle session should not
         // carry its space.
-        Box::pin(handshake(read, &mut write, &shared, permit.is_some())),
+        Box::pin(handshake(
+            read,
+            &mut write,
+            (params, minor),
+            &shared,
+            permit.is_some(),
+        )),
     )
     .await;
     let (client, (conn, server, node), startup, defaults) = match started {
-        Ok(Ok(Some(ready))) => ready,
-        Ok(Ok(None)) => return,
+        Ok(Ok(ready)) => ready,
         Ok(Err(e)) => return report(&mut write, &peer, e).await,
         Err(_) => return report(&mut write, &peer, ProxyError::AuthTimeout).await,
     };
@@ -96,7 +113,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: Option<OwnedS
     drop(permit);
 }
 
-async fn report(write: &mut OwnedWriteHalf, peer: &str, e: ProxyError) {
+async fn report<W: AsyncWrite + Unpin>(write: &mut W, peer: &str, e: ProxyError) {
     if e.is_disconnect() {
         return;
     }
@@ -107,25 +124,66 @@ async fn report(write: &mut OwnedWriteHalf, peer: &str, e: ProxyError) {
     let _ = write.shutdown().await;
 }
 
-/// Startup packet, TLS refusal, authentication and the server login.
-/// `Ok(None)` means the connection was a cancel request and is done.
-async fn handshake(
-    mut read: OwnedReadHalf,
-    write: &mut OwnedWriteHalf,
+/// A startup packet and its parameters (with the protocol's minor version).
+type StartupPacket = (Vec<(String, String)>, u16);
+
+/// The packets before the StartupMessage: SSLRequest (answered `S` and a TLS handshake
+/// when TLS is configured, else `N`), GSSENCRequest (`N`), CancelRequest (forwarded;
+/// `Ok(None)`). An error comes back with the stream, when it is still there to answer on.
+async fn negotiate(
+    mut stream: ClientStream,
     shared: &Shared,
-    admitted: bool,
-) -> Result<Option<Handshake>, ProxyError> {
-    let (params, minor) = loop {
-        match read_startup(&mut read).await? {
-            // TLS and GSSAPI encryption are not offered: 'N' tells the client to go on in clear.
-            StartupRequest::Ssl | StartupRequest::GssEnc => write.write_all(b"N").await?,
+) -> Result<Option<(ClientStream, Vec<(String, String)>, u16)>, (ProxyError, Option<ClientStream>)>
+{
+    loop {
+        let request = match read_startup(&mut stream).await {
+            Ok(request) => request,
+            Err(e) => return Err((e, Some(stream))),
+        };
+        match request {
+            StartupRequest::Ssl => {
+                let acceptor = shared.tls.load_full();
+                stream = match (stream, acceptor) {
+                    (ClientStream::Plain(mut tcp), Some(acceptor)) => {
+                        if let Err(e) = tcp.write_all(b"S").await {
+                            return Err((e.into(), None));
+                        }
+                        match acceptor.accept(tcp).await {
+                            Ok(tls) => ClientStream::Tls(Box::new(tls)),
+                            Err(e) => return Err((e.into(), None)),
+                        }
+                    }
+                    (mut other, _) => {
+                        if let Err(e) = other.write_all(b"N").await {
+                            return Err((e.into(), None));
+                        }
+                        other
+                    }
+                };
+            }
+            // GSSAPI encryption is not offered: 'N' tells the client to go on without.
+            StartupRequest::GssEnc => {
+                if let Err(e) = stream.write_all(b"N").await {
+                    return Err((e.into(), None));
+                }
+            }
             StartupRequest::Cancel(key) => {
                 forward_cancel(shared, key).await;
                 return Ok(None);
             }
-            StartupRequest::Startup { params, minor } => break (params, minor),
+            StartupRequest::Startup { params, minor } => return Ok(Some((stream, params, minor))),
         }
-    };
+    }
+}
+
+/// Startup parameters, authentication and the server login.
+async fn handshake(
+    read: ClientRead,
+    write: &mut ClientWrite,
+    (params, minor): StartupPacket,
+    shared: &Shared,
+    admitted: bool,
+) -> Result<Handshake, ProxyError> {
     let mut out = BytesMut::new();
     let startup = parse_params(params, minor, &mut out)?;
     flush_to(write, &mut out).await?;
@@ -173,7 +231,7 @@ async fn handshake(
         encode::parameter_status(&mut out, name, value);
     }
     flush_to(write, &mut out).await?;
-    Ok(Some((reader, (conn, server, node), startup, defaults)))
+    Ok((reader, (conn, server, node), startup, defaults))
 }
 
 /// Applies a client's startup settings on its first connection (pooled connections log

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use super::state::{apply_to_server, Conn, Gucs, Plan, Prepared, RoutingState, Target};
@@ -23,6 +22,7 @@ use crate::pool::Lease;
 use crate::prepared::Statement;
 use crate::protocol::{encode, flush_to, read_cstr, BackendKey, Frame, FrameReader, Severity};
 use crate::proxy::{CancelTarget, Phase, Shared};
+use crate::tls::{ClientRead, ClientWrite};
 use wire::{closed_statement, is_fatal, next_frame, query_text, statement_named, write_to};
 
 mod inject;
@@ -211,8 +211,8 @@ enum Op {
 
 /// The relay for one authenticated client.
 pub struct Relay<'a> {
-    client: FrameReader<OwnedReadHalf>,
-    client_out: OwnedWriteHalf,
+    client: FrameReader<ClientRead>,
+    client_out: ClientWrite,
     shared: &'a Shared,
     startup: Startup,
     key: BackendKey,
@@ -287,8 +287,8 @@ impl<'a> Relay<'a> {
     /// A relay whose first server connection (primary, or a standby while there is no
     /// primary) is already open.
     pub fn new(
-        client: FrameReader<OwnedReadHalf>,
-        client_out: OwnedWriteHalf,
+        client: FrameReader<ClientRead>,
+        client_out: ClientWrite,
         (first, server, node): (Conn, Lease, usize),
         shared: &'a Shared,
         startup: Startup,

@@ -1,0 +1,163 @@
+//! TLS toward clients: psql with `sslmode=verify-full` against a test CA, `require`
+//! refusing plaintext clients, pgbench over TLS, and a broken handshake that leaves
+//! everyone else served. Certificates are generated per run; no key is committed.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{cluster, text, TestProxy};
+use pgsplit::cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A test CA and a certificate for `localhost` / 127.0.0.1 signed by it, as PEM files.
+fn certificates(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let name = |cn: &str| {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        dn
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.distinguished_name = name("pgsplit test CA");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("server params");
+    params.distinguished_name = name("localhost");
+    let key = KeyPair::generate().expect("server key");
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+async fn tls_proxy(dir: &Path, mode: &str) -> TestProxy {
+    let top = format!(
+        "tls_mode = \"{mode}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        dir.join("server.pem").display(),
+        dir.join("server.key").display()
+    );
+    TestProxy::start_with(&top, "").await
+}
+
+/// psql through the proxy at `host` with the given sslmode.
+fn psql(proxy: &TestProxy, dir: &Path, host: &str, sslmode: &str, sql: &str) -> Output {
+    let conninfo = format!(
+        "host={host} port={} user={APP_USER} dbname={APP_DATABASE} sslmode={sslmode} sslrootcert={}",
+        proxy.addr.port(),
+        dir.join("ca.pem").display()
+    );
+    Command::new(cluster().pg_bin().join("psql"))
+        .args(["-X", "-A", "-t", "-d", &conninfo, "-c", sql])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .env("PGPASSFILE", "/nonexistent")
+        .output()
+        .expect("run psql")
+}
+
+#[tokio::test]
+async fn psql_verifies_the_proxy_certificate_and_plaintext_is_refused_under_require() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let proxy = tls_proxy(dir.path(), "require").await;
+
+    let out = psql(
+        &proxy,
+        dir.path(),
+        "localhost",
+        "verify-full",
+        "SELECT 'over tls'",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+
+    let out = psql(&proxy, dir.path(), "127.0.0.1", "disable", "SELECT 1");
+    assert!(!out.status.success(), "a plaintext client was served");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("accepts only TLS"),
+        "{}",
+        text(&out)
+    );
+
+    // A certificate for another name fails verify-full: the check is real.
+    let other = tempfile::tempdir().unwrap();
+    certificates(other.path());
+    let out = psql(&proxy, other.path(), "localhost", "verify-full", "SELECT 1");
+    assert!(
+        !out.status.success(),
+        "verify-full accepted a certificate from an unknown CA"
+    );
+}
+
+#[tokio::test]
+async fn pgbench_runs_over_tls_and_allow_serves_both_kinds_of_client() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let proxy = tls_proxy(dir.path(), "allow").await;
+    for sslmode in ["disable", "require"] {
+        let out = psql(&proxy, dir.path(), "127.0.0.1", sslmode, "SELECT 2");
+        assert!(out.status.success(), "{sslmode}: {}", text(&out));
+    }
+    tokio::task::spawn_blocking(|| cluster().pgbench_init(1).unwrap())
+        .await
+        .unwrap();
+    let out = Command::new(cluster().pg_bin().join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.addr.port().to_string(),
+            "-U",
+            APP_USER,
+        ])
+        .args(["-n", "-S", "-c", "4", "-j", "2", "-T", "3", APP_DATABASE])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .env("PGSSLMODE", "require")
+        .output()
+        .expect("run pgbench");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("number of failed transactions: 0 "),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn garbage_after_sslrequest_ends_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let proxy = tls_proxy(dir.path(), "require").await;
+    let mut broken = TcpStream::connect(proxy.addr).await.unwrap();
+    broken
+        .write_all(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    broken.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    broken
+        .write_all(b"this is not a TLS ClientHello")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        broken.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "the broken handshake was not ended");
+
+    let out = psql(&proxy, dir.path(), "localhost", "verify-full", "SELECT 3");
+    assert!(out.status.success(), "{}", text(&out));
+}
