@@ -15,6 +15,7 @@ use crate::error::ProxyError;
 use crate::protocol::{encode, flush_to, read_cstr, FrameReader};
 
 const SCRAM: &str = "SCRAM-SHA-256";
+const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 const AUTH_OK: i32 = 0;
 const AUTH_CLEARTEXT: i32 = 3;
 const AUTH_MD5: i32 = 5;
@@ -194,11 +195,14 @@ impl Secret {
 
 /// Authenticates a client that named `name`; `user` is its configuration, if any.
 /// An unknown user goes through the same exchange as a known one and fails the same way.
+/// Over TLS, `channel_binding` is the certificate (PEM) the client was shown: SCRAM is
+/// then offered with channel binding too (SCRAM-SHA-256-PLUS, tls-server-end-point).
 pub async fn authenticate_client<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut W,
     name: &str,
     user: Option<&User>,
+    channel_binding: Option<&[u8]>,
 ) -> Result<(), ProxyError>
 where
     R: AsyncRead + Unpin,
@@ -231,18 +235,30 @@ where
             let verifier = user
                 .and_then(|u| u.secret.scram().cloned())
                 .unwrap_or_else(ScramVerifier::random);
-            encode::auth(&mut out, AUTH_SASL, format!("{SCRAM}\0\0").as_bytes());
+            let mut scram = ScramServerAuth::new();
+            let mechanisms = match channel_binding {
+                Some(pem) => {
+                    scram
+                        .configure_certificate(pem)
+                        .map_err(|e| ProxyError::Protocol(format!("channel binding: {e}")))?;
+                    format!("{SCRAM_PLUS}\0{SCRAM}\0\0")
+                }
+                None => format!("{SCRAM}\0\0"),
+            };
+            encode::auth(&mut out, AUTH_SASL, mechanisms.as_bytes());
             flush_to(writer, &mut out).await?;
             let initial = read_password(reader).await?;
             let mut body = initial.as_slice();
             let mechanism = read_cstr(&mut body).ok_or_else(fail)?;
-            if mechanism != SCRAM || body.len() < 4 {
+            let offered =
+                mechanism == SCRAM || (mechanism == SCRAM_PLUS && channel_binding.is_some());
+            if !offered || body.len() < 4 {
                 return Err(ProxyError::Protocol(format!(
                     "client selected an invalid SASL authentication mechanism \"{mechanism}\""
                 )));
             }
             let client_first = &body[4..];
-            let (server_first, waiting) = ScramServerAuth::new()
+            let (server_first, waiting) = scram
                 .on_client_first_message_with_secret(client_first, verifier.secret())
                 .map_err(|_| fail())?;
             encode::auth(&mut out, AUTH_SASL_CONTINUE, server_first.as_bytes());

@@ -108,7 +108,7 @@ pub struct Shared {
     /// Lifecycle phase.
     pub phase: watch::Sender<Phase>,
     /// The client-side TLS acceptor; swapped when certificates are reloaded.
-    pub tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    pub tls: ArcSwapOption<crate::tls::ClientTls>,
     /// Statement classifier with its cache.
     pub classifier: Classifier,
     /// Function volatility per database.

@@ -18,9 +18,18 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, TlsMode};
 
-/// Builds the client-side acceptor from the configuration; `None` when TLS is disabled.
+/// What serves TLS clients: the acceptor, and the certificate as PEM for SCRAM channel
+/// binding (`tls-server-end-point` hashes the certificate the client saw).
+pub struct ClientTls {
+    /// Handshakes with clients.
+    pub acceptor: TlsAcceptor,
+    /// The certificate chain file's contents.
+    pub cert_pem: Vec<u8>,
+}
+
+/// Builds the client-side TLS from the configuration; `None` when TLS is disabled.
 /// Errors name the key and the file.
-pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, (String, String)> {
+pub fn acceptor(config: &Config) -> Result<Option<ClientTls>, (String, String)> {
     if config.tls_mode == TlsMode::Disable {
         return Ok(None);
     }
@@ -35,6 +44,8 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, (String, String)
     let cert_file = file("tls_cert_file", &config.tls_cert_file)?;
     let key_file = file("tls_key_file", &config.tls_key_file)?;
     let certs = certificates(&cert_file).map_err(|m| ("tls_cert_file".to_owned(), m))?;
+    let cert_pem = std::fs::read(&cert_file)
+        .map_err(|e| ("tls_cert_file".to_owned(), format!("{cert_file}: {e}")))?;
     let key = PrivateKeyDer::from_pem_file(&key_file)
         .map_err(|e| ("tls_key_file".to_owned(), format!("{key_file}: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -63,7 +74,10 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, (String, String)
             format!("does not fit the certificate: {e}"),
         )
     })?;
-    Ok(Some(TlsAcceptor::from(Arc::new(server))))
+    Ok(Some(ClientTls {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        cert_pem,
+    }))
 }
 
 fn certificates(file: &str) -> Result<Vec<CertificateDer<'static>>, String> {

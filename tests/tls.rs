@@ -50,10 +50,14 @@ async fn tls_proxy(dir: &Path, mode: &str) -> TestProxy {
     TestProxy::start_with(&top, "").await
 }
 
-/// psql through the proxy at `host` with the given sslmode.
+/// psql through the proxy at `host` with the given sslmode (and more conninfo `extra`).
 fn psql(proxy: &TestProxy, dir: &Path, host: &str, sslmode: &str, sql: &str) -> Output {
+    psql_with(proxy, dir, &format!("host={host} sslmode={sslmode}"), sql)
+}
+
+fn psql_with(proxy: &TestProxy, dir: &Path, extra: &str, sql: &str) -> Output {
     let conninfo = format!(
-        "host={host} port={} user={APP_USER} dbname={APP_DATABASE} sslmode={sslmode} sslrootcert={}",
+        "{extra} port={} user={APP_USER} dbname={APP_DATABASE} sslrootcert={}",
         proxy.addr.port(),
         dir.join("ca.pem").display()
     );
@@ -160,4 +164,23 @@ async fn garbage_after_sslrequest_ends_only_that_connection() {
 
     let out = psql(&proxy, dir.path(), "localhost", "verify-full", "SELECT 3");
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn scram_channel_binding_is_offered_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let proxy = tls_proxy(dir.path(), "allow").await;
+    let bound = "host=localhost sslmode=verify-full channel_binding=require";
+    let out = psql_with(&proxy, dir.path(), bound, "SELECT 'bound'");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bound");
+    // Without TLS there is nothing to bind to: libpq refuses, as against PostgreSQL.
+    let plain = "host=127.0.0.1 sslmode=disable channel_binding=require";
+    let out = psql_with(&proxy, dir.path(), plain, "SELECT 1");
+    assert!(
+        !out.status.success(),
+        "channel binding without TLS: {}",
+        text(&out)
+    );
 }

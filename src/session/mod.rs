@@ -20,7 +20,7 @@ use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
 use crate::proxy::{Phase, Shared};
-use crate::tls::{ClientRead, ClientStream, ClientWrite};
+use crate::tls::{ClientRead, ClientStream, ClientTls, ClientWrite};
 use crate::topology::Role;
 use relay::Relay;
 use state::{guc_sync_sql, startup_gucs, Conn, Gucs};
@@ -50,7 +50,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
         Box::pin(negotiate(ClientStream::Plain(tcp), &shared)),
     )
     .await;
-    let (mut stream, params, minor) = match negotiated {
+    let (mut stream, packet, tls) = match negotiated {
         Ok(Ok(Some(negotiated))) => negotiated,
         // A cancel request, done; or a client that never sent a startup packet.
         Ok(Ok(None)) | Err(_) => return,
@@ -71,7 +71,8 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
         Box::pin(handshake(
             read,
             &mut write,
-            (params, minor),
+            packet,
+            tls.as_deref().map(|t| t.cert_pem.as_slice()),
             &shared,
             permit.is_some(),
         )),
@@ -127,14 +128,17 @@ async fn report<W: AsyncWrite + Unpin>(write: &mut W, peer: &str, e: ProxyError)
 /// A startup packet and its parameters (with the protocol's minor version).
 type StartupPacket = (Vec<(String, String)>, u16);
 
+/// A client stream ready for its startup packet, and the TLS it negotiated, if any.
+type Negotiated = (ClientStream, StartupPacket, Option<Arc<ClientTls>>);
+
 /// The packets before the StartupMessage: SSLRequest (answered `S` and a TLS handshake
 /// when TLS is configured, else `N`), GSSENCRequest (`N`), CancelRequest (forwarded;
 /// `Ok(None)`). An error comes back with the stream, when it is still there to answer on.
 async fn negotiate(
     mut stream: ClientStream,
     shared: &Shared,
-) -> Result<Option<(ClientStream, Vec<(String, String)>, u16)>, (ProxyError, Option<ClientStream>)>
-{
+) -> Result<Option<Negotiated>, (ProxyError, Option<ClientStream>)> {
+    let mut tls = None;
     loop {
         let request = match read_startup(&mut stream).await {
             Ok(request) => request,
@@ -142,14 +146,17 @@ async fn negotiate(
         };
         match request {
             StartupRequest::Ssl => {
-                let acceptor = shared.tls.load_full();
-                stream = match (stream, acceptor) {
-                    (ClientStream::Plain(mut tcp), Some(acceptor)) => {
+                let configured = shared.tls.load_full();
+                stream = match (stream, configured) {
+                    (ClientStream::Plain(mut tcp), Some(configured)) => {
                         if let Err(e) = tcp.write_all(b"S").await {
                             return Err((e.into(), None));
                         }
-                        match acceptor.accept(tcp).await {
-                            Ok(tls) => ClientStream::Tls(Box::new(tls)),
+                        match configured.acceptor.accept(tcp).await {
+                            Ok(encrypted) => {
+                                tls = Some(configured);
+                                ClientStream::Tls(Box::new(encrypted))
+                            }
                             Err(e) => return Err((e.into(), None)),
                         }
                     }
@@ -171,7 +178,9 @@ async fn negotiate(
                 forward_cancel(shared, key).await;
                 return Ok(None);
             }
-            StartupRequest::Startup { params, minor } => return Ok(Some((stream, params, minor))),
+            StartupRequest::Startup { params, minor } => {
+                return Ok(Some((stream, (params, minor), tls)))
+            }
         }
     }
 }
@@ -181,6 +190,7 @@ async fn handshake(
     read: ClientRead,
     write: &mut ClientWrite,
     (params, minor): StartupPacket,
+    channel_binding: Option<&[u8]>,
     shared: &Shared,
     admitted: bool,
 ) -> Result<Handshake, ProxyError> {
@@ -197,7 +207,7 @@ async fn handshake(
     // Clients mostly send small messages, and most of them sit idle: small reads.
     let mut reader = FrameReader::with_chunk(read, settings.raw.max_message_size, 1024);
     let user = settings.user(&startup.user);
-    authenticate_client(&mut reader, write, &startup.user, user).await?;
+    authenticate_client(&mut reader, write, &startup.user, user, channel_binding).await?;
     let user = user.ok_or_else(|| ProxyError::AuthFailed(startup.user.clone()))?;
 
     // The first server connection answers the login (and proves the database exists):
