@@ -5,9 +5,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::{ServerRead, ServerTls, ServerWrite};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::auth::ServerAuth;
@@ -27,6 +27,8 @@ pub struct Login<'a> {
     pub database: &'a str,
     /// Other startup parameters (application_name, options, GUCs).
     pub params: &'a [(String, String)],
+    /// TLS toward that server.
+    pub tls: &'a ServerTls,
 }
 
 /// Rows of a simple query as text, and the parameters it changed (ParameterStatus).
@@ -35,9 +37,9 @@ pub type QueryReport = (Vec<Vec<Option<String>>>, Vec<(String, String)>);
 /// An authenticated server connection, ready for queries.
 pub struct ServerConn {
     /// Frames from the server.
-    pub reader: FrameReader<OwnedReadHalf>,
+    pub reader: FrameReader<ServerRead>,
     /// Bytes to the server.
-    pub writer: OwnedWriteHalf,
+    pub writer: ServerWrite,
     /// ParameterStatus values the server reported, as they stand now.
     pub params: Vec<(String, String)>,
     /// The server's cancel key.
@@ -74,7 +76,13 @@ impl ServerConn {
     ) -> Result<ServerConn, ProxyError> {
         let stream = TcpStream::connect(login.address).await?;
         stream.set_nodelay(true)?;
-        let (read, mut writer) = stream.into_split();
+        let host = host_of(login.address);
+        let (read, mut writer) = login.tls.connect(stream, host).await.map_err(|reason| {
+            ProxyError::ServerUnavailable {
+                addr: login.address.to_owned(),
+                reason,
+            }
+        })?;
         let mut reader = FrameReader::new(read, max_message);
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> =
@@ -195,6 +203,12 @@ impl ServerConn {
         let _ = self.writer.write_all(&out).await;
         let _ = self.writer.shutdown().await;
     }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 address removed).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Asks a server to cancel the query running under `key` (a fresh connection, as the protocol wants).

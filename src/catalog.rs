@@ -125,6 +125,7 @@ impl FunctionCatalogs {
             password: &monitor.password,
             database,
             params: &[("application_name".to_owned(), "pgsplit-catalog".to_owned())],
+            tls: &self.settings.server_tls(primary),
         };
         let work = async {
             let mut conn = ServerConn::connect(

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use std::collections::HashMap;
+
 use crate::auth::{AuthMethod, Secret};
 use crate::balance::{PrimaryReads, Strategy};
+use crate::tls::ServerTls;
 
 /// A configuration problem, naming the key and saying what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,13 @@ pub struct Config {
     /// Whether clients must present a certificate signed by `tls_ca_file`. Default false.
     #[serde(default)]
     pub verify_client: bool,
+    /// TLS toward the servers, as libpq's `sslmode`: `disable`, `prefer` (default),
+    /// `require`, `verify-ca`, `verify-full`; a node may override it.
+    #[serde(default)]
+    pub server_tls: ServerTlsMode,
+    /// PEM CA certificates the servers' certificates must chain to (verify-ca, verify-full).
+    #[serde(default)]
+    pub server_tls_ca_file: Option<String>,
     /// How pgsplit watches the cluster.
     #[serde(default)]
     pub monitor: MonitorConfig,
@@ -319,6 +329,36 @@ pub enum TlsMode {
     Require,
 }
 
+/// TLS toward a server, with libpq's `sslmode` meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, unverified; plain otherwise.
+    #[default]
+    Prefer,
+    /// TLS, unverified.
+    Require,
+    /// TLS with a certificate chaining to `server_tls_ca_file`.
+    VerifyCa,
+    /// As verify-ca, and the certificate names the host.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    /// The name as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyCa => "verify-ca",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// How long a client holds a server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -379,6 +419,9 @@ pub struct NodeConfig {
     /// Share of reads relative to other standbys. Default 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// TLS toward this node; default: the top-level `server_tls`.
+    #[serde(default)]
+    pub server_tls: Option<ServerTlsMode>,
 }
 
 /// One user clients may authenticate as.
@@ -506,6 +549,8 @@ pub struct Settings {
     pub nodes: Vec<Node>,
     /// Users with derived secrets.
     pub users: Vec<User>,
+    /// TLS toward each node, by address.
+    server_tls: HashMap<String, ServerTls>,
 }
 
 impl Settings {
@@ -597,6 +642,7 @@ impl Settings {
             return Err(invalid("nodes", "at least one node is required"));
         }
         let mut nodes: Vec<Node> = Vec::with_capacity(raw.nodes.len());
+        let mut server_tls = HashMap::new();
         for (i, n) in raw.nodes.iter().enumerate() {
             let key = format!("nodes[{i}]");
             check_host_port(&n.address).map_err(|m| invalid(format!("{key}.address"), m))?;
@@ -610,6 +656,16 @@ impl Settings {
                     format!("\"{name}\" is used twice"),
                 ));
             }
+            let mode = n.server_tls.unwrap_or(raw.server_tls);
+            let tls = ServerTls::new(mode, raw.server_tls_ca_file.as_deref()).map_err(|m| {
+                let key = if n.server_tls.is_some() {
+                    format!("{key}.server_tls")
+                } else {
+                    "server_tls_ca_file".to_owned()
+                };
+                invalid(key, m)
+            })?;
+            server_tls.insert(n.address.clone(), tls);
             nodes.push(Node {
                 name,
                 address: n.address.clone(),
@@ -657,7 +713,16 @@ impl Settings {
             nodes,
             users,
             raw,
+            server_tls,
         })
+    }
+
+    /// TLS toward the server at `address` (none for an address not configured).
+    pub fn server_tls(&self, address: &str) -> ServerTls {
+        self.server_tls
+            .get(address)
+            .cloned()
+            .unwrap_or_else(ServerTls::disabled)
     }
 
     /// The user clients name in their startup packet.

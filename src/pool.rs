@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncRead;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{Login, ServerConn};
@@ -65,15 +66,18 @@ impl Pooled {
 
     /// Whether the socket is still open with nothing unexpected on it (an idle server
     /// only writes to say it is closing): costs no round trip.
-    fn looks_alive(&self) -> bool {
+    fn looks_alive(&mut self) -> bool {
         if self.server.reader.has_buffered() {
             return false;
         }
+        // A read that is not ready yet means an open, quiet socket.
         let mut byte = [0u8; 1];
-        matches!(
-            self.server.reader.get_ref().try_read(&mut byte),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-        )
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        std::pin::Pin::new(self.server.reader.get_mut())
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
     }
 }
 
@@ -215,12 +219,14 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Pooled, ProxyError> {
+        let tls = self.settings.server_tls(&self.key.address);
         let login = Login {
             address: &self.key.address,
             user: &self.key.user,
             password: &self.password,
             database: &self.key.database,
             params: &[],
+            tls: &tls,
         };
         let raw = &self.settings.raw;
         let server = ServerConn::connect(&login, raw.connect_timeout, raw.max_message_size).await?;
@@ -296,7 +302,7 @@ impl Pool {
             let mut keep = VecDeque::with_capacity(idle.len());
             let mut expired = Vec::new();
             // Oldest idle first: those are the ones past idle_timeout.
-            for conn in idle.drain(..) {
+            for mut conn in idle.drain(..) {
                 let surplus = open.saturating_sub(expired.len()) > config.min_pool_size;
                 let too_old = conn.created.elapsed() >= config.server_lifetime;
                 let too_idle = surplus && conn.idle_since.elapsed() >= config.idle_timeout;

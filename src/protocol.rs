@@ -173,8 +173,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The underlying reader.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// Whether another complete frame is already buffered (so a writer can batch).

@@ -1,6 +1,7 @@
-//! TLS toward clients: the acceptor built from the configured certificate and key
-//! (rustls with the `ring` provider: nothing beyond a C compiler to build), and the
-//! client stream that is plain TCP or TLS after an SSLRequest.
+//! TLS with rustls (the `ring` provider: nothing beyond a C compiler to build): toward
+//! clients, the acceptor built from the configured certificate and key and the client
+//! stream that is plain TCP or TLS after an SSLRequest; toward servers, libpq's `sslmode`
+//! meanings (`server_tls`) and the server stream.
 
 use std::io;
 use std::path::Path;
@@ -13,10 +14,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream as ClientTlsStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, TlsMode};
+use crate::config::{Config, ServerTlsMode, TlsMode};
 
 /// What serves TLS clients: the acceptor, and the certificate as PEM for SCRAM channel
 /// binding (`tls-server-end-point` hashes the certificate the client saw).
@@ -136,82 +138,286 @@ pub enum ClientWrite {
     Tls(WriteHalf<TlsStream<TcpStream>>),
 }
 
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+/// AsyncRead / AsyncWrite for an enum whose two variants wrap plain and TLS streams.
+macro_rules! either_io {
+    (read $name:ident) => {
+        impl AsyncRead for $name {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_read(cx, buf),
+                    $name::Tls(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
+        }
+    };
+    (write $name:ident) => {
+        impl AsyncWrite for $name {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_write(cx, buf),
+                    $name::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_flush(cx),
+                    $name::Tls(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                    $name::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+either_io!(read ClientStream);
+either_io!(write ClientStream);
+either_io!(read ClientRead);
+either_io!(write ClientWrite);
+either_io!(read ServerRead);
+either_io!(write ServerWrite);
+
+/// The reading half of a server connection.
+pub enum ServerRead {
+    /// Plain TCP.
+    Plain(OwnedReadHalf),
+    /// TLS.
+    Tls(ReadHalf<ClientTlsStream<TcpStream>>),
+}
+
+/// The writing half of a server connection.
+pub enum ServerWrite {
+    /// Plain TCP.
+    Plain(OwnedWriteHalf),
+    /// TLS.
+    Tls(WriteHalf<ClientTlsStream<TcpStream>>),
+}
+
+/// TLS toward one server, as `server_tls` says (libpq's `sslmode` meanings).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The mode.
+    pub mode: ServerTlsMode,
+    /// Verification as the mode wants it; `None` when TLS is off.
+    config: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl ServerTls {
+    /// No TLS.
+    pub fn disabled() -> ServerTls {
+        ServerTls {
+            mode: ServerTlsMode::Disable,
+            config: None,
+        }
+    }
+
+    /// TLS in `mode`, verifying against the CA certificates in `ca_file` where the mode
+    /// verifies (verify-ca, verify-full). Errors say what is wrong with the file.
+    pub fn new(mode: ServerTlsMode, ca_file: Option<&str>) -> Result<ServerTls, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?;
+        let roots = || -> Result<Arc<rustls::RootCertStore>, String> {
+            let file = ca_file.ok_or("a CA file is required to verify servers")?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certificates(file)? {
+                roots.add(cert).map_err(|e| format!("{file}: {e}"))?;
+            }
+            Ok(Arc::new(roots))
+        };
+        let config = match mode {
+            ServerTlsMode::Disable => return Ok(ServerTls::disabled()),
+            ServerTlsMode::Prefer | ServerTlsMode::Require => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verify::Unverified(provider)))
+                .with_no_client_auth(),
+            ServerTlsMode::VerifyCa => {
+                let chain =
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(roots()?, provider)
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verify::ChainOnly(chain)))
+                    .with_no_client_auth()
+            }
+            ServerTlsMode::VerifyFull => builder
+                .with_root_certificates(roots()?)
+                .with_no_client_auth(),
+        };
+        Ok(ServerTls {
+            mode,
+            config: Some(Arc::new(config)),
+        })
+    }
+
+    /// Opens the connection's TLS when the mode asks for it: SSLRequest, then the
+    /// handshake on `S`; on `N` plain TCP where the mode allows it.
+    pub async fn connect(
+        &self,
+        mut tcp: TcpStream,
+        host: &str,
+    ) -> Result<(ServerRead, ServerWrite), String> {
+        let Some(config) = &self.config else {
+            let (r, w) = tcp.into_split();
+            return Ok((ServerRead::Plain(r), ServerWrite::Plain(w)));
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        tcp.write_all(&ssl_request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        match answer[0] {
+            b'S' => {
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| format!("{host} is not a server name TLS can check: {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                let (r, w) = tokio::io::split(tls);
+                Ok((ServerRead::Tls(r), ServerWrite::Tls(w)))
+            }
+            b'N' if self.mode == ServerTlsMode::Prefer => {
+                let (r, w) = tcp.into_split();
+                Ok((ServerRead::Plain(r), ServerWrite::Plain(w)))
+            }
+            b'N' => Err(format!(
+                "the server does not accept TLS, and server_tls is \"{}\"",
+                self.mode.name()
+            )),
+            other => Err(format!(
+                "unexpected answer {:?} to SSLRequest",
+                char::from(other)
+            )),
         }
     }
 }
 
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+/// Certificate verifiers for the modes webpki's own does not cover.
+mod verify {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
+
+    /// `prefer` / `require`: encrypted, the certificate unchecked (as libpq without a root
+    /// certificate); the handshake signatures are still verified.
+    #[derive(Debug)]
+    pub struct Unverified(pub Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Unverified {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
+    /// `verify-ca`: the chain must lead to the CA; the name is not checked.
+    #[derive(Debug)]
+    pub struct ChainOnly(pub Arc<WebPkiServerVerifier>);
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+    impl ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            match self
+                .0
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            {
+                Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
         }
-    }
-}
 
-impl AsyncRead for ClientRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
         }
-    }
-}
 
-impl AsyncWrite for ClientWrite {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientWrite::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientWrite::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
         }
-    }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWrite::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientWrite::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWrite::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientWrite::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
         }
     }
 }

@@ -184,3 +184,116 @@ async fn scram_channel_binding_is_offered_over_tls() {
         text(&out)
     );
 }
+
+/// Turns TLS on in node `i` of `cluster` with a certificate for 127.0.0.1 from the CA
+/// in `dir`.
+fn enable_server_tls(cluster: &pgsplit::cluster::Cluster, i: usize, dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let data = &cluster.nodes()[i].data_dir;
+    let owner = std::fs::metadata(data).unwrap();
+    for (from, to) in [("server.pem", "server.crt"), ("server.key", "server.key")] {
+        let target = data.join(to);
+        std::fs::copy(dir.join(from), &target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&target, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+    cluster
+        .sql(i, "postgres", "ALTER SYSTEM SET ssl = on")
+        .unwrap();
+    cluster
+        .sql(i, "postgres", "SELECT pg_reload_conf()")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+}
+
+async fn try_login(address: &str, tls: &pgsplit::tls::ServerTls) -> Result<(), String> {
+    let login = pgsplit::backend::Login {
+        address,
+        user: APP_USER,
+        password: APP_PASSWORD,
+        database: APP_DATABASE,
+        params: &[],
+        tls,
+    };
+    pgsplit::backend::ServerConn::connect(&login, std::time::Duration::from_secs(5), 1 << 20)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tls_modes_follow_libpq_and_a_wrong_ca_fails_clearly() {
+    use pgsplit::config::ServerTlsMode as Mode;
+    use pgsplit::tls::ServerTls;
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let wrong = tempfile::tempdir().unwrap();
+    certificates(wrong.path());
+    let cluster = common::own_cluster().await;
+    let primary = cluster.nodes()[0].address();
+    let standby = cluster.nodes()[1].address();
+    {
+        let cluster = &cluster;
+        let dir = dir.path().to_path_buf();
+        tokio::task::block_in_place(|| enable_server_tls(cluster, 0, &dir));
+    }
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let wrong_ca = wrong.path().join("ca.pem").display().to_string();
+    let tls = |mode, ca: &str| ServerTls::new(mode, Some(ca)).unwrap();
+
+    for mode in [
+        Mode::Prefer,
+        Mode::Require,
+        Mode::VerifyCa,
+        Mode::VerifyFull,
+    ] {
+        try_login(&primary, &tls(mode, &ca))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", mode.name()));
+    }
+    let refused = try_login(&primary, &tls(Mode::VerifyFull, &wrong_ca)).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("certificate")),
+        "verify-full with a wrong CA: {refused:?}"
+    );
+    // The standby has no TLS: prefer goes on in plain TCP, require refuses.
+    try_login(&standby, &tls(Mode::Prefer, &ca)).await.unwrap();
+    let refused = try_login(&standby, &tls(Mode::Require, &ca)).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("does not accept TLS")),
+        "require without TLS on the server: {refused:?}"
+    );
+
+    // Through pgsplit, with verify-full toward the primary: its backends see TLS.
+    let tables = "[routing]\nread_your_writes = \"off\"\n";
+    let top = format!("server_tls = \"prefer\"\nserver_tls_ca_file = \"{ca}\"");
+    let base = pgsplit::demo::config_text(&cluster, "127.0.0.1:0");
+    let text = format!("{top}\n{base}\n{tables}").replacen(
+        &format!("address = \"{primary}\""),
+        &format!("address = \"{primary}\"\nserver_tls = \"verify-full\""),
+        1,
+    );
+    assert!(text.contains("server_tls = \"verify-full\""), "{text}");
+    let settings = pgsplit::config::Settings::parse(&text).unwrap();
+    let handle = pgsplit::proxy::start(settings).await.unwrap();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={APP_DATABASE}",
+        handle.local_addr().port()
+    );
+    let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid() /* pgsplit:primary */",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "true");
+    drop(client);
+    handle.shutdown().await;
+}

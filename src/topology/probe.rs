@@ -114,6 +114,7 @@ async fn connect_and_query(
                 password: &monitor.password,
                 database: &monitor.database,
                 params: &[("application_name".to_owned(), "pgsplit-monitor".to_owned())],
+                tls: &settings.server_tls(&node.address),
             };
             // connect() bounds itself by connect_timeout.
             let fresh = ServerConn::connect(
