@@ -30,8 +30,26 @@ pub fn config_text(cluster: &Cluster, listen: &str) -> String {
     text
 }
 
-/// Runs the demo until SIGINT/SIGTERM, then removes the cluster.
-pub async fn run(listen: &str, standbys: usize) -> Result<(), String> {
+/// A self-signed certificate for localhost and 127.0.0.1 in `dir`; the TOML keys that
+/// serve it.
+fn self_signed(dir: &std::path::Path) -> Result<String, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let (cert_file, key_file) = (dir.join("demo.pem"), dir.join("demo.key"));
+    std::fs::write(&cert_file, cert.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(&key_file, key.serialize_pem()).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "tls_mode = \"allow\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert_file.display(),
+        key_file.display()
+    ))
+}
+
+/// Runs the demo until SIGINT/SIGTERM, then removes the cluster; with `tls`, clients may
+/// also connect with TLS (a self-signed certificate made for the run).
+pub async fn run(listen: &str, standbys: usize, tls: bool) -> Result<(), String> {
     println!("Starting a local PostgreSQL primary and {standbys} hot standbys…");
     let cluster = tokio::task::spawn_blocking(move || Cluster::with_standbys(standbys))
         .await
@@ -40,7 +58,14 @@ pub async fn run(listen: &str, standbys: usize) -> Result<(), String> {
     cluster
         .pgbench_init(1)
         .map_err(|e| format!("cannot load pgbench tables: {e}"))?;
-    let settings = config_for(&cluster, listen).map_err(|e| e.to_string())?;
+    let certificate_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let tls_keys = if tls {
+        self_signed(certificate_dir.path())?
+    } else {
+        String::new()
+    };
+    let settings = Settings::parse(&format!("{tls_keys}{}", config_text(&cluster, listen)))
+        .map_err(|e| e.to_string())?;
     let proxy = proxy::start(settings)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -51,6 +76,9 @@ pub async fn run(listen: &str, standbys: usize) -> Result<(), String> {
     println!("  PGPASSWORD={APP_PASSWORD} psql -h {host} -p {port} -U {APP_USER} {APP_DATABASE}");
     println!("  PGPASSWORD={APP_PASSWORD} pgbench -h {host} -p {port} -U {APP_USER} -S -c 8 -T 20 {APP_DATABASE}");
     println!("  postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{APP_DATABASE}");
+    if tls {
+        println!("  postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{APP_DATABASE}?sslmode=require   (TLS, self-signed certificate)");
+    }
     println!();
     println!("Nodes (direct connections, bypassing pgsplit):");
     for (i, node) in cluster.nodes().iter().enumerate() {

@@ -32,6 +32,9 @@ enum Command {
         /// Number of hot standbys.
         #[arg(long, default_value_t = 2)]
         standbys: usize,
+        /// Serve TLS too, with a freshly generated self-signed certificate.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -62,9 +65,14 @@ fn main() -> ExitCode {
                 );
             })
             .map_err(|e| e.to_string()),
-        (Some(Command::Demo { listen, standbys }), _) => {
-            runtime.block_on(pgsplit::demo::run(&listen, standbys))
-        }
+        (
+            Some(Command::Demo {
+                listen,
+                standbys,
+                tls,
+            }),
+            _,
+        ) => runtime.block_on(pgsplit::demo::run(&listen, standbys, tls)),
         (None, Some(path)) => match Settings::load(&path) {
             Ok(settings) => runtime.block_on(serve(settings)),
             Err(e) => Err(e.to_string()),

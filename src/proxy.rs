@@ -223,6 +223,15 @@ impl ProxyHandle {
         self.shared.classifier.stats()
     }
 
+    /// Reads the TLS certificate and key files again: new connections get them, the
+    /// ones open keep theirs. On an error the old ones stay.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let tls = crate::tls::acceptor(&self.shared.settings.raw)
+            .map_err(|(key, message)| format!("{key}: {message}"))?;
+        self.shared.tls.store(tls.map(Arc::new));
+        Ok(())
+    }
+
     /// Counters of every server connection pool.
     pub fn pools(&self) -> Vec<PoolSnapshot> {
         self.shared.pools.snapshot()

@@ -297,3 +297,46 @@ async fn server_tls_modes_follow_libpq_and_a_wrong_ca_fails_clearly() {
     drop(client);
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn new_certificate_files_serve_new_connections_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let proxy = tls_proxy(dir.path(), "require").await;
+    let first_ca = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("ca.pem"), first_ca.path().join("ca.pem")).unwrap();
+
+    // New files from another CA replace the old ones on disk.
+    let next = tempfile::tempdir().unwrap();
+    certificates(next.path());
+    for file in ["server.pem", "server.key", "ca.pem"] {
+        std::fs::copy(next.path().join(file), dir.path().join(file)).unwrap();
+    }
+    let out = psql(
+        &proxy,
+        first_ca.path(),
+        "localhost",
+        "verify-full",
+        "SELECT 1",
+    );
+    assert!(
+        out.status.success(),
+        "before the reload the old certificate serves: {}",
+        text(&out)
+    );
+
+    proxy.reload_tls().expect("reload");
+    let out = psql(&proxy, next.path(), "localhost", "verify-full", "SELECT 1");
+    assert!(out.status.success(), "after the reload: {}", text(&out));
+    let out = psql(
+        &proxy,
+        first_ca.path(),
+        "localhost",
+        "verify-full",
+        "SELECT 1",
+    );
+    assert!(
+        !out.status.success(),
+        "the old certificate still served after the reload"
+    );
+}

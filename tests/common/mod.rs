@@ -55,6 +55,11 @@ impl TestProxy {
         runtime().spawn(handle.shutdown())
     }
 
+    /// Re-reads this proxy's TLS certificate files.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        self.handle.as_ref().expect("proxy running").reload_tls()
+    }
+
     /// Counters of this proxy's server connection pools.
     pub fn pools(&self) -> Vec<pgsplit::pool::PoolSnapshot> {
         self.handle.as_ref().expect("proxy running").pools()
