@@ -39,6 +39,18 @@ fn certificates(dir: &Path) {
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    // A client certificate from the same CA; libpq wants its key private to the user.
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    client_params.distinguished_name = name(APP_USER);
+    let client_key = KeyPair::generate().expect("client key");
+    let client = client_params
+        .signed_by(&client_key, &ca, &ca_key)
+        .expect("client certificate");
+    std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+    let key_file = dir.join("client.key");
+    std::fs::write(&key_file, client_key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 async fn tls_proxy(dir: &Path, mode: &str) -> TestProxy {
@@ -339,4 +351,149 @@ async fn new_certificate_files_serve_new_connections_after_a_reload() {
         !out.status.success(),
         "the old certificate still served after the reload"
     );
+}
+
+#[tokio::test]
+async fn verify_client_admits_only_clients_with_a_certificate_from_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let top = format!(
+        "tls_mode = \"require\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
+         verify_client = true\ntls_ca_file = \"{}\"",
+        dir.path().join("server.pem").display(),
+        dir.path().join("server.key").display(),
+        dir.path().join("ca.pem").display()
+    );
+    let proxy = TestProxy::start_with(&top, "").await;
+    let with_cert = format!(
+        "host=localhost sslmode=verify-full sslcert={} sslkey={}",
+        dir.path().join("client.pem").display(),
+        dir.path().join("client.key").display()
+    );
+    let out = psql_with(&proxy, dir.path(), &with_cert, "SELECT 'certified'");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = psql_with(
+        &proxy,
+        dir.path(),
+        "host=localhost sslmode=verify-full sslcert=/nonexistent sslkey=/nonexistent",
+        "SELECT 1",
+    );
+    assert!(
+        !out.status.success(),
+        "a client without a certificate was admitted"
+    );
+}
+
+/// A minimal rustls connector for tokio-postgres (what tokio-postgres-rustls does).
+mod rustls_connector {
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+    use tokio_postgres::Socket;
+
+    #[derive(Clone)]
+    pub struct Connector(pub Arc<rustls::ClientConfig>);
+
+    impl MakeTlsConnect<Socket> for Connector {
+        type Stream = Stream;
+        type TlsConnect = Connect;
+        type Error = io::Error;
+
+        fn make_tls_connect(&mut self, domain: &str) -> io::Result<Connect> {
+            Ok(Connect(Arc::clone(&self.0), domain.to_owned()))
+        }
+    }
+
+    pub struct Connect(Arc<rustls::ClientConfig>, String);
+
+    impl TlsConnect<Socket> for Connect {
+        type Stream = Stream;
+        type Error = io::Error;
+        type Future = Pin<Box<dyn Future<Output = io::Result<Stream>> + Send>>;
+
+        fn connect(self, socket: Socket) -> Self::Future {
+            Box::pin(async move {
+                let name = ServerName::try_from(self.1)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let stream = tokio_rustls::TlsConnector::from(self.0)
+                    .connect(name, socket)
+                    .await?;
+                Ok(Stream(stream))
+            })
+        }
+    }
+
+    pub struct Stream(tokio_rustls::client::TlsStream<Socket>);
+
+    impl TlsStream for Stream {
+        fn channel_binding(&self) -> ChannelBinding {
+            ChannelBinding::none()
+        }
+    }
+
+    impl AsyncRead for Stream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Stream {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokio_postgres_with_a_rustls_connector_queries_over_tls() {
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let proxy = tls_proxy(dir.path(), "require").await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("ca.pem")).unwrap()
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = rustls_connector::Connector(std::sync::Arc::new(config));
+    let conninfo = format!(
+        "host=localhost port={} user={APP_USER} password={APP_PASSWORD} dbname={APP_DATABASE} sslmode=require",
+        proxy.addr.port()
+    );
+    let (client, conn) = tokio_postgres::connect(&conninfo, connector).await.unwrap();
+    tokio::spawn(conn);
+    let statement = client.prepare("SELECT $1::int * 2").await.unwrap();
+    for i in 0..50 {
+        let row = client.query_one(&statement, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i * 2);
+    }
 }
