@@ -201,6 +201,7 @@ impl ServerConn {
         let mut out = BytesMut::new();
         encode::terminate(&mut out);
         let _ = self.writer.write_all(&out).await;
+        let _ = self.writer.flush().await;
         let _ = self.writer.shutdown().await;
     }
 }

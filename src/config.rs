@@ -636,6 +636,12 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if raw.verify_client && raw.tls_mode != TlsMode::Require {
+            return Err(invalid(
+                "verify_client",
+                "needs tls_mode = \"require\": a plaintext client would present no certificate",
+            ));
+        }
         crate::tls::acceptor(&raw).map_err(|(key, message)| invalid(key, message))?;
         raw.monitor.validate()?;
         if raw.nodes.is_empty() {
@@ -798,6 +804,7 @@ mod tests {
                 "pool.checkout_timeout",
             ),
             ("tls_mode = \"require\"\n", "tls_cert_file"),
+            ("tls_mode = \"allow\"\nverify_client = true\n", "verify_client"),
             (
                 "tls_mode = \"allow\"\ntls_cert_file = \"/nonexistent.pem\"\ntls_key_file = \"/nonexistent.key\"\n",
                 "tls_cert_file",

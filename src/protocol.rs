@@ -380,6 +380,8 @@ pub fn read_cstr(buf: &mut &[u8]) -> Option<String> {
 pub async fn flush_to<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
     if !out.is_empty() {
         w.write_all(out).await?;
+        // TLS buffers what it accepts: flush, or the last bytes may wait for the next write.
+        w.flush().await?;
         out.clear();
         if out.capacity() > KEEP_BUFFER {
             *out = BytesMut::new();

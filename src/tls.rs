@@ -25,8 +25,9 @@ use crate::config::{Config, ServerTlsMode, TlsMode};
 pub struct ClientTls {
     /// Handshakes with clients.
     pub acceptor: TlsAcceptor,
-    /// The certificate chain file's contents.
-    pub cert_pem: Vec<u8>,
+    /// The certificate chain file's contents, when channel binding can use it (its
+    /// signature algorithm has a hash binding is defined for).
+    pub cert_pem: Option<Vec<u8>>,
 }
 
 /// Builds the client-side TLS from the configuration; `None` when TLS is disabled.
@@ -76,9 +77,16 @@ pub fn acceptor(config: &Config) -> Result<Option<ClientTls>, (String, String)> 
             format!("does not fit the certificate: {e}"),
         )
     })?;
+    let binding = pgwire::api::auth::sasl::scram::ScramServerAuth::new()
+        .configure_certificate(&cert_pem)
+        .map(|_| cert_pem)
+        .map_err(|e| {
+            tracing::warn!(file = %cert_file, error = %e, "SCRAM channel binding is not offered with this certificate");
+        })
+        .ok();
     Ok(Some(ClientTls {
         acceptor: TlsAcceptor::from(Arc::new(server)),
-        cert_pem,
+        cert_pem: binding,
     }))
 }
 
@@ -242,11 +250,16 @@ impl ServerTls {
         };
         let config = match mode {
             ServerTlsMode::Disable => return Ok(ServerTls::disabled()),
-            ServerTlsMode::Prefer | ServerTlsMode::Require => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verify::Unverified(provider)))
-                .with_no_client_auth(),
-            ServerTlsMode::VerifyCa => {
+            // libpq: with a root certificate at hand, require verifies like verify-ca.
+            ServerTlsMode::Prefer | ServerTlsMode::Require
+                if !(mode == ServerTlsMode::Require && ca_file.is_some()) =>
+            {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verify::Unverified(provider)))
+                    .with_no_client_auth()
+            }
+            ServerTlsMode::Prefer | ServerTlsMode::Require | ServerTlsMode::VerifyCa => {
                 let chain =
                     rustls::client::WebPkiServerVerifier::builder_with_provider(roots()?, provider)
                         .build()

@@ -72,7 +72,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
             read,
             &mut write,
             packet,
-            tls.as_deref().map(|t| t.cert_pem.as_slice()),
+            tls.as_deref().and_then(|t| t.cert_pem.as_deref()),
             &shared,
             permit.is_some(),
         )),

@@ -613,6 +613,7 @@ impl<'a> Relay<'a> {
                 let conn = self.last.unwrap_or(Conn::Primary);
                 if let Some(lease) = self.slot(conn).conn.as_mut() {
                     lease.server.writer.write_all(&frame.raw).await?;
+                    lease.server.writer.flush().await?;
                 }
             }
         }

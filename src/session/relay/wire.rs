@@ -17,7 +17,12 @@ pub(super) async fn next_frame(conn: &mut Option<Lease>) -> Result<Option<Frame>
 
 pub(super) async fn write_to(slot: &mut Slot, bytes: &[u8]) -> Result<(), ProxyError> {
     match slot.conn.as_mut() {
-        Some(lease) => Ok(lease.server.writer.write_all(bytes).await?),
+        Some(lease) => {
+            lease.server.writer.write_all(bytes).await?;
+            // TLS buffers what it accepts: flush, or the request may sit there.
+            lease.server.writer.flush().await?;
+            Ok(())
+        }
         None => Err(ProxyError::NoPrimary),
     }
 }
