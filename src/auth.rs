@@ -258,6 +258,14 @@ where
                 )));
             }
             let client_first = &body[4..];
+            // The GS2 header must agree with the mechanism: binding data ("p=") with
+            // -PLUS and only with it.
+            if (mechanism == SCRAM_PLUS) != client_first.starts_with(b"p=") {
+                return Err(ProxyError::Protocol(
+                    "malformed SCRAM message: channel binding flag does not match the mechanism"
+                        .into(),
+                ));
+            }
             let (server_first, waiting) = scram
                 .on_client_first_message_with_secret(client_first, verifier.secret())
                 .map_err(|_| fail())?;

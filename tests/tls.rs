@@ -497,3 +497,19 @@ async fn tokio_postgres_with_a_rustls_connector_queries_over_tls() {
         assert_eq!(row.get::<_, i32>(0), i * 2);
     }
 }
+
+#[tokio::test]
+async fn a_second_sslrequest_is_refused() {
+    let proxy = TestProxy::start().await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let ssl_request = [0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f];
+    stream.write_all(&ssl_request).await.unwrap();
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N", "TLS is disabled");
+    stream.write_all(&ssl_request).await.unwrap();
+    assert_eq!(
+        common::raw::next_error(&mut stream).await.as_deref(),
+        Some("0A000")
+    );
+}

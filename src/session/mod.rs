@@ -139,13 +139,20 @@ async fn negotiate(
     shared: &Shared,
 ) -> Result<Option<Negotiated>, (ProxyError, Option<ClientStream>)> {
     let mut tls = None;
+    let mut ssl_asked = false;
     loop {
         let request = match read_startup(&mut stream).await {
             Ok(request) => request,
             Err(e) => return Err((e, Some(stream))),
         };
         match request {
+            StartupRequest::Ssl if ssl_asked => {
+                // PostgreSQL accepts one SSLRequest per connection.
+                let e = ProxyError::Unsupported("SSLRequest sent twice".into());
+                return Err((e, Some(stream)));
+            }
             StartupRequest::Ssl => {
+                ssl_asked = true;
                 let configured = shared.tls.load_full();
                 stream = match (stream, configured) {
                     (ClientStream::Plain(mut tcp), Some(configured)) => {
