@@ -57,16 +57,10 @@ pub fn acceptor(config: &Config) -> Result<Option<ClientTls>, (String, String)> 
         .map_err(|e| ("tls_mode".to_owned(), e.to_string()))?;
     let builder = if config.verify_client {
         let ca_file = file("tls_ca_file", &config.tls_ca_file)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certificates(&ca_file).map_err(|m| ("tls_ca_file".to_owned(), m))? {
-            roots
-                .add(cert)
-                .map_err(|e| ("tls_ca_file".to_owned(), format!("{ca_file}: {e}")))?;
-        }
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| ("tls_ca_file".to_owned(), e.to_string()))?;
+        let roots = root_store(&ca_file).map_err(|m| ("tls_ca_file".to_owned(), m))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+            .build()
+            .map_err(|e| ("tls_ca_file".to_owned(), e.to_string()))?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
@@ -88,6 +82,15 @@ pub fn acceptor(config: &Config) -> Result<Option<ClientTls>, (String, String)> 
         acceptor: TlsAcceptor::from(Arc::new(server)),
         cert_pem: binding,
     }))
+}
+
+/// The CA certificates in a PEM file, as trust anchors.
+fn root_store(file: &str) -> Result<Arc<rustls::RootCertStore>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(file)? {
+        roots.add(cert).map_err(|e| format!("{file}: {e}"))?;
+    }
+    Ok(Arc::new(roots))
 }
 
 fn certificates(file: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -240,14 +243,7 @@ impl ServerTls {
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?;
-        let roots = || -> Result<Arc<rustls::RootCertStore>, String> {
-            let file = ca_file.ok_or("a CA file is required to verify servers")?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates(file)? {
-                roots.add(cert).map_err(|e| format!("{file}: {e}"))?;
-            }
-            Ok(Arc::new(roots))
-        };
+        let roots = || root_store(ca_file.ok_or("a CA file is required to verify servers")?);
         let config = match mode {
             ServerTlsMode::Disable => return Ok(ServerTls::disabled()),
             // libpq: with a root certificate at hand, require verifies like verify-ca.

@@ -4,56 +4,11 @@
 //! `max_pool_size = 1`, so both clients share one server connection per node.
 mod common;
 
-use common::{cluster, raw, TestProxy};
+use common::pool::{first, pooled_proxy, su, su_app, ON_PRIMARY};
+use common::{cluster, raw};
 use pgsplit::cluster::APP_PASSWORD;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-const ON_PRIMARY: &str = "/* pgsplit:primary */";
-
-fn trust_user() -> String {
-    format!(
-        "\n[[users]]\nname = \"trustuser\"\nauth_method = \"trust\"\n\
-         server_user = \"app\"\nserver_password = \"{APP_PASSWORD}\"\n"
-    )
-}
-
-async fn pooled_proxy(pool: &str) -> TestProxy {
-    TestProxy::start_with(
-        "",
-        &format!(
-            "[routing]\nread_your_writes = \"off\"\n\n[pool]\n{pool}\n{}",
-            trust_user()
-        ),
-    )
-    .await
-}
-
-async fn first(client: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
-    Ok(client
-        .simple_query(sql)
-        .await?
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        }))
-}
-
-fn su(sql: &str) {
-    cluster().sql(0, "postgres", sql).unwrap();
-    for i in 1..cluster().nodes().len() {
-        cluster().wait_for_replay(i).unwrap();
-    }
-}
-
-fn su_app(sql: &str) {
-    cluster().sql(0, "app", sql).unwrap();
-    for i in 1..cluster().nodes().len() {
-        cluster().wait_for_replay(i).unwrap();
-    }
-}
 
 #[tokio::test]
 async fn a_role_set_then_reset_all_never_reaches_another_client() {
@@ -104,49 +59,6 @@ async fn a_role_kept_through_a_rolled_back_transaction_never_reaches_another_cli
     );
 }
 
-async fn read_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), raw::read_message(s)).await {
-            Ok(Some(m)) => {
-                let z = m.0 == b'Z';
-                out.push(m);
-                if z {
-                    return out;
-                }
-            }
-            Ok(None) => {
-                out.push((b'!', b"closed".to_vec()));
-                return out;
-            }
-            Err(_) => {
-                out.push((b'!', b"timeout".to_vec()));
-                return out;
-            }
-        }
-    }
-}
-
-fn tags(m: &[(u8, Vec<u8>)]) -> String {
-    m.iter()
-        .map(|(t, b)| {
-            if *t == b'E' {
-                format!("E({})", raw::error_code(b))
-            } else {
-                (*t as char).to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
 #[tokio::test]
 async fn an_error_during_extended_copy_in_reaches_the_client() {
     su_app(
@@ -172,18 +84,20 @@ async fn an_error_during_extended_copy_in_reaches_the_client() {
             break;
         }
     }
-    eprintln!("R3 start: {}", tags(&got));
-    s.write_all(&msg(b'd', b"not-a-number\n")).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    s.write_all(&[msg(b'c', b""), raw::sync()].concat())
+    eprintln!("R3 start: {}", raw::tags(&got));
+    s.write_all(&raw::message(b'd', b"not-a-number\n"))
         .await
         .unwrap();
-    let rest = read_until_ready(&mut s).await;
-    eprintln!("R3 after CopyDone+Sync: {}", tags(&rest));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    s.write_all(&[raw::message(b'c', b""), raw::sync()].concat())
+        .await
+        .unwrap();
+    let rest = raw::read_until_ready(&mut s).await;
+    eprintln!("R3 after CopyDone+Sync: {}", raw::tags(&rest));
     assert!(
         rest.iter().any(|(t, _)| *t == b'E'),
         "the COPY's error never reached the client: {}",
-        tags(&rest)
+        raw::tags(&rest)
     );
 }
 
@@ -411,7 +325,7 @@ fn execute_max(portal: &str, max: i32) -> Vec<u8> {
     body.extend_from_slice(portal.as_bytes());
     body.push(0);
     body.extend_from_slice(&max.to_be_bytes());
-    msg(b'E', &body)
+    raw::message(b'E', &body)
 }
 
 #[tokio::test]
@@ -420,7 +334,10 @@ async fn parsing_the_same_text_again_leaves_open_portals_alone() {
     let mut a = raw::login(proxy.addr, "trustuser").await;
     let sql = format!("{ON_PRIMARY} SELECT generate_series(1, 10)");
     a.write_all(&raw::query("BEGIN")).await.unwrap();
-    eprintln!("R10 BEGIN: {}", tags(&read_until_ready(&mut a).await));
+    eprintln!(
+        "R10 BEGIN: {}",
+        raw::tags(&raw::read_until_ready(&mut a).await)
+    );
     a.write_all(
         &[
             raw::parse("s1", &sql),
@@ -432,7 +349,10 @@ async fn parsing_the_same_text_again_leaves_open_portals_alone() {
     )
     .await
     .unwrap();
-    eprintln!("R10 first fetch: {}", tags(&read_until_ready(&mut a).await));
+    eprintln!(
+        "R10 first fetch: {}",
+        raw::tags(&raw::read_until_ready(&mut a).await)
+    );
     a.write_all(
         &[
             raw::parse("s2", &sql),
@@ -445,13 +365,13 @@ async fn parsing_the_same_text_again_leaves_open_portals_alone() {
     .unwrap();
     eprintln!(
         "R10 Parse s2 (same text): {}",
-        tags(&read_until_ready(&mut a).await)
+        raw::tags(&raw::read_until_ready(&mut a).await)
     );
     a.write_all(&[execute_max("p", 2), raw::sync()].concat())
         .await
         .unwrap();
-    let r = read_until_ready(&mut a).await;
-    eprintln!("R10 second fetch of p: {}", tags(&r));
+    let r = raw::read_until_ready(&mut a).await;
+    eprintln!("R10 second fetch of p: {}", raw::tags(&r));
     assert!(
         !r.iter().any(|(t, _)| *t == b'E'),
         "portal p destroyed by another statement's Parse"
@@ -494,7 +414,7 @@ async fn parameter_status_at_login_reports_current_values() {
         "R11 A TimeZone reported: {:?}",
         pa.iter().find(|(k, _)| k == "TimeZone")
     );
-    a.write_all(&msg(b'X', b"")).await.unwrap();
+    a.write_all(&raw::message(b'X', b"")).await.unwrap();
     drop(a);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (mut b, pb) = login_params(proxy.addr, "Asia/Tokyo").await;

@@ -7,13 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::pool::{trust_user, ON_PRIMARY};
 use common::{cluster, raw, sqlstate, TestProxy};
 use pgsplit::cluster::{APP_PASSWORD, SUPERUSER, SUPERUSER_PASSWORD};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
-
-/// Hint comment that sends a statement to the primary whatever it does.
-const ON_PRIMARY: &str = "/* pgsplit:primary */";
 
 /// A role of one test's own, so `pg_stat_activity` rows with it are that test's pool only.
 fn create_role(name: &str) {
@@ -263,14 +261,7 @@ async fn currval_after_nextval_reads_this_clients_own_sequence_value() {
 
 #[tokio::test]
 async fn a_prepare_only_request_is_answered_here_and_its_error_comes_at_first_use() {
-    let proxy = TestProxy::start_with(
-        "",
-        &format!(
-            "[[users]]\nname = \"trustuser\"\nauth_method = \"trust\"\n\
-             server_user = \"app\"\nserver_password = \"{APP_PASSWORD}\"\n"
-        ),
-    )
-    .await;
+    let proxy = TestProxy::start_with("", &trust_user()).await;
     let mut stream = raw::login(proxy.addr, "trustuser").await;
     let mut request = raw::parse("bad", "SELEC 1");
     request.extend(raw::sync());

@@ -4,94 +4,10 @@
 //! so clients share one server connection per node.
 mod common;
 
+use common::pool::{first, pooled_proxy, su, su_app, trust_user, ON_PRIMARY};
 use common::{cluster, raw, TestProxy};
-use pgsplit::cluster::APP_PASSWORD;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-const ON_PRIMARY: &str = "/* pgsplit:primary */";
-
-fn trust_user() -> String {
-    format!(
-        "\n[[users]]\nname = \"trustuser\"\nauth_method = \"trust\"\n\
-         server_user = \"app\"\nserver_password = \"{APP_PASSWORD}\"\n"
-    )
-}
-
-async fn pooled_proxy(pool: &str) -> TestProxy {
-    TestProxy::start_with(
-        "",
-        &format!(
-            "[routing]\nread_your_writes = \"off\"\n\n[pool]\n{pool}\n{}",
-            trust_user()
-        ),
-    )
-    .await
-}
-
-async fn first(client: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
-    Ok(client
-        .simple_query(sql)
-        .await?
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        }))
-}
-
-fn su_app(sql: &str) {
-    cluster().sql(0, "app", sql).unwrap();
-    for i in 1..cluster().nodes().len() {
-        cluster().wait_for_replay(i).unwrap();
-    }
-}
-
-async fn read_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), raw::read_message(s)).await {
-            Ok(Some(m)) => {
-                let z = m.0 == b'Z';
-                out.push(m);
-                if z {
-                    return out;
-                }
-            }
-            Ok(None) => {
-                out.push((b'!', b"closed".to_vec()));
-                return out;
-            }
-            Err(_) => {
-                out.push((b'!', b"timeout".to_vec()));
-                return out;
-            }
-        }
-    }
-}
-
-fn tags(m: &[(u8, Vec<u8>)]) -> String {
-    m.iter()
-        .map(|(t, b)| match *t {
-            b'E' => format!("E({})", raw::error_code(b)),
-            b'Z' => format!("Z({})", b[0] as char),
-            _ => (*t as char).to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn flush() -> Vec<u8> {
-    msg(b'H', b"")
-}
 
 /// DEALLOCATE sent inside a transaction that runs on the other connection: the
 /// statement stays on the connection that holds it, which goes back to the pool.
@@ -154,7 +70,7 @@ async fn a_flush_chain_is_never_refused_midway() {
             raw::parse("", &format!("{ON_PRIMARY} SELECT 1")),
             raw::bind("", "", &[]),
             raw::execute(""),
-            flush(),
+            raw::flush(),
         ]
         .concat(),
     )
@@ -176,7 +92,7 @@ async fn a_flush_chain_is_never_refused_midway() {
             _ => break,
         }
     }
-    eprintln!("X2 chain start: {}", tags(&got));
+    eprintln!("X2 chain start: {}", raw::tags(&got));
     s.write_all(
         &[
             raw::parse("", "SELECT currval('rv_seq2')"),
@@ -188,15 +104,15 @@ async fn a_flush_chain_is_never_refused_midway() {
     )
     .await
     .unwrap();
-    let r = read_until_ready(&mut s).await;
-    eprintln!("X2 currval batch ending the chain: {}", tags(&r));
+    let r = raw::read_until_ready(&mut s).await;
+    eprintln!("X2 currval batch ending the chain: {}", raw::tags(&r));
     s.write_all(&raw::query("SELECT 42")).await.unwrap();
-    let r = read_until_ready(&mut s).await;
-    eprintln!("X2 next query: {}", tags(&r));
+    let r = raw::read_until_ready(&mut s).await;
+    eprintln!("X2 next query: {}", raw::tags(&r));
     assert!(
         r.iter().any(|(t, _)| *t == b'D'),
         "the session never answers its next query: {}",
-        tags(&r)
+        raw::tags(&r)
     );
 }
 
@@ -301,13 +217,6 @@ async fn deallocate_all_after_a_use_in_the_same_batch_leaves_a_true_record() {
     let r = raw::reply(&mut b).await;
     eprintln!("X5 B uses the same text: {r:?}");
     assert!(r.errors.is_empty(), "{r:?}");
-}
-
-fn su(sql: &str) {
-    cluster().sql(0, "postgres", sql).unwrap();
-    for i in 1..cluster().nodes().len() {
-        cluster().wait_for_replay(i).unwrap();
-    }
 }
 
 /// SET SESSION AUTHORIZATION drops the role in PostgreSQL; pgsplit keeps replaying it.
@@ -505,23 +414,23 @@ async fn copy_in_both_protocols_always_frees_the_connection() {
     s.write_all(&ext_copy).await.unwrap();
     eprintln!(
         "X8 ext fail start: {}",
-        tags(&until_copy_or_ready(&mut s).await)
+        raw::tags(&until_copy_or_ready(&mut s).await)
     );
     s.write_all(
         &[
-            msg(b'd', b"1\n"),
-            msg(b'f', b"client gave up\0"),
+            raw::message(b'd', b"1\n"),
+            raw::message(b'f', b"client gave up\0"),
             raw::sync(),
         ]
         .concat(),
     )
     .await
     .unwrap();
-    let failed = read_until_ready(&mut s).await;
+    let failed = raw::read_until_ready(&mut s).await;
     assert!(
-        tags(&failed).starts_with("E(57014)"),
+        raw::tags(&failed).starts_with("E(57014)"),
         "CopyFail: {}",
-        tags(&failed)
+        raw::tags(&failed)
     );
     check_other("after ext CopyFail").await;
     // 2. simple, server error mid copy, client goes on sending, then CopyDone
@@ -530,39 +439,52 @@ async fn copy_in_both_protocols_always_frees_the_connection() {
         .unwrap();
     eprintln!(
         "X8 simple start: {}",
-        tags(&until_copy_or_ready(&mut s).await)
+        raw::tags(&until_copy_or_ready(&mut s).await)
     );
-    s.write_all(&msg(b'd', b"bad\n")).await.unwrap();
+    s.write_all(&raw::message(b'd', b"bad\n")).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    s.write_all(&[msg(b'd', b"2\n"), msg(b'c', b"")].concat())
+    s.write_all(&[raw::message(b'd', b"2\n"), raw::message(b'c', b"")].concat())
         .await
         .unwrap();
-    let failed = read_until_ready(&mut s).await;
+    let failed = raw::read_until_ready(&mut s).await;
     assert!(
-        tags(&failed).contains("E(22P02)"),
+        raw::tags(&failed).contains("E(22P02)"),
         "bad row: {}",
-        tags(&failed)
+        raw::tags(&failed)
     );
     s.write_all(&raw::query("SELECT 1")).await.unwrap();
-    eprintln!("X8 simple next: {}", tags(&read_until_ready(&mut s).await));
+    eprintln!(
+        "X8 simple next: {}",
+        raw::tags(&raw::read_until_ready(&mut s).await)
+    );
     check_other("after simple error").await;
     // 3. extended in a transaction, error mid copy, CopyDone + Sync, ROLLBACK
     s.write_all(&raw::query("BEGIN")).await.unwrap();
-    eprintln!("X8 BEGIN: {}", tags(&read_until_ready(&mut s).await));
+    eprintln!(
+        "X8 BEGIN: {}",
+        raw::tags(&raw::read_until_ready(&mut s).await)
+    );
     s.write_all(&ext_copy).await.unwrap();
     eprintln!(
         "X8 txn ext start: {}",
-        tags(&until_copy_or_ready(&mut s).await)
+        raw::tags(&until_copy_or_ready(&mut s).await)
     );
-    s.write_all(&msg(b'd', b"bad\n")).await.unwrap();
+    s.write_all(&raw::message(b'd', b"bad\n")).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    s.write_all(&[msg(b'c', b""), raw::sync()].concat())
+    s.write_all(&[raw::message(b'c', b""), raw::sync()].concat())
         .await
         .unwrap();
-    let failed = read_until_ready(&mut s).await;
-    assert_eq!(tags(&failed), "E(22P02) Z(E)", "bad row in a transaction");
+    let failed = raw::read_until_ready(&mut s).await;
+    assert_eq!(
+        raw::tags(&failed),
+        "E(22P02) Z(E)",
+        "bad row in a transaction"
+    );
     s.write_all(&raw::query("ROLLBACK")).await.unwrap();
-    eprintln!("X8 ROLLBACK: {}", tags(&read_until_ready(&mut s).await));
+    eprintln!(
+        "X8 ROLLBACK: {}",
+        raw::tags(&raw::read_until_ready(&mut s).await)
+    );
     check_other("after txn ext error").await;
     // 4. extended success, Flush-ended batch
     s.write_all(
@@ -570,7 +492,7 @@ async fn copy_in_both_protocols_always_frees_the_connection() {
             raw::parse("", "COPY rv_copy8 FROM STDIN"),
             raw::bind("", "", &[]),
             raw::execute(""),
-            flush(),
+            raw::flush(),
         ]
         .concat(),
     )
@@ -578,14 +500,21 @@ async fn copy_in_both_protocols_always_frees_the_connection() {
     .unwrap();
     eprintln!(
         "X8 flush ext start: {}",
-        tags(&until_copy_or_ready(&mut s).await)
+        raw::tags(&until_copy_or_ready(&mut s).await)
     );
-    s.write_all(&[msg(b'd', b"4\n"), msg(b'c', b""), raw::sync()].concat())
-        .await
-        .unwrap();
+    s.write_all(
+        &[
+            raw::message(b'd', b"4\n"),
+            raw::message(b'c', b""),
+            raw::sync(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
     eprintln!(
         "X8 flush ext done: {}",
-        tags(&read_until_ready(&mut s).await)
+        raw::tags(&raw::read_until_ready(&mut s).await)
     );
     check_other("after flush ext").await;
     // 5. extended success, then an immediate second extended COPY
@@ -593,14 +522,21 @@ async fn copy_in_both_protocols_always_frees_the_connection() {
         s.write_all(&ext_copy).await.unwrap();
         eprintln!(
             "X8 ext ok {i} start: {}",
-            tags(&until_copy_or_ready(&mut s).await)
+            raw::tags(&until_copy_or_ready(&mut s).await)
         );
-        s.write_all(&[msg(b'd', b"5\n"), msg(b'c', b""), raw::sync()].concat())
-            .await
-            .unwrap();
+        s.write_all(
+            &[
+                raw::message(b'd', b"5\n"),
+                raw::message(b'c', b""),
+                raw::sync(),
+            ]
+            .concat(),
+        )
+        .await
+        .unwrap();
         eprintln!(
             "X8 ext ok {i} done: {}",
-            tags(&read_until_ready(&mut s).await)
+            raw::tags(&raw::read_until_ready(&mut s).await)
         );
     }
     check_other("after ext ok").await;
@@ -616,9 +552,9 @@ async fn copy_in_both_protocols_always_frees_the_connection() {
     )
     .await
     .unwrap();
-    let out = read_until_ready(&mut s).await;
+    let out = raw::read_until_ready(&mut s).await;
     assert_eq!(
-        tags(&out),
+        raw::tags(&out),
         "1 2 H d d d c C Z(I)",
         "COPY TO STDOUT of the three rows loaded"
     );
@@ -747,18 +683,24 @@ async fn a_rolled_back_unlisten_keeps_the_listener_pinned() {
     assert_eq!(proxy.stats().pinned_clients, 1);
     let mut b = raw::login(proxy.addr, "trustuser").await;
     b.write_all(&raw::query("BEGIN")).await.unwrap();
-    eprintln!("X11 B BEGIN: {}", tags(&read_until_ready(&mut b).await));
+    eprintln!(
+        "X11 B BEGIN: {}",
+        raw::tags(&raw::read_until_ready(&mut b).await)
+    );
     b.write_all(&raw::query(&format!("{ON_PRIMARY} SELECT 1")))
         .await
         .unwrap();
-    eprintln!("X11 B select: {}", tags(&read_until_ready(&mut b).await));
+    eprintln!(
+        "X11 B select: {}",
+        raw::tags(&raw::read_until_ready(&mut b).await)
+    );
     cluster()
         .sql(0, "app", "NOTIFY rv_chan, 'secret of A'")
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     b.write_all(&raw::query("COMMIT")).await.unwrap();
-    let r = read_until_ready(&mut b).await;
-    eprintln!("X11 B COMMIT: {}", tags(&r));
+    let r = raw::read_until_ready(&mut b).await;
+    eprintln!("X11 B COMMIT: {}", raw::tags(&r));
     assert!(!r.iter().any(|(t, _)| *t == b'A'), "B got A's notification");
 }
 
@@ -777,7 +719,7 @@ async fn deallocate_of_a_protocol_statement_works_inside_a_transaction() {
         .unwrap();
     raw::reply(&mut a).await;
     a.write_all(&raw::query("DEALLOCATE s1")).await.unwrap();
-    let r = read_until_ready(&mut a).await;
-    eprintln!("X12 DEALLOCATE s1 in a transaction: {}", tags(&r));
+    let r = raw::read_until_ready(&mut a).await;
+    eprintln!("X12 DEALLOCATE s1 in a transaction: {}", raw::tags(&r));
     assert!(!r.iter().any(|(t, _)| *t == b'E'));
 }

@@ -9,9 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::pool::{pooled_proxy, ON_PRIMARY};
 use common::raw;
 use common::{cluster, sqlstate, text, TestProxy};
-use pgsplit::cluster::{APP_DATABASE, APP_PASSWORD, SUPERUSER, SUPERUSER_PASSWORD};
+use pgsplit::cluster::{APP_DATABASE, SUPERUSER, SUPERUSER_PASSWORD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::RwLock;
@@ -29,30 +30,6 @@ const POOL_MAX: i64 = 20;
 /// their idle pools log in as `app`.
 const BENCH_USER: &str = "pool_bench";
 const BENCH_PASSWORD: &str = "pool-bench-pw";
-/// Hint comment that sends a statement to the primary whatever it does (../shared/ROUTING.md).
-const ON_PRIMARY: &str = "/* pgsplit:primary */";
-
-/// A client-side trust user that logs in to the servers as `app`, for raw-protocol clients.
-fn trust_user() -> String {
-    format!(
-        "\n[[users]]\nname = \"trustuser\"\nauth_method = \"trust\"\n\
-         server_user = \"app\"\nserver_password = \"{APP_PASSWORD}\"\n"
-    )
-}
-
-/// pgsplit with `pool` as the keys of `[pool]` (transaction mode unless they say otherwise)
-/// and the trust user; read-your-writes is off so placement depends on the statement alone.
-async fn pooled_proxy(pool: &str) -> TestProxy {
-    TestProxy::start_with(
-        "",
-        &format!(
-            "[routing]\nread_your_writes = \"off\"\n\n[pool]\n{pool}\n{}",
-            trust_user()
-        ),
-    )
-    .await
-}
-
 fn port_of(node: usize) -> i32 {
     i32::from(cluster().nodes()[node].port)
 }

@@ -267,7 +267,8 @@ pub mod raw {
     }
 
     /// A message: tag, length, body.
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    /// A message with its type byte and length.
+    pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![tag];
         out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         out.extend_from_slice(body);
@@ -397,5 +398,111 @@ pub mod raw {
                 None => return None,
             }
         }
+    }
+
+    /// Flush.
+    pub fn flush() -> Vec<u8> {
+        message(b'H', &[])
+    }
+
+    /// Every message up to and including ReadyForQuery (`!` marks a close or a 5 s timeout).
+    pub async fn read_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), read_message(s)).await {
+                Ok(Some(m)) => {
+                    let z = m.0 == b'Z';
+                    out.push(m);
+                    if z {
+                        return out;
+                    }
+                }
+                Ok(None) => {
+                    out.push((b'!', b"closed".to_vec()));
+                    return out;
+                }
+                Err(_) => {
+                    out.push((b'!', b"timeout".to_vec()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// Message types as text, with SQLSTATEs and ReadyForQuery statuses: `E(22P02) Z(I)`.
+    pub fn tags(m: &[(u8, Vec<u8>)]) -> String {
+        m.iter()
+            .map(|(t, b)| match *t {
+                b'E' => format!("E({})", error_code(b)),
+                b'Z' => format!("Z({})", b.first().map_or('?', |s| *s as char)),
+                _ => (*t as char).to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Pooled proxies and helpers the pooling tests share.
+pub mod pool {
+    use super::{cluster, TestProxy};
+    use pgsplit::cluster::APP_PASSWORD;
+    use tokio_postgres::{Client, SimpleQueryMessage};
+
+    /// Hint comment that sends a statement to the primary whatever it does.
+    pub const ON_PRIMARY: &str = "/* pgsplit:primary */";
+
+    /// A client-side trust user that logs in to the servers as `app`, for raw-protocol clients.
+    pub fn trust_user() -> String {
+        format!(
+            "\n[[users]]\nname = \"trustuser\"\nauth_method = \"trust\"\n\
+             server_user = \"app\"\nserver_password = \"{APP_PASSWORD}\"\n"
+        )
+    }
+
+    /// pgsplit with `pool` as the keys of `[pool]` (transaction mode unless they say
+    /// otherwise) and the trust user; read-your-writes is off so placement depends on the
+    /// statement alone.
+    pub async fn pooled_proxy(pool: &str) -> TestProxy {
+        TestProxy::start_with(
+            "",
+            &format!(
+                "[routing]\nread_your_writes = \"off\"\n\n[pool]\n{pool}\n{}",
+                trust_user()
+            ),
+        )
+        .await
+    }
+
+    /// The first column of the first row of a simple query (`"NULL"` for NULL).
+    pub async fn first(
+        client: &Client,
+        sql: &str,
+    ) -> Result<Option<String>, tokio_postgres::Error> {
+        Ok(client
+            .simple_query(sql)
+            .await?
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+                _ => None,
+            }))
+    }
+
+    /// Runs SQL as the superuser in `database` on the primary and waits for the standbys.
+    pub fn on_primary_as_superuser(database: &str, sql: &str) {
+        cluster().sql(0, database, sql).unwrap();
+        for i in 1..cluster().nodes().len() {
+            cluster().wait_for_replay(i).unwrap();
+        }
+    }
+
+    /// [`on_primary_as_superuser`] in database `postgres`.
+    pub fn su(sql: &str) {
+        on_primary_as_superuser("postgres", sql);
+    }
+
+    /// [`on_primary_as_superuser`] in database `app`.
+    pub fn su_app(sql: &str) {
+        on_primary_as_superuser("app", sql);
     }
 }
