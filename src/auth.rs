@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use md5::{Digest, Md5};
 use pgwire::api::auth::sasl::scram::{ScramSecret, ScramServerAuth};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::User;
@@ -24,7 +24,7 @@ const AUTH_SASL_CONTINUE: i32 = 11;
 const AUTH_SASL_FINAL: i32 = 12;
 
 /// How a client proves its identity to pgsplit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum AuthMethod {
     /// SCRAM-SHA-256 (the default, as in PostgreSQL).
     #[default]

@@ -1,12 +1,12 @@
 //! Choosing the node that serves a read: weights, strategy, and the primary as fallback.
 //! Pure functions over a topology snapshot; the session does the I/O.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::topology::{Role, Topology};
 
 /// How reads are spread over the eligible nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Each node in turn, as often as its weight says.
@@ -19,7 +19,7 @@ pub enum Strategy {
 }
 
 /// Whether the primary serves reads too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PrimaryReads {
     /// Never: with no standby available a read fails with 08006.

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
@@ -49,7 +49,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration. Every key is documented in `config/pgsplit.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address clients connect to. Default `127.0.0.1:6432`.
@@ -102,14 +102,48 @@ pub struct Config {
     /// Server connection pools.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Users (from `users`) allowed into the admin console, the virtual database
+    /// `pgsplit`. Default: none, so the console is closed.
+    #[serde(default)]
+    pub admin_users: Vec<String>,
+    /// Log filter in `RUST_LOG` syntax, e.g. `info` or `info,pgsplit::topology=debug`.
+    /// Default `info`; `RUST_LOG`, when set, wins.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Log lines as `text` (default, for people) or `json` (one object per line).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// The Prometheus endpoint and container probes.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The PostgreSQL servers: one primary and any number of hot standbys.
     pub nodes: Vec<NodeConfig>,
     /// Users clients may log in as.
     pub users: Vec<UserConfig>,
 }
 
+/// The HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve on, e.g. `127.0.0.1:9930`. Default: none (no endpoint).
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Settings of the topology monitor.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     /// Role the monitor logs in as (needs `pg_monitor`). Default `monitor`.
@@ -234,7 +268,7 @@ impl Default for MonitorConfig {
 }
 
 /// Routing and read balancing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// How an explicit transaction picks its node: `read_only` (default: only read-only
@@ -270,7 +304,7 @@ pub struct RoutingConfig {
 }
 
 /// Server connection pools: one per (node, server user, database).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// `transaction` (default): a server connection serves one transaction or autocommit
@@ -317,7 +351,7 @@ impl Default for PoolConfig {
 }
 
 /// Whether clients speak TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsMode {
     /// SSLRequest is answered `N`.
@@ -330,7 +364,7 @@ pub enum TlsMode {
 }
 
 /// TLS toward a server, with libpq's `sslmode` meanings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServerTlsMode {
     /// Plain TCP.
@@ -360,7 +394,7 @@ impl ServerTlsMode {
 }
 
 /// How long a client holds a server connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolMode {
     /// For one transaction or autocommit statement (pins hold it longer).
@@ -371,7 +405,7 @@ pub enum PoolMode {
 }
 
 /// Whether a client reads its own writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadYourWrites {
     /// Reads after a write wait for a standby that has replayed it (or use the primary).
@@ -397,7 +431,7 @@ impl Default for RoutingConfig {
 }
 
 /// How an explicit transaction is routed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TransactionRouting {
     /// Read-only transactions on a standby, all others on the primary.
@@ -408,7 +442,7 @@ pub enum TransactionRouting {
 }
 
 /// One PostgreSQL server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Name in logs and the admin console; for standbys, the `application_name`
@@ -425,7 +459,7 @@ pub struct NodeConfig {
 }
 
 /// One user clients may authenticate as.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// User name clients send in their startup packet.
@@ -444,6 +478,9 @@ pub struct UserConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:6432".into()
+}
+fn default_log_level() -> String {
+    "info".into()
 }
 fn default_max_client_conn() -> usize {
     1000
@@ -545,6 +582,8 @@ pub struct Settings {
     pub raw: Config,
     /// Listen address.
     pub listen: SocketAddr,
+    /// Address of the metrics and probe endpoint, if any.
+    pub metrics_listen: Option<SocketAddr>,
     /// Nodes with names.
     pub nodes: Vec<Node>,
     /// Users with derived secrets.
@@ -681,6 +720,25 @@ impl Settings {
         if raw.users.is_empty() {
             return Err(invalid("users", "at least one user is required"));
         }
+        for (i, name) in raw.admin_users.iter().enumerate() {
+            if !raw.users.iter().any(|u| &u.name == name) {
+                return Err(invalid(
+                    format!("admin_users[{i}]"),
+                    format!("\"{name}\" is not one of the users"),
+                ));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&raw.log_level)
+            .map_err(|e| invalid("log_level", format!("\"{}\": {e}", raw.log_level)))?;
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("\"{text}\" is not an IP address with a port, e.g. 127.0.0.1:9930"),
+                )
+            })?),
+        };
         let mut users: Vec<User> = Vec::with_capacity(raw.users.len());
         for (i, u) in raw.users.iter().enumerate() {
             let key = format!("users[{i}]");
@@ -716,6 +774,7 @@ impl Settings {
         }
         Ok(Settings {
             listen,
+            metrics_listen,
             nodes,
             users,
             raw,
