@@ -10,6 +10,7 @@ use tokio::sync::{watch, Notify};
 use crate::backend::{Login, ServerConn};
 use crate::classify::Functions;
 use crate::config::Settings;
+use crate::reload::SharedSettings;
 use crate::topology::SharedTopology;
 
 const CATALOG_SQL: &str = "SELECT n.nspname, p.proname, p.provolatile \
@@ -17,23 +18,18 @@ const CATALOG_SQL: &str = "SELECT n.nspname, p.proname, p.provolatile \
 
 /// The function catalogs of every database clients use.
 pub struct FunctionCatalogs {
-    settings: Arc<Settings>,
+    settings: SharedSettings,
     by_database: ArcSwap<HashMap<String, Arc<Functions>>>,
     /// Used until a database's catalog is loaded: overrides and well-known built-ins only.
-    unloaded: Arc<Functions>,
+    unloaded: ArcSwap<Functions>,
     wanted: Mutex<HashSet<String>>,
     refresh: Notify,
 }
 
 impl FunctionCatalogs {
     /// No catalog loaded yet.
-    pub fn new(settings: Arc<Settings>) -> FunctionCatalogs {
-        let routing = &settings.raw.routing;
-        let unloaded = Arc::new(Functions::new(
-            std::iter::empty(),
-            &routing.read_only_functions,
-            &routing.write_functions,
-        ));
+    pub fn new(settings: SharedSettings) -> FunctionCatalogs {
+        let unloaded = ArcSwap::new(overrides_only(&settings.load()));
         FunctionCatalogs {
             settings,
             by_database: ArcSwap::from_pointee(HashMap::new()),
@@ -49,7 +45,7 @@ impl FunctionCatalogs {
             .load()
             .get(database)
             .cloned()
-            .unwrap_or_else(|| Arc::clone(&self.unloaded))
+            .unwrap_or_else(|| self.unloaded.load_full())
     }
 
     /// Asks for `database`'s catalog to be kept loaded.
@@ -64,6 +60,13 @@ impl FunctionCatalogs {
         }
     }
 
+    /// A reload may have changed `read_only_functions` or `write_functions`: they apply
+    /// at once to databases not loaded yet, and to the others at the reload this asks for.
+    pub fn reconfigure(&self) {
+        self.unloaded.store(overrides_only(&self.settings.load()));
+        self.refresh.notify_one();
+    }
+
     /// A client changed a function: reload soon.
     pub fn changed(&self) {
         self.refresh.notify_one();
@@ -71,8 +74,8 @@ impl FunctionCatalogs {
 
     /// Reloads wanted catalogs on every interval or request until `stop` changes.
     pub async fn run(self: Arc<Self>, topology: SharedTopology, mut stop: watch::Receiver<bool>) {
-        let interval = self.settings.raw.routing.function_refresh_interval;
         loop {
+            let interval = self.settings.load().raw.routing.function_refresh_interval;
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.refresh.notified() => {}
@@ -93,7 +96,8 @@ impl FunctionCatalogs {
             .iter()
             .cloned()
             .collect();
-        let routing = &self.settings.raw.routing;
+        let settings = self.settings.load_full();
+        let routing = &settings.raw.routing;
         let mut next = (**self.by_database.load()).clone();
         for database in databases {
             match self.load(&primary, &database).await {
@@ -118,20 +122,21 @@ impl FunctionCatalogs {
         primary: &str,
         database: &str,
     ) -> Result<Vec<(String, String, char)>, String> {
-        let monitor = &self.settings.raw.monitor;
+        let settings = self.settings.load_full();
+        let monitor = &settings.raw.monitor;
         let login = Login {
             address: primary,
             user: &monitor.user,
             password: &monitor.password,
             database,
             params: &[("application_name".to_owned(), "pgsplit-catalog".to_owned())],
-            tls: &self.settings.server_tls(primary),
+            tls: &settings.server_tls(primary),
         };
         let work = async {
             let mut conn = ServerConn::connect(
                 &login,
-                self.settings.raw.connect_timeout,
-                self.settings.raw.max_message_size,
+                settings.raw.connect_timeout,
+                settings.raw.max_message_size,
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -157,4 +162,14 @@ impl FunctionCatalogs {
             })
             .collect())
     }
+}
+
+/// The configured overrides and well-known built-ins, for a database not loaded yet.
+fn overrides_only(settings: &Settings) -> Arc<Functions> {
+    let routing = &settings.raw.routing;
+    Arc::new(Functions::new(
+        std::iter::empty(),
+        &routing.read_only_functions,
+        &routing.write_functions,
+    ))
 }

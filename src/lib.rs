@@ -17,6 +17,7 @@ pub mod pool;
 pub mod prepared;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod session;
 pub mod stats;
 pub mod tls;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pgsplit::config::Settings;
+use pgsplit::reload::Sources;
+use std::sync::Arc;
 
 /// SQL-aware read/write load-balancing proxy for PostgreSQL.
 #[derive(Parser)]
@@ -74,7 +76,7 @@ fn main() -> ExitCode {
             _,
         ) => runtime.block_on(pgsplit::demo::run(&listen, standbys, tls)),
         (None, Some(path)) => match Settings::load(&path) {
-            Ok(settings) => runtime.block_on(serve(settings)),
+            Ok(settings) => runtime.block_on(serve(settings, path)),
             Err(e) => Err(e.to_string()),
         },
         (None, None) => {
@@ -90,11 +92,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings) -> Result<(), String> {
-    let proxy = pgsplit::proxy::start(settings)
+async fn serve(settings: Settings, path: PathBuf) -> Result<(), String> {
+    let sources = Sources {
+        loader: Some(Arc::new(move || {
+            Settings::load(&path).map_err(|e| e.to_string())
+        })),
+        log_filter: None,
+    };
+    let proxy = pgsplit::proxy::start_with(settings, sources)
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
-    pgsplit::proxy::shutdown_signal().await;
+    proxy.until_stopped().await;
     proxy.shutdown().await;
     Ok(())
 }

@@ -14,9 +14,9 @@ use tokio::io::AsyncRead;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{Login, ServerConn};
-use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::prepared::ServerStatements;
+use crate::reload::SharedSettings;
 use crate::session::state::Gucs;
 
 /// Which pool a connection belongs to.
@@ -112,7 +112,7 @@ impl Lease {
     pub fn release(mut self) {
         if self.server.cancels_in_flight.load(Ordering::SeqCst) > 0 {
             tokio::spawn(async move {
-                let deadline = Instant::now() + self.pool.settings.raw.connect_timeout;
+                let deadline = Instant::now() + self.pool.settings.load().raw.connect_timeout;
                 while self.server.cancels_in_flight.load(Ordering::SeqCst) > 0 {
                     if Instant::now() > deadline {
                         // Never handed on: dropped, so closed.
@@ -125,8 +125,8 @@ impl Lease {
             return;
         }
         if let Some(mut conn) = self.conn.take() {
-            let config = &self.pool.settings.raw.pool;
-            if conn.created.elapsed() >= config.server_lifetime || self.pool.retired() {
+            let lifetime = self.pool.settings.load().raw.pool.server_lifetime;
+            if conn.created.elapsed() >= lifetime || self.pool.retired() {
                 self.pool.closed(conn);
                 return;
             }
@@ -140,7 +140,7 @@ impl Lease {
     /// background, so the client's session ends now.
     pub fn reset_and_release(mut self, rollback: bool) {
         tokio::spawn(async move {
-            let timeout = self.pool.settings.raw.connect_timeout;
+            let timeout = self.pool.settings.load().raw.connect_timeout;
             let reset = async {
                 if rollback {
                     self.server.simple_query("ROLLBACK").await?;
@@ -173,12 +173,60 @@ impl Drop for Lease {
     }
 }
 
+/// A semaphore whose size a reload can change: growing adds permits at once; shrinking
+/// takes free permits away now and the rest as they come back ([`Limit::resize`] again).
+pub struct Limit {
+    /// The permits.
+    pub semaphore: Arc<Semaphore>,
+    size: Mutex<(usize, usize)>,
+}
+
+impl Limit {
+    /// `size` permits.
+    pub fn new(size: usize) -> Limit {
+        Limit {
+            semaphore: Arc::new(Semaphore::new(size)),
+            size: Mutex::new((size, 0)),
+        }
+    }
+
+    /// The size asked for last.
+    pub fn size(&self) -> usize {
+        self.size.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Permits in existence: the size plus those still to be taken away.
+    pub fn capacity(&self) -> usize {
+        let (size, owed) = *self.size.lock().unwrap_or_else(|e| e.into_inner());
+        size + owed
+    }
+
+    /// Moves toward `target` permits; permits in use are taken away as they are freed,
+    /// by later calls (the pool maintenance calls it every second).
+    pub fn resize(&self, target: usize) {
+        let mut guard = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        let (size, owed) = &mut *guard;
+        if target >= *size {
+            let grow = target - *size;
+            let cancelled = grow.min(*owed);
+            *owed -= cancelled;
+            self.semaphore.add_permits(grow - cancelled);
+        } else {
+            *owed += *size - target;
+        }
+        *size = target;
+        if *owed > 0 {
+            *owed -= self.semaphore.forget_permits(*owed);
+        }
+    }
+}
+
 /// One pool.
 pub struct Pool {
     key: PoolKey,
-    password: String,
-    settings: Arc<Settings>,
-    permits: Arc<Semaphore>,
+    password: Mutex<String>,
+    settings: SharedSettings,
+    permits: Limit,
     idle: Mutex<VecDeque<Pooled>>,
     open: AtomicUsize,
     waiting: AtomicUsize,
@@ -219,16 +267,22 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Pooled, ProxyError> {
-        let tls = self.settings.server_tls(&self.key.address);
+        let settings = self.settings.load_full();
+        let tls = settings.server_tls(&self.key.address);
+        let password = self
+            .password
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let login = Login {
             address: &self.key.address,
             user: &self.key.user,
-            password: &self.password,
+            password: &password,
             database: &self.key.database,
             params: &[],
             tls: &tls,
         };
-        let raw = &self.settings.raw;
+        let raw = &settings.raw;
         let server = ServerConn::connect(&login, raw.connect_timeout, raw.max_message_size).await?;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Pooled::new(server))
@@ -236,11 +290,12 @@ impl Pool {
 
     /// A connection for one client, within `checkout_timeout`.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ProxyError> {
-        let config = &self.settings.raw.pool;
+        let settings = self.settings.load_full();
+        let config = &settings.raw.pool;
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let permit = tokio::time::timeout(
             config.checkout_timeout,
-            Arc::clone(&self.permits).acquire_owned(),
+            Arc::clone(&self.permits.semaphore).acquire_owned(),
         )
         .await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -276,7 +331,8 @@ impl Pool {
     }
 
     async fn healthy(&self, conn: &mut Pooled) -> bool {
-        let config = &self.settings.raw;
+        let settings = self.settings.load();
+        let config = &settings.raw;
         if !conn.looks_alive() || conn.created.elapsed() >= config.pool.server_lifetime {
             return false;
         }
@@ -295,7 +351,9 @@ impl Pool {
     /// Closes idle connections past their idle time or lifetime, then opens connections
     /// up to `min_pool_size`.
     async fn maintain(self: &Arc<Self>) {
-        let config = &self.settings.raw.pool;
+        let settings = self.settings.load_full();
+        let config = &settings.raw.pool;
+        self.permits.resize(config.max_pool_size);
         let expired: Vec<Pooled> = {
             let mut idle = self.lock_idle();
             let open = self.open.load(Ordering::Relaxed);
@@ -319,7 +377,7 @@ impl Pool {
             self.closed(conn);
         }
         while !self.retired() && self.open.load(Ordering::Relaxed) < config.min_pool_size {
-            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            let Ok(permit) = Arc::clone(&self.permits.semaphore).try_acquire_owned() else {
                 break;
             };
             match self.connect().await {
@@ -347,13 +405,13 @@ impl Pool {
 
 /// Every pool of the proxy.
 pub struct Pools {
-    settings: Arc<Settings>,
+    settings: SharedSettings,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
 
 impl Pools {
     /// No pools yet: each is created on first use.
-    pub fn new(settings: Arc<Settings>) -> Pools {
+    pub fn new(settings: SharedSettings) -> Pools {
         Pools {
             settings,
             pools: Mutex::new(HashMap::new()),
@@ -371,16 +429,34 @@ impl Pools {
         let pool = pools.entry(key.clone()).or_insert_with(|| {
             Arc::new(Pool {
                 key,
-                password: password.to_owned(),
+                password: Mutex::new(password.to_owned()),
                 settings: Arc::clone(&self.settings),
-                permits: Arc::new(Semaphore::new(self.settings.raw.pool.max_pool_size)),
+                permits: Limit::new(self.settings.load().raw.pool.max_pool_size),
                 idle: Mutex::new(VecDeque::new()),
                 open: AtomicUsize::new(0),
                 waiting: AtomicUsize::new(0),
                 retired: false.into(),
             })
         });
+        let mut known = pool.password.lock().unwrap_or_else(|e| e.into_inner());
+        if *known != password {
+            // A reload changed the server password: new connections use it.
+            password.clone_into(&mut known);
+        }
+        drop(known);
         Arc::clone(pool)
+    }
+
+    /// Takes a reloaded configuration: pools of nodes no longer configured are retired
+    /// (their connections close once their clients are done with them), pools of
+    /// configured nodes serve again, and pool sizes follow `max_pool_size`.
+    pub fn reconcile(&self) {
+        let settings = self.settings.load();
+        for pool in self.all() {
+            let configured = settings.nodes.iter().any(|n| n.address == pool.key.address);
+            pool.retired.store(!configured, Ordering::Relaxed);
+            pool.permits.resize(settings.raw.pool.max_pool_size);
+        }
     }
 
     fn all(&self) -> Vec<Arc<Pool>> {

@@ -8,18 +8,19 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::catalog::FunctionCatalogs;
 use crate::classify::{CacheStats, Classifier};
 use crate::config::Settings;
-use crate::pool::{PoolSnapshot, Pools};
+use crate::pool::{Limit, PoolSnapshot, Pools};
 use crate::prepared::Registry;
 use crate::protocol::BackendKey;
+use crate::reload::{SharedSettings, Sources};
 use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::topology::{Monitor, SharedTopology, Topology};
+use crate::topology::{Monitor, Publisher, SharedTopology, Topology};
 
 /// Where the proxy is in its life; sessions watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,10 +100,18 @@ impl CancelRegistry {
 
 /// State every session shares.
 pub struct Shared {
-    /// Validated configuration.
-    pub settings: Arc<Settings>,
+    /// Validated configuration, swapped by a reload.
+    pub settings: SharedSettings,
+    /// Where a reload reads the configuration again.
+    pub sources: Sources,
     /// Latest cluster snapshot.
     pub topology: SharedTopology,
+    /// Publishes cluster snapshots: polls, reloads and operator commands.
+    pub publisher: Arc<Publisher>,
+    /// Clients admitted at once (`max_client_conn`).
+    pub clients: Limit,
+    /// Set when the admin console asks the process to shut down.
+    pub shutdown_requested: watch::Sender<bool>,
     /// Cancel keys.
     pub cancels: CancelRegistry,
     /// Lifecycle phase.
@@ -125,20 +134,25 @@ pub struct Shared {
 pub struct ProxyHandle {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    clients: Arc<Semaphore>,
-    max_clients: u32,
     accept: JoinHandle<()>,
     stop_monitor: watch::Sender<bool>,
 }
 
-/// Binds the listener, checks the cluster once, and starts serving.
+/// Binds the listener, checks the cluster once, and starts serving; with nothing to
+/// reload from.
 pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
+    start_with(settings, Sources::default()).await
+}
+
+/// As [`start`], reloading from `sources` on `RELOAD` and SIGHUP.
+pub async fn start_with(settings: Settings, sources: Sources) -> std::io::Result<ProxyHandle> {
     let listener = TcpListener::bind(settings.listen).await?;
     let local_addr = listener.local_addr()?;
-    let settings = Arc::new(settings);
     let topology: SharedTopology =
         Arc::new(ArcSwap::from_pointee(Topology::unknown(&settings.nodes)));
-    let mut monitor = Monitor::new(Arc::clone(&settings), Arc::clone(&topology));
+    let settings: SharedSettings = Arc::new(ArcSwap::from_pointee(settings));
+    let publisher = Arc::new(Publisher::new(Arc::clone(&topology)));
+    let mut monitor = Monitor::new(Arc::clone(&settings), Arc::clone(&publisher));
     monitor.check().await;
     match topology.load().primary() {
         Some(p) => {
@@ -153,10 +167,10 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
     let pools = Arc::new(Pools::new(Arc::clone(&settings)));
     tokio::spawn(Arc::clone(&pools).run(stop));
 
-    let max_clients = u32::try_from(settings.raw.max_client_conn).unwrap_or(u32::MAX >> 3);
-    let clients = Arc::new(Semaphore::new(max_clients as usize));
+    let current = settings.load_full();
+    let clients = Limit::new(current.raw.max_client_conn);
     let (phase, _) = watch::channel(Phase::Running);
-    let tls = crate::tls::acceptor(&settings.raw).map_err(|(key, message)| {
+    let tls = crate::tls::acceptor(&current.raw).map_err(|(key, message)| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{key}: {message}"),
@@ -164,38 +178,38 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
     })?;
     let shared = Arc::new(Shared {
         tls: ArcSwapOption::from(tls.map(Arc::new)),
-        classifier: Classifier::new(settings.raw.routing.classify_cache_size),
-        stats: Stats::new(settings.nodes.len()),
+        classifier: Classifier::new(current.raw.routing.classify_cache_size),
+        stats: Stats::new(current.nodes.len()),
         settings,
+        sources,
         topology,
+        publisher,
+        clients,
+        shutdown_requested: watch::channel(false).0,
         cancels: CancelRegistry::default(),
         phase,
         functions,
         pools,
         statements: Registry::default(),
     });
-    let accept = tokio::spawn(accept_loop(
-        listener,
-        Arc::clone(&shared),
-        Arc::clone(&clients),
-    ));
+    let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
     tracing::info!(%local_addr, "pgsplit listening");
     Ok(ProxyHandle {
         local_addr,
         shared,
-        clients,
-        max_clients,
         accept,
         stop_monitor,
     })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, clients: Arc<Semaphore>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 // Over the limit the client still gets a proper 53300 after its startup packet.
-                let permit = Arc::clone(&clients).try_acquire_owned().ok();
+                let permit = Arc::clone(&shared.clients.semaphore)
+                    .try_acquire_owned()
+                    .ok();
                 tokio::spawn(session::serve(stream, Arc::clone(&shared), permit));
             }
             Err(e) => {
@@ -226,10 +240,43 @@ impl ProxyHandle {
     /// Reads the TLS certificate and key files again: new connections get them, the
     /// ones open keep theirs. On an error the old ones stay.
     pub fn reload_tls(&self) -> Result<(), String> {
-        let tls = crate::tls::acceptor(&self.shared.settings.raw)
+        let tls = crate::tls::acceptor(&self.shared.settings.load().raw)
             .map_err(|(key, message)| format!("{key}: {message}"))?;
         self.shared.tls.store(tls.map(Arc::new));
         Ok(())
+    }
+
+    /// Reads the configuration again and applies it (as SIGHUP does); on an error the
+    /// running one stays. Returns the changes.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        crate::reload::reload(&self.shared)
+    }
+
+    /// Serves until SIGTERM, SIGINT or the admin console's `SHUTDOWN`, reloading the
+    /// configuration on every SIGHUP.
+    pub async fn until_stopped(&self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = signal(SignalKind::hangup()).ok();
+        let mut requested = self.shared.shutdown_requested.subscribe();
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = requested.wait_for(|r| *r) => return,
+                _ = hangup => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // Rejections are logged by the reload itself.
+                    let _ = self.reload();
+                }
+            }
+        }
     }
 
     /// Counters of every server connection pool.
@@ -247,9 +294,10 @@ impl ProxyHandle {
     pub async fn shutdown(self) {
         self.accept.abort();
         let _ = self.shared.phase.send(Phase::Draining);
-        let timeout = self.shared.settings.raw.shutdown_timeout;
-        let drained =
-            tokio::time::timeout(timeout, self.clients.acquire_many(self.max_clients)).await;
+        let timeout = self.shared.settings.load().raw.shutdown_timeout;
+        let clients = &self.shared.clients;
+        let all = u32::try_from(clients.capacity()).unwrap_or(u32::MAX >> 3);
+        let drained = tokio::time::timeout(timeout, clients.semaphore.acquire_many(all)).await;
         if drained.is_err() {
             tracing::warn!(
                 ?timeout,
@@ -258,7 +306,7 @@ impl ProxyHandle {
             let _ = self.shared.phase.send(Phase::Closing);
             let _ = tokio::time::timeout(
                 std::time::Duration::from_secs(5),
-                self.clients.acquire_many(self.max_clients),
+                clients.semaphore.acquire_many(all),
             )
             .await;
         }

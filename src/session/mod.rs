@@ -37,6 +37,9 @@ pub struct Startup {
     pub database: String,
     /// Parameters passed on to servers (application_name, options, GUCs).
     pub params: Vec<(String, String)>,
+    /// Role and password on the servers, as configured when the client logged in (a
+    /// reload that changes or removes the user leaves this session as it was).
+    pub server_login: (String, String),
 }
 
 /// Serves one client connection until it ends; never panics on client input.
@@ -44,7 +47,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);
     let mut phase = shared.phase.subscribe();
-    let deadline = tokio::time::Instant::now() + shared.settings.raw.auth_timeout;
+    let deadline = tokio::time::Instant::now() + shared.settings.load().raw.auth_timeout;
     let negotiated = tokio::time::timeout_at(
         deadline,
         Box::pin(negotiate(ClientStream::Plain(tcp), &shared)),
@@ -60,7 +63,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
             return;
         }
     };
-    if shared.settings.raw.tls_mode == TlsMode::Require && !stream.is_tls() {
+    if shared.settings.load().raw.tls_mode == TlsMode::Require && !stream.is_tls() {
         return report(&mut stream, &peer, ProxyError::TlsRequired).await;
     }
     let (read, mut write) = stream.split();
@@ -210,12 +213,14 @@ async fn handshake(
     if *shared.phase.borrow() != Phase::Running {
         return Err(ProxyError::Shutdown);
     }
-    let settings = &shared.settings;
+    let settings = shared.settings.load_full();
     // Clients mostly send small messages, and most of them sit idle: small reads.
     let mut reader = FrameReader::with_chunk(read, settings.raw.max_message_size, 1024);
     let user = settings.user(&startup.user);
     authenticate_client(&mut reader, write, &startup.user, user, channel_binding).await?;
     let user = user.ok_or_else(|| ProxyError::AuthFailed(startup.user.clone()))?;
+    let mut startup = startup;
+    startup.server_login = (user.server_user.clone(), user.server_password.clone());
 
     // The first server connection answers the login (and proves the database exists):
     // the primary, or while there is none a standby, so reads keep working in a failover.
@@ -232,6 +237,7 @@ async fn handshake(
         },
     };
     let defaults = startup_gucs(&startup.params).map_err(ProxyError::BadStartupParameter)?;
+    shared.publisher.wait_resumed(node).await;
     let mut server = shared
         .pools
         .get(
@@ -305,6 +311,7 @@ fn parse_params(
         user,
         database,
         params: passed,
+        server_login: Default::default(),
     })
 }
 
@@ -316,7 +323,7 @@ async fn forward_cancel(shared: &Shared, key: BackendKey) {
     if let Err(e) = send_cancel(
         &target.address,
         target.key,
-        shared.settings.raw.connect_timeout,
+        shared.settings.load().raw.connect_timeout,
     )
     .await
     {

@@ -6,6 +6,7 @@
 //! [`advance`] — a pure function of the previous snapshot and the answers — decides
 //! roles, lag ([`lag`]), bans ([`health`]) and which nodes may serve reads.
 
+pub mod control;
 pub mod health;
 pub mod lag;
 pub mod lsn;
@@ -19,7 +20,9 @@ use tokio::sync::watch;
 
 use crate::backend::ServerConn;
 use crate::config::{Node, Settings};
+use crate::reload::SharedSettings;
 
+pub use control::{Controls, Publisher};
 pub use health::{Backoff, Ban};
 pub use lag::{LagBounds, LagStatus};
 pub use lsn::Lsn;
@@ -71,6 +74,13 @@ pub struct NodeState {
     pub eligible: bool,
     /// Set while the node is banned after failed checks.
     pub ban: Option<Ban>,
+    /// Banned by an operator (`BAN`): no new reads until `UNBAN`.
+    pub admin_ban: bool,
+    /// Paused by an operator (`PAUSE`): new work for it waits until `RESUME`.
+    pub paused: bool,
+    /// No longer in the configuration (a reload removed it): kept so node indexes stay
+    /// stable, never checked or chosen.
+    pub removed: bool,
 }
 
 impl NodeState {
@@ -86,7 +96,16 @@ impl NodeState {
             lag_status: LagStatus::Within,
             eligible: false,
             ban: None,
+            admin_ban: false,
+            paused: false,
+            removed: false,
         }
+    }
+
+    /// Whether the monitor's last check lets this node serve reads: it answered, is not
+    /// banned, and as a standby is within the lag bounds.
+    fn checked_eligible(&self) -> bool {
+        self.role != Role::Unknown && self.ban.is_none() && !self.lag_status.excluded()
     }
 }
 
@@ -288,7 +307,6 @@ pub fn advance(
                     length: ban.until.saturating_duration_since(now),
                 });
                 NodeState {
-                    node: before.node.clone(),
                     role: Role::Unknown,
                     error: Some(reason.clone()),
                     lsn: None,
@@ -298,6 +316,7 @@ pub fn advance(
                     lag_status: before.lag_status,
                     eligible: false,
                     ban: Some(ban),
+                    ..before.clone()
                 }
             }
             Outcome::Checked(Ok(probe)) => {
@@ -339,7 +358,6 @@ pub fn advance(
                     (None, None, LagStatus::Within)
                 };
                 NodeState {
-                    node: before.node.clone(),
                     role: *role,
                     error: None,
                     lsn: Some(LsnSample {
@@ -353,6 +371,7 @@ pub fn advance(
                     lag_status,
                     eligible: !lag_status.excluded(),
                     ban: None,
+                    ..before.clone()
                 }
             }
         };
@@ -421,22 +440,21 @@ fn log(event: &Event, rules: &Rules) {
 }
 
 /// Keeps one monitoring connection per node and publishes a snapshot after each round.
+/// The node list and the rules come from the current configuration at every poll, so a
+/// reload takes effect without restarting the monitor.
 pub struct Monitor {
-    settings: Arc<Settings>,
-    rules: Rules,
+    settings: SharedSettings,
     conns: Vec<Option<ServerConn>>,
-    shared: SharedTopology,
+    publisher: Arc<Publisher>,
 }
 
 impl Monitor {
-    /// A monitor for the configured nodes, publishing into `shared`.
-    pub fn new(settings: Arc<Settings>, shared: SharedTopology) -> Monitor {
-        let conns = settings.nodes.iter().map(|_| None).collect();
+    /// A monitor for the configured nodes, publishing through `publisher`.
+    pub fn new(settings: SharedSettings, publisher: Arc<Publisher>) -> Monitor {
         Monitor {
-            rules: Rules::from_settings(&settings),
             settings,
-            conns,
-            shared,
+            conns: Vec::new(),
+            publisher,
         }
     }
 
@@ -447,31 +465,39 @@ impl Monitor {
 
     /// One poll; `now` decides which bans have run out and when new ones end.
     async fn check_at(&mut self, now: Instant) {
-        let previous = self.shared.load_full();
-        let settings = &*self.settings;
-        let checks = settings
-            .nodes
-            .iter()
-            .zip(self.conns.iter_mut())
-            .zip(&previous.nodes)
-            .map(|((node, conn), before)| async move {
-                if health::due(before.ban.as_ref(), now) {
-                    Outcome::Checked(probe::check(node, conn, settings).await)
-                } else {
-                    Outcome::Skipped
-                }
-            });
+        let settings = self.settings.load_full();
+        let rules = Rules::from_settings(&settings);
+        let previous = self.publisher.current();
+        self.conns.resize_with(previous.nodes.len(), || None);
+        let settings = &*settings;
+        let checks =
+            previous
+                .nodes
+                .iter()
+                .zip(self.conns.iter_mut())
+                .map(|(before, conn)| async move {
+                    if before.removed {
+                        // Its monitoring connection closes; the node is never checked again.
+                        *conn = None;
+                        Outcome::Skipped
+                    } else if health::due(before.ban.as_ref(), now) {
+                        Outcome::Checked(probe::check(&before.node, conn, settings).await)
+                    } else {
+                        Outcome::Skipped
+                    }
+                });
         let outcomes = futures_util::future::join_all(checks).await;
-        let (next, events) = advance(&previous, outcomes, now, &self.rules);
+        let (next, events) = advance(&previous, outcomes, now, &rules);
         for event in &events {
-            log(event, &self.rules);
+            log(event, &rules);
         }
-        self.shared.store(Arc::new(next));
+        self.publisher.publish_poll(next);
     }
 
-    /// Checks every `lag_check_interval` until `stop` changes.
+    /// Checks every `lag_check_interval` (as configured now) until `stop` changes.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.settings.raw.monitor.lag_check_interval);
+        let mut period = self.settings.load().raw.monitor.lag_check_interval;
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -480,6 +506,12 @@ impl Monitor {
                 // out by the next poll.
                 at = tick.tick() => self.check_at(at.into_std()).await,
                 _ = stop.changed() => return,
+            }
+            let configured = self.settings.load().raw.monitor.lag_check_interval;
+            if configured != period {
+                period = configured;
+                tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
         }
     }

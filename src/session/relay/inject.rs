@@ -144,7 +144,13 @@ impl Relay<'_> {
         ops: Vec<Op>,
         sync: bool,
     ) -> Result<(), ProxyError> {
-        let capacity = self.shared.settings.raw.pool.prepared_statements_cache_size;
+        let capacity = self
+            .shared
+            .settings
+            .load()
+            .raw
+            .pool
+            .prepared_statements_cache_size;
         let slot = self.slot(conn);
         let batch = slot.syncs_sent;
         let Some(lease) = slot.conn.as_mut() else {

@@ -305,7 +305,10 @@ impl<'a> Relay<'a> {
         Relay {
             client,
             client_out,
-            state: RoutingState::new(shared.settings.raw.routing.transaction_routing, defaults),
+            state: RoutingState::new(
+                shared.settings.load().raw.routing.transaction_routing,
+                defaults,
+            ),
             shared,
             startup,
             key,
@@ -315,7 +318,7 @@ impl<'a> Relay<'a> {
             batch: Vec::new(),
             batch_bytes: 0,
             sticky: None,
-            transaction_pooling: shared.settings.raw.pool.mode == PoolMode::Transaction,
+            transaction_pooling: shared.settings.load().raw.pool.mode == PoolMode::Transaction,
             counted_pinned: false,
             held: None,
             last: None,
@@ -573,7 +576,7 @@ impl<'a> Relay<'a> {
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 self.batch_bytes += frame.raw.len();
                 self.batch.push(frame);
-                if self.batch_bytes > self.shared.settings.raw.max_message_size {
+                if self.batch_bytes > self.shared.settings.load().raw.max_message_size {
                     return Err(ProxyError::Protocol(
                         "too many extended-protocol messages without Sync or Flush".into(),
                     ));
@@ -1206,7 +1209,7 @@ impl<'a> Relay<'a> {
                     }
                     if conn == Conn::Primary && status == b'I' && self.wrote {
                         self.wrote = false;
-                        if self.shared.settings.raw.routing.read_your_writes
+                        if self.shared.settings.load().raw.routing.read_your_writes
                             == ReadYourWrites::Session
                         {
                             self.written_at = Some(Instant::now());
@@ -1300,7 +1303,7 @@ impl<'a> Relay<'a> {
     /// Queries still running for a client that left would run to their end on the
     /// server: cancel them so the backends are freed now.
     async fn cancel_running(&self) {
-        let timeout = self.shared.settings.raw.connect_timeout;
+        let timeout = self.shared.settings.load().raw.connect_timeout;
         for slot in [&self.primary, &self.standby] {
             if let (Some(lease), true) = (&slot.conn, slot.pending > 0) {
                 let server = &lease.server;

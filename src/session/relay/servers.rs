@@ -45,7 +45,8 @@ impl Relay<'_> {
                 }
             }
         }
-        let routing = &self.shared.settings.raw.routing;
+        let settings = self.shared.settings.load_full();
+        let routing = &settings.raw.routing;
         let now = Instant::now();
         self.avoid.retain(|(_, until)| *until > now);
         let mut exclude: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
@@ -74,7 +75,10 @@ impl Relay<'_> {
                     })
                 }
             };
-            match self.connect(&topology.nodes[index].node.address).await {
+            match self
+                .connect(index, &topology.nodes[index].node.address)
+                .await
+            {
                 Ok(server) => {
                     self.standby = Slot::open(server, index);
                     self.shared.stats.acquire(index);
@@ -141,26 +145,21 @@ impl Relay<'_> {
             // Dropped, not pooled: the old primary is gone or no longer takes writes.
             drop(old);
         }
-        let server = self.connect(&topology.nodes[node].node.address).await?;
+        let server = self
+            .connect(node, &topology.nodes[node].node.address)
+            .await?;
         self.primary = Slot::open(server, node);
         Ok(Conn::Primary)
     }
 
-    /// A connection to a server for this client's server user and database, from its pool.
-    async fn connect(&self, address: &str) -> Result<Lease, ProxyError> {
-        let user = self
-            .shared
-            .settings
-            .user(&self.startup.user)
-            .ok_or_else(|| ProxyError::AuthFailed(self.startup.user.clone()))?;
+    /// A connection to node `node` for this client's server user and database, from its
+    /// pool; while an operator has the node paused, after `RESUME`.
+    async fn connect(&self, node: usize, address: &str) -> Result<Lease, ProxyError> {
+        self.shared.publisher.wait_resumed(node).await;
+        let (user, password) = &self.startup.server_login;
         self.shared
             .pools
-            .get(
-                address,
-                &user.server_user,
-                &user.server_password,
-                &self.startup.database,
-            )
+            .get(address, user, password, &self.startup.database)
             .checkout()
             .await
     }
