@@ -49,6 +49,8 @@ pub struct ServerConn {
     /// Cancel requests on their way to this backend: it is not handed to another client
     /// until they have arrived.
     pub cancels_in_flight: Arc<AtomicUsize>,
+    /// When the connection was opened (for the admin console).
+    pub connected_at: std::time::SystemTime,
 }
 
 impl ServerConn {
@@ -137,6 +139,7 @@ impl ServerConn {
                         key,
                         address: login.address.to_owned(),
                         cancels_in_flight: Arc::default(),
+                        connected_at: std::time::SystemTime::now(),
                     })
                 }
                 // NoticeResponse and NegotiateProtocolVersion need no answer.

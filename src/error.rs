@@ -60,6 +60,9 @@ pub enum ProxyError {
         /// The complete ErrorResponse frame.
         raw: Bytes,
     },
+    /// A user not in `admin_users` asked for the admin console.
+    #[error("user \"{0}\" may not use the admin console (not in admin_users)")]
+    NotAdmin(String),
     /// pgsplit is shutting down.
     #[error("terminating connection due to administrator command")]
     Shutdown,
@@ -75,7 +78,7 @@ impl ProxyError {
             ProxyError::Protocol(_) => "08P01",
             ProxyError::Unsupported(_) => "0A000",
             ProxyError::BadStartupParameter(_) => "22023",
-            ProxyError::NoUser | ProxyError::TlsRequired => "28000",
+            ProxyError::NoUser | ProxyError::TlsRequired | ProxyError::NotAdmin(_) => "28000",
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::AuthTimeout => "08006",
             ProxyError::TooManyClients | ProxyError::CheckoutTimeout { .. } => "53300",

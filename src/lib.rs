@@ -4,6 +4,7 @@
 //! each request does and [`balance`] which standby serves reads, then relays over
 //! [`backend`] server connections checked out of a [`pool`]; the [`topology`] monitor keeps the cluster snapshot.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod balance;

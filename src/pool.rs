@@ -233,6 +233,23 @@ pub struct Pool {
     retired: std::sync::atomic::AtomicBool,
 }
 
+/// An idle pooled connection, for the admin console.
+#[derive(Debug, Clone)]
+pub struct IdleServer {
+    /// Server address.
+    pub address: String,
+    /// Server role.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// The backend's process id.
+    pub pid: i32,
+    /// When it was opened.
+    pub connected_at: std::time::SystemTime,
+    /// When it last went idle.
+    pub idle_since: Instant,
+}
+
 /// Counters of one pool at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSnapshot {
@@ -466,6 +483,23 @@ impl Pools {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Every idle pooled connection.
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        let mut all = Vec::new();
+        for pool in self.all() {
+            let key = &pool.key;
+            all.extend(pool.lock_idle().iter().map(|c| IdleServer {
+                address: key.address.clone(),
+                user: key.user.clone(),
+                database: key.database.clone(),
+                pid: c.server.key.pid,
+                connected_at: c.server.connected_at,
+                idle_since: c.idle_since,
+            }));
+        }
+        all
     }
 
     /// Counters of every pool.

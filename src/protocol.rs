@@ -249,6 +249,64 @@ pub mod encode {
         });
     }
 
+    /// NoticeResponse: `severity` is NOTICE or WARNING.
+    pub fn notice(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
+        with_len(out, b'N', |b| {
+            for (field, value) in [
+                (b'S', severity),
+                (b'V', severity),
+                (b'C', code),
+                (b'M', message),
+            ] {
+                b.put_u8(field);
+                cstr(b, value);
+            }
+            b.put_u8(0);
+        });
+    }
+
+    /// RowDescription of text columns.
+    pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
+        with_len(out, b'T', |b| {
+            b.put_i16(i16::try_from(columns.len()).unwrap_or(i16::MAX));
+            for name in columns {
+                cstr(b, name);
+                b.put_i32(0); // table oid
+                b.put_i16(0); // column number
+                b.put_i32(25); // text
+                b.put_i16(-1); // variable length
+                b.put_i32(-1); // no type modifier
+                b.put_i16(0); // text format
+            }
+        });
+    }
+
+    /// DataRow of text values; `None` is NULL.
+    pub fn data_row(out: &mut BytesMut, values: &[Option<String>]) {
+        with_len(out, b'D', |b| {
+            b.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
+            for value in values {
+                match value {
+                    Some(v) => {
+                        b.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                        b.put_slice(v.as_bytes());
+                    }
+                    None => b.put_i32(-1),
+                }
+            }
+        });
+    }
+
+    /// EmptyQueryResponse, for a query string with no statement.
+    pub fn empty_query(out: &mut BytesMut) {
+        with_len(out, b'I', |_| {});
+    }
+
+    /// CommandComplete with a tag.
+    pub fn command_complete(out: &mut BytesMut, tag: &str) {
+        with_len(out, b'C', |b| cstr(b, tag));
+    }
+
     /// Authentication request of the given kind with extra payload.
     pub fn auth(out: &mut BytesMut, kind: i32, payload: &[u8]) {
         with_len(out, b'R', |b| {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
@@ -42,29 +43,69 @@ pub struct CancelTarget {
     pub key: BackendKey,
     /// The connection's count of cancels on their way.
     pub in_flight: Arc<AtomicUsize>,
+    /// When that server connection was opened.
+    pub connected_at: SystemTime,
 }
 
-/// Cancel keys pgsplit handed to clients, mapped to the server connection running each
-/// client's request (none between requests in transaction pooling).
+/// Who a client is, for the admin console's SHOW CLIENTS.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// User name it logged in as.
+    pub user: String,
+    /// Role pgsplit uses for it on the servers.
+    pub server_user: String,
+    /// Database.
+    pub database: String,
+    /// Its address.
+    pub addr: Option<SocketAddr>,
+    /// pgsplit's address it reached.
+    pub local_addr: Option<SocketAddr>,
+    /// When it logged in.
+    pub connected_at: SystemTime,
+    /// Whether it speaks TLS.
+    pub tls: bool,
+    /// Its startup `application_name`.
+    pub application_name: String,
+}
+
+/// A client and the server connection running its request, if any.
+struct Entry {
+    target: Option<CancelTarget>,
+    info: Arc<ClientInfo>,
+}
+
+/// The clients logged in, each under the cancel key pgsplit handed it, mapped to the
+/// server connection it holds (none between requests in transaction pooling).
 #[derive(Default)]
 pub struct CancelRegistry {
-    keys: Mutex<HashMap<BackendKey, Option<CancelTarget>>>,
+    keys: Mutex<HashMap<BackendKey, Entry>>,
 }
 
 impl CancelRegistry {
-    /// Hands out a fresh random key, pointing at nothing yet.
-    pub fn register(&self) -> BackendKey {
+    /// Hands out a fresh random key for a client, pointing at no server yet.
+    pub fn register(&self, info: ClientInfo) -> BackendKey {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let info = Arc::new(info);
         loop {
             let key = BackendKey {
                 pid: rand::random::<i32>() & i32::MAX,
                 secret: rand::random(),
             };
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(key) {
-                slot.insert(None);
+                slot.insert(Entry { target: None, info });
                 return key;
             }
         }
+    }
+
+    /// Every client with the server connection it holds now.
+    pub fn clients(&self) -> Vec<(Arc<ClientInfo>, Option<CancelTarget>)> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|e| (Arc::clone(&e.info), e.target.clone()))
+            .collect()
     }
 
     /// The server running the request of the session behind a key, if any, counted as
@@ -72,7 +113,7 @@ impl CancelRegistry {
     /// that connection either sees the count or has already unlinked it).
     pub fn begin_cancel(&self, key: BackendKey) -> Option<CancelTarget> {
         let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let target = keys.get(&key).cloned().flatten()?;
+        let target = keys.get(&key)?.target.clone()?;
         target.in_flight.fetch_add(1, Ordering::SeqCst);
         Some(target)
     }
@@ -85,7 +126,7 @@ impl CancelRegistry {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(&key)
         {
-            *slot = target;
+            slot.target = target;
         }
     }
 
@@ -355,9 +396,21 @@ mod tests {
             address: "h:1".into(),
             key: BackendKey { pid: 1, secret: 2 },
             in_flight: Arc::default(),
+            connected_at: SystemTime::now(),
         };
-        let a = registry.register();
-        let b = registry.register();
+        let info = ClientInfo {
+            user: "app".into(),
+            server_user: "app".into(),
+            database: "db".into(),
+            addr: None,
+            local_addr: None,
+            connected_at: SystemTime::now(),
+            tls: false,
+            application_name: String::new(),
+        };
+        let a = registry.register(info.clone());
+        let b = registry.register(info);
+        assert_eq!(registry.clients().len(), 2);
         assert_ne!(a, b);
         assert!(a.pid >= 0);
         assert!(registry.begin_cancel(a).is_none());

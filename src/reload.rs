@@ -30,7 +30,7 @@ pub struct Sources {
 }
 
 /// Keys a reload cannot change in a running process.
-const RESTART_ONLY: &[&str] = &[
+pub(crate) const RESTART_ONLY: &[&str] = &[
     "listen",
     "metrics.listen",
     "routing.classify_cache_size",
@@ -137,7 +137,7 @@ fn describe(old: &Settings, new: &Settings) -> Vec<String> {
 
 /// Every key of a configuration with its value as TOML text, `section.key` style
 /// (lists of tables as `users[0].name`).
-fn flatten(raw: &crate::config::Config) -> Vec<(String, String)> {
+pub(crate) fn flatten(raw: &crate::config::Config) -> Vec<(String, String)> {
     fn walk(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
         match value {
             toml::Value::Table(table) => {

@@ -19,7 +19,7 @@ use crate::config::TlsMode;
 use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
-use crate::proxy::{Phase, Shared};
+use crate::proxy::{ClientInfo, Phase, Shared};
 use crate::tls::{ClientRead, ClientStream, ClientTls, ClientWrite};
 use crate::topology::Role;
 use relay::Relay;
@@ -28,6 +28,14 @@ use state::{guc_sync_sql, startup_gucs, Conn, Gucs};
 /// An authenticated client, its first server connection (which one, and on which node),
 /// its startup parameters and the settings they make.
 type Handshake = (FrameReader<ClientRead>, (Conn, Lease, usize), Startup, Gucs);
+
+/// Where a login leads.
+enum Login {
+    /// A client session, relayed to the servers.
+    Client(Box<Handshake>),
+    /// An admin user opening the console.
+    Admin(FrameReader<ClientRead>, String),
+}
 
 /// What the client asked for in its StartupMessage.
 pub struct Startup {
@@ -44,7 +52,8 @@ pub struct Startup {
 
 /// Serves one client connection until it ends; never panics on client input.
 pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) {
-    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (peer_addr, local_addr) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
+    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);
     let mut phase = shared.phase.subscribe();
     let deadline = tokio::time::Instant::now() + shared.settings.load().raw.auth_timeout;
@@ -82,12 +91,35 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
     )
     .await;
     let (client, (conn, server, node), startup, defaults) = match started {
-        Ok(Ok(ready)) => ready,
+        Ok(Ok(Login::Client(ready))) => *ready,
+        Ok(Ok(Login::Admin(reader, user))) => {
+            if let Err(e) = crate::admin::serve(reader, write, &shared, &user, &mut phase).await {
+                if !e.is_disconnect() {
+                    tracing::info!(%peer, %user, error = %e, "admin console session ended with an error");
+                }
+            }
+            drop(permit);
+            return;
+        }
         Ok(Err(e)) => return report(&mut write, &peer, e).await,
         Err(_) => return report(&mut write, &peer, ProxyError::AuthTimeout).await,
     };
     tracing::debug!(%peer, user = %startup.user, database = %startup.database, server = %server.server.address, "client ready");
-    let key = shared.cancels.register();
+    let key = shared.cancels.register(ClientInfo {
+        user: startup.user.clone(),
+        server_user: startup.server_login.0.clone(),
+        database: startup.database.clone(),
+        addr: peer_addr,
+        local_addr,
+        connected_at: std::time::SystemTime::now(),
+        tls: tls.is_some(),
+        application_name: startup
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+    });
     let mut out = BytesMut::new();
     encode::backend_key(&mut out, key);
     encode::ready_for_query(&mut out, b'I');
@@ -203,7 +235,7 @@ async fn handshake(
     channel_binding: Option<&[u8]>,
     shared: &Shared,
     admitted: bool,
-) -> Result<Handshake, ProxyError> {
+) -> Result<Login, ProxyError> {
     let mut out = BytesMut::new();
     let startup = parse_params(params, minor, &mut out)?;
     flush_to(write, &mut out).await?;
@@ -219,6 +251,12 @@ async fn handshake(
     let user = settings.user(&startup.user);
     authenticate_client(&mut reader, write, &startup.user, user, channel_binding).await?;
     let user = user.ok_or_else(|| ProxyError::AuthFailed(startup.user.clone()))?;
+    if startup.database == crate::admin::DATABASE {
+        if !settings.raw.admin_users.contains(&startup.user) {
+            return Err(ProxyError::NotAdmin(startup.user));
+        }
+        return Ok(Login::Admin(reader, startup.user));
+    }
     let mut startup = startup;
     startup.server_login = (user.server_user.clone(), user.server_password.clone());
 
@@ -254,7 +292,12 @@ async fn handshake(
         encode::parameter_status(&mut out, name, value);
     }
     flush_to(write, &mut out).await?;
-    Ok((reader, (conn, server, node), startup, defaults))
+    Ok(Login::Client(Box::new((
+        reader,
+        (conn, server, node),
+        startup,
+        defaults,
+    ))))
 }
 
 /// Applies a client's startup settings on its first connection (pooled connections log

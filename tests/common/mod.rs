@@ -127,6 +127,59 @@ impl TestProxy {
         }
     }
 
+    /// Starts pgsplit from a configuration file, which `RELOAD` and [`TestProxy::reload`]
+    /// read again.
+    pub async fn start_reloadable(path: std::path::PathBuf) -> TestProxy {
+        let settings = Settings::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let sources = pgsplit::reload::Sources {
+            loader: Some(std::sync::Arc::new(move || {
+                Settings::load(&path).map_err(|e| e.to_string())
+            })),
+            log_filter: None,
+        };
+        let handle = runtime()
+            .spawn(pgsplit::proxy::start_with(settings, sources))
+            .await
+            .expect("proxy start task")
+            .expect("proxy listens");
+        TestProxy {
+            addr: handle.local_addr(),
+            handle: Some(handle),
+        }
+    }
+
+    /// Reads the configuration again, as SIGHUP does.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        self.handle.as_ref().expect("proxy running").reload()
+    }
+
+    /// Runs admin console commands as `app` (listed in `admin_users`) over the simple
+    /// query protocol; the rows of every result set, as column → value.
+    pub async fn console(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<std::collections::HashMap<String, Option<String>>>, tokio_postgres::Error> {
+        let client = self
+            .connect_as(APP_USER, APP_PASSWORD, pgsplit::admin::DATABASE)
+            .await?;
+        let rows = client
+            .simple_query(sql)
+            .await?
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    r.columns()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (c.name().to_owned(), r.get(i).map(str::to_owned)))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect();
+        Ok(rows)
+    }
+
     /// The proxy's latest cluster snapshot.
     pub fn topology(&self) -> std::sync::Arc<pgsplit::topology::Topology> {
         self.handle.as_ref().expect("proxy running").topology()

@@ -1067,6 +1067,7 @@ impl<'a> Relay<'a> {
                     address: lease.server.address.clone(),
                     key: lease.server.key,
                     in_flight: Arc::clone(&lease.server.cancels_in_flight),
+                    connected_at: lease.server.connected_at,
                 };
                 self.shared.cancels.update(self.key, Some(target));
             }

@@ -1,0 +1,420 @@
+//! The console's result sets, built from snapshots (pure functions, no I/O). Column names
+//! follow pgbouncer's where the same thing is shown.
+
+use std::time::{Instant, SystemTime};
+
+use crate::config::Settings;
+use crate::pool::{IdleServer, PoolSnapshot};
+use crate::proxy::{CancelTarget, ClientInfo};
+use crate::stats::StatsSnapshot;
+use crate::topology::{Role, Topology};
+
+use super::command::HELP;
+
+/// A result set of text columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// Column names.
+    pub columns: Vec<&'static str>,
+    /// Rows; `None` is NULL.
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    fn new(columns: &[&'static str]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, row: Vec<Option<String>>) {
+        debug_assert_eq!(row.len(), self.columns.len());
+        self.rows.push(row);
+    }
+}
+
+fn some(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn yes(b: bool) -> Option<String> {
+    some(if b { "yes" } else { "no" })
+}
+
+/// Splits `host:port`.
+fn host_port(address: &str) -> (Option<String>, Option<String>) {
+    match address.rsplit_once(':') {
+        Some((host, port)) => (some(host), some(port)),
+        None => (some(address), None),
+    }
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::Primary => "primary",
+        Role::Standby => "standby",
+        Role::Unknown => "unknown",
+    }
+}
+
+/// The name of the node at `address` (configured nodes first).
+fn node_name(topology: &Topology, address: &str) -> Option<String> {
+    topology
+        .nodes
+        .iter()
+        .filter(|n| n.node.address == address)
+        .min_by_key(|n| n.removed)
+        .map(|n| n.node.name.clone())
+}
+
+/// `SHOW NODES`: one row per configured node.
+pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTime)) -> Table {
+    let mut t = Table::new(&[
+        "name",
+        "host",
+        "port",
+        "role",
+        "health",
+        "lag_bytes",
+        "lag_seconds",
+        "eligible",
+        "ban_reason",
+        "banned_until",
+        "weight",
+        "paused",
+        "statements",
+    ]);
+    for (i, n) in topology.nodes.iter().enumerate() {
+        if n.removed {
+            continue;
+        }
+        let health = match (&n.ban, n.role) {
+            (Some(_), _) => "down",
+            (None, Role::Unknown) => "unknown",
+            (None, _) => "up",
+        };
+        let (ban_reason, banned_until) = match (&n.ban, n.admin_ban) {
+            (_, true) => (some("BAN by an operator"), None),
+            (Some(ban), false) => {
+                let left = ban.until.saturating_duration_since(now.0);
+                (some(&ban.reason), some(time(now.1 + left)))
+            }
+            (None, false) => (None, None),
+        };
+        let (host, port) = host_port(&n.node.address);
+        let statements = stats.statements_per_node.get(i).copied().unwrap_or(0);
+        t.push(vec![
+            some(&n.node.name),
+            host,
+            port,
+            some(role(n.role)),
+            some(health),
+            n.lag_bytes.map(|b| b.to_string()),
+            n.lag_time.map(|d| format!("{:.3}", d.as_secs_f64())),
+            yes(n.eligible),
+            ban_reason,
+            banned_until,
+            some(n.node.weight),
+            yes(n.paused),
+            some(statements),
+        ]);
+    }
+    t
+}
+
+/// `SHOW POOLS`: one row per pool, with the clients holding its connections.
+pub fn pools(
+    topology: &Topology,
+    pools: &[PoolSnapshot],
+    clients: &[(std::sync::Arc<ClientInfo>, Option<CancelTarget>)],
+    settings: &Settings,
+) -> Table {
+    let mut t = Table::new(&[
+        "node",
+        "database",
+        "user",
+        "cl_active",
+        "cl_waiting",
+        "sv_active",
+        "sv_idle",
+        "pool_size",
+        "pool_mode",
+    ]);
+    let mode = match settings.raw.pool.mode {
+        crate::config::PoolMode::Transaction => "transaction",
+        crate::config::PoolMode::Session => "session",
+    };
+    for p in pools {
+        let active = clients
+            .iter()
+            .filter(|(info, target)| {
+                info.server_user == p.user
+                    && info.database == p.database
+                    && target.as_ref().is_some_and(|t| t.address == p.address)
+            })
+            .count();
+        t.push(vec![
+            node_name(topology, &p.address).or_else(|| some(&p.address)),
+            some(&p.database),
+            some(&p.user),
+            some(active),
+            some(p.waiting),
+            some(p.open.saturating_sub(p.idle)),
+            some(p.idle),
+            some(settings.raw.pool.max_pool_size),
+            some(mode),
+        ]);
+    }
+    t
+}
+
+/// `SHOW CLIENTS`: one row per logged-in client (console sessions are not listed).
+pub fn clients(
+    topology: &Topology,
+    clients: &[(std::sync::Arc<ClientInfo>, Option<CancelTarget>)],
+) -> Table {
+    let mut t = Table::new(&[
+        "type",
+        "user",
+        "database",
+        "state",
+        "addr",
+        "port",
+        "local_addr",
+        "local_port",
+        "connect_time",
+        "tls",
+        "application_name",
+        "node",
+        "remote_pid",
+    ]);
+    let mut sorted: Vec<_> = clients.iter().collect();
+    sorted.sort_by_key(|(info, _)| info.connected_at);
+    for (info, target) in sorted {
+        t.push(vec![
+            some("C"),
+            some(&info.user),
+            some(&info.database),
+            some(if target.is_some() { "active" } else { "idle" }),
+            info.addr.map(|a| a.ip().to_string()),
+            info.addr.map(|a| a.port().to_string()),
+            info.local_addr.map(|a| a.ip().to_string()),
+            info.local_addr.map(|a| a.port().to_string()),
+            some(time(info.connected_at)),
+            yes(info.tls),
+            some(&info.application_name),
+            target
+                .as_ref()
+                .and_then(|t| node_name(topology, &t.address)),
+            target.as_ref().map(|t| t.key.pid.to_string()),
+        ]);
+    }
+    t
+}
+
+/// `SHOW SERVERS`: connections serving a client, then idle ones.
+pub fn servers(
+    topology: &Topology,
+    idle: &[IdleServer],
+    clients: &[(std::sync::Arc<ClientInfo>, Option<CancelTarget>)],
+    now: Instant,
+) -> Table {
+    let mut t = Table::new(&[
+        "type",
+        "user",
+        "database",
+        "state",
+        "node",
+        "addr",
+        "port",
+        "connect_time",
+        "idle_seconds",
+        "remote_pid",
+        "client",
+    ]);
+    for (info, target) in clients {
+        let Some(target) = target else { continue };
+        let (host, port) = host_port(&target.address);
+        t.push(vec![
+            some("S"),
+            some(&info.server_user),
+            some(&info.database),
+            some("active"),
+            node_name(topology, &target.address),
+            host,
+            port,
+            some(time(target.connected_at)),
+            None,
+            some(target.key.pid),
+            info.addr.map(|a| a.to_string()),
+        ]);
+    }
+    for s in idle {
+        let (host, port) = host_port(&s.address);
+        t.push(vec![
+            some("S"),
+            some(&s.user),
+            some(&s.database),
+            some("idle"),
+            node_name(topology, &s.address),
+            host,
+            port,
+            some(time(s.connected_at)),
+            some(now.saturating_duration_since(s.idle_since).as_secs()),
+            some(s.pid),
+            None,
+        ]);
+    }
+    t
+}
+
+/// `SHOW STATS`: requests sent per node, and per kind of client connection.
+pub fn stats(topology: &Topology, stats: &StatsSnapshot) -> Table {
+    let mut t = Table::new(&["node", "statements"]);
+    for (n, count) in topology.nodes.iter().zip(&stats.statements_per_node) {
+        t.push(vec![some(&n.node.name), some(count)]);
+    }
+    t.push(vec![some("(primary connections)"), some(stats.to_primary)]);
+    t.push(vec![some("(standby connections)"), some(stats.to_standby)]);
+    t.push(vec![some("(pinned clients)"), some(stats.pinned_clients)]);
+    t
+}
+
+/// `SHOW CONFIG`: every key with its running value (secrets masked) and whether a
+/// reload changes it.
+pub fn config(settings: &Settings) -> Table {
+    let mut t = Table::new(&["key", "value", "changeable"]);
+    for (key, value) in crate::reload::flatten(&settings.raw) {
+        let shown = if key.ends_with("password") && value != "\"\"" {
+            "\"********\"".to_owned()
+        } else {
+            value
+        };
+        let changeable = !crate::reload::RESTART_ONLY.contains(&key.as_str());
+        t.push(vec![some(key), some(shown), yes(changeable)]);
+    }
+    t
+}
+
+/// `SHOW VERSION`.
+pub fn version() -> Table {
+    let mut t = Table::new(&["version"]);
+    t.push(vec![some(format!("pgsplit {}", env!("CARGO_PKG_VERSION")))]);
+    t
+}
+
+/// `SHOW HELP`.
+pub fn help() -> Table {
+    let mut t = Table::new(&["command", "description"]);
+    for (command, description) in HELP {
+        t.push(vec![some(command), some(description)]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Node;
+    use crate::topology::{Ban, NodeState};
+    use std::time::Duration;
+
+    fn state(name: &str, role: Role) -> NodeState {
+        NodeState {
+            role,
+            error: None,
+            eligible: role != Role::Unknown,
+            ..NodeState::unknown(Node {
+                name: name.into(),
+                address: format!("10.0.0.{}:5432", name.len()),
+                weight: 2,
+            })
+        }
+    }
+
+    fn column<'a>(t: &'a Table, row: usize, name: &str) -> Option<&'a str> {
+        let i = t.columns.iter().position(|c| *c == name).expect(name);
+        t.rows[row][i].as_deref()
+    }
+
+    #[test]
+    fn nodes_show_role_health_lag_bans_and_skip_removed_ones() {
+        let now = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let mut lagging = state("s1", Role::Standby);
+        lagging.lag_bytes = Some(4096);
+        lagging.lag_time = Some(Duration::from_millis(1500));
+        lagging.eligible = false;
+        let mut down = state("s22", Role::Unknown);
+        down.ban = Some(Ban {
+            reason: "connection refused".into(),
+            until: now.0 + Duration::from_secs(2),
+            failures: 1,
+        });
+        let mut banned = state("s333", Role::Standby);
+        banned.admin_ban = true;
+        banned.eligible = false;
+        let mut removed = state("gone", Role::Unknown);
+        removed.removed = true;
+        let topology = Topology {
+            nodes: vec![state("p", Role::Primary), lagging, down, banned, removed],
+        };
+        let stats = StatsSnapshot {
+            statements_per_node: vec![7, 30],
+            to_primary: 7,
+            to_standby: 30,
+            pinned_clients: 0,
+        };
+        let t = nodes(&topology, &stats, now);
+        assert_eq!(t.rows.len(), 4, "the removed node is not listed");
+        assert_eq!(column(&t, 0, "role"), Some("primary"));
+        assert_eq!(column(&t, 0, "statements"), Some("7"));
+        assert_eq!(column(&t, 1, "lag_bytes"), Some("4096"));
+        assert_eq!(column(&t, 1, "lag_seconds"), Some("1.500"));
+        assert_eq!(column(&t, 1, "eligible"), Some("no"));
+        assert_eq!(column(&t, 1, "statements"), Some("30"));
+        assert_eq!(column(&t, 2, "health"), Some("down"));
+        assert_eq!(column(&t, 2, "ban_reason"), Some("connection refused"));
+        assert_eq!(column(&t, 2, "banned_until"), Some("1970-01-01T00:00:02Z"));
+        assert_eq!(column(&t, 3, "ban_reason"), Some("BAN by an operator"));
+        assert_eq!(column(&t, 3, "banned_until"), None);
+        assert_eq!(column(&t, 3, "host"), Some("10.0.0.4"));
+        assert_eq!(column(&t, 3, "weight"), Some("2"));
+    }
+
+    #[test]
+    fn config_masks_secrets_and_says_what_needs_a_restart() {
+        let settings = Settings::parse(
+            r#"
+            [monitor]
+            password = "monitor-secret"
+            [[nodes]]
+            address = "127.0.0.1:5432"
+            [[users]]
+            name = "app"
+            password = "app-secret"
+            "#,
+        )
+        .unwrap();
+        let t = config(&settings);
+        let all = format!("{:?}", t.rows);
+        assert!(!all.contains("secret"), "{all}");
+        let listen = t
+            .rows
+            .iter()
+            .find(|r| r[0].as_deref() == Some("listen"))
+            .expect("listen row");
+        assert_eq!(listen[2].as_deref(), Some("no"));
+        let bound = t
+            .rows
+            .iter()
+            .find(|r| r[0].as_deref() == Some("monitor.max_lag_bytes"))
+            .expect("monitor.max_lag_bytes row");
+        assert_eq!(bound[1].as_deref(), Some("16777216"));
+        assert_eq!(bound[2].as_deref(), Some("yes"));
+    }
+}
