@@ -164,11 +164,12 @@ async fn psql_runs_every_show_command_in_the_console() {
 async fn only_admin_users_get_the_console_and_bad_commands_get_clear_errors() {
     let proxy = TestProxy::start_with(ADMIN, "").await;
     let superuser = pgsplit::cluster::SUPERUSER;
-    let refused = proxy
+    let Err(refused) = proxy
         .connect_as(superuser, cluster().superuser_password(), "pgsplit")
         .await
-        .err()
-        .expect("a user not in admin_users must be refused");
+    else {
+        panic!("a user not in admin_users must be refused");
+    };
     assert_eq!(sqlstate(&refused), "28000", "{refused}");
     assert!(
         message(&refused).contains("admin_users"),
