@@ -5,6 +5,8 @@ use crate::cluster::{
 };
 use crate::config::{ConfigError, Settings};
 use crate::proxy;
+use crate::reload::Sources;
+use std::sync::Arc;
 
 /// The embedded default configuration for a local cluster, as a config file would say it.
 pub fn config_for(cluster: &Cluster, listen: &str) -> Result<Settings, ConfigError> {
@@ -58,15 +60,29 @@ pub async fn run(listen: &str, standbys: usize, tls: bool) -> Result<(), String>
     cluster
         .pgbench_init(1)
         .map_err(|e| format!("cannot load pgbench tables: {e}"))?;
-    let certificate_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let demo_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let tls_keys = if tls {
-        self_signed(certificate_dir.path())?
+        self_signed(demo_dir.path())?
     } else {
         String::new()
     };
-    let settings = Settings::parse(&format!("{tls_keys}{}", config_text(&cluster, listen)))
-        .map_err(|e| e.to_string())?;
-    let proxy = proxy::start(settings)
+    // The configuration lives in a file, so it can be edited and reloaded (RELOAD in the
+    // console, or SIGHUP) while the demo runs.
+    let config_file = demo_dir.path().join("pgsplit.toml");
+    let text = format!(
+        "admin_users = [\"{APP_USER}\"]\n{tls_keys}{}",
+        config_text(&cluster, listen)
+    );
+    std::fs::write(&config_file, text).map_err(|e| e.to_string())?;
+    let settings = Settings::load(&config_file).map_err(|e| e.to_string())?;
+    let reload_from = config_file.clone();
+    let sources = Sources {
+        loader: Some(Arc::new(move || {
+            Settings::load(&reload_from).map_err(|e| e.to_string())
+        })),
+        log_filter: None,
+    };
+    let proxy = proxy::start_with(settings, sources)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = proxy.local_addr();
@@ -80,6 +96,9 @@ pub async fn run(listen: &str, standbys: usize, tls: bool) -> Result<(), String>
         println!("  postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{APP_DATABASE}?sslmode=require   (TLS, self-signed certificate)");
     }
     println!();
+    println!("admin  postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{}", crate::admin::DATABASE);
+    println!("config {}   (edit it, then RELOAD in the console)", config_file.display());
+    println!();
     println!("Nodes (direct connections, bypassing pgsplit):");
     for (i, node) in cluster.nodes().iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
@@ -90,7 +109,7 @@ pub async fn run(listen: &str, standbys: usize, tls: bool) -> Result<(), String>
     }
     println!();
     println!("Press Ctrl-C to stop pgsplit and remove the cluster.");
-    proxy::shutdown_signal().await;
+    proxy.until_stopped().await;
     println!("Stopping…");
     proxy.shutdown().await;
     tokio::task::spawn_blocking(move || drop(cluster))
