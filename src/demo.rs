@@ -76,12 +76,10 @@ pub async fn run(listen: &str, standbys: usize, tls: bool) -> Result<(), String>
     std::fs::write(&config_file, text).map_err(|e| e.to_string())?;
     let settings = Settings::load(&config_file).map_err(|e| e.to_string())?;
     let reload_from = config_file.clone();
-    let sources = Sources {
-        loader: Some(Arc::new(move || {
-            Settings::load(&reload_from).map_err(|e| e.to_string())
-        })),
-        log_filter: None,
-    };
+    let sources = Sources::new(
+        Arc::new(move || Settings::load(&reload_from).map_err(|e| e.to_string())),
+        None,
+    );
     let proxy = proxy::start_with(settings, sources)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -96,8 +94,14 @@ pub async fn run(listen: &str, standbys: usize, tls: bool) -> Result<(), String>
         println!("  postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{APP_DATABASE}?sslmode=require   (TLS, self-signed certificate)");
     }
     println!();
-    println!("admin  postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{}", crate::admin::DATABASE);
-    println!("config {}   (edit it, then RELOAD in the console)", config_file.display());
+    println!(
+        "admin  postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{}",
+        crate::admin::DATABASE
+    );
+    println!(
+        "config {}   (edit it, then RELOAD in the console)",
+        config_file.display()
+    );
     println!();
     println!("Nodes (direct connections, bypassing pgsplit):");
     for (i, node) in cluster.nodes().iter().enumerate() {

@@ -93,12 +93,10 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings, path: PathBuf) -> Result<(), String> {
-    let sources = Sources {
-        loader: Some(Arc::new(move || {
-            Settings::load(&path).map_err(|e| e.to_string())
-        })),
-        log_filter: None,
-    };
+    let sources = Sources::new(
+        Arc::new(move || Settings::load(&path).map_err(|e| e.to_string())),
+        None,
+    );
     let proxy = pgsplit::proxy::start_with(settings, sources)
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;

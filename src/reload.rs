@@ -21,12 +21,25 @@ pub type Loader = Arc<dyn Fn() -> Result<Settings, String> + Send + Sync>;
 pub type LogFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Where a reload gets its configuration and what it tells the logger.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Sources {
     /// The configuration's source; without one, `RELOAD` has nothing to read.
     pub loader: Option<Loader>,
     /// The log filter's setter; without one, `log_level` changes need a restart.
     pub log_filter: Option<LogFilter>,
+    /// One reload at a time (SIGHUP and RELOAD may coincide).
+    lock: std::sync::Mutex<()>,
+}
+
+impl Sources {
+    /// Reloads from `loader`, with `log_filter` when given.
+    pub fn new(loader: Loader, log_filter: Option<LogFilter>) -> Sources {
+        Sources {
+            loader: Some(loader),
+            log_filter,
+            lock: std::sync::Mutex::default(),
+        }
+    }
 }
 
 /// Keys a reload cannot change in a running process.
@@ -40,6 +53,11 @@ pub(crate) const RESTART_ONLY: &[&str] = &[
 /// Reads the configuration from its source and applies it; the error says why nothing
 /// changed. Returns one line per change.
 pub fn reload(shared: &Shared) -> Result<Vec<String>, String> {
+    let _one_at_a_time = shared
+        .sources
+        .lock
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let loader = shared
         .sources
         .loader

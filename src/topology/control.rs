@@ -130,7 +130,14 @@ impl Publisher {
         let mut changed = self.changed.subscribe();
         loop {
             changed.borrow_and_update();
-            let paused = self.shared.load().nodes.get(node).is_some_and(|n| n.paused);
+            // A node removed while paused: the work goes on, on a connection that closes
+            // afterwards.
+            let paused = self
+                .shared
+                .load()
+                .nodes
+                .get(node)
+                .is_some_and(|n| n.paused && !n.removed);
             if !paused || changed.changed().await.is_err() {
                 return;
             }

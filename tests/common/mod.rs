@@ -131,12 +131,10 @@ impl TestProxy {
     /// read again.
     pub async fn start_reloadable(path: std::path::PathBuf) -> TestProxy {
         let settings = Settings::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        let sources = pgsplit::reload::Sources {
-            loader: Some(std::sync::Arc::new(move || {
-                Settings::load(&path).map_err(|e| e.to_string())
-            })),
-            log_filter: None,
-        };
+        let sources = pgsplit::reload::Sources::new(
+            std::sync::Arc::new(move || Settings::load(&path).map_err(|e| e.to_string())),
+            None,
+        );
         let handle = runtime()
             .spawn(pgsplit::proxy::start_with(settings, sources))
             .await
