@@ -6,6 +6,7 @@ use crate::cluster::{
 use crate::config::{ConfigError, Settings};
 use crate::proxy;
 use crate::reload::Sources;
+use std::io::Write;
 use std::sync::Arc;
 
 /// The embedded default configuration for a local cluster, as a config file would say it.
@@ -114,7 +115,8 @@ pub async fn run(listen: &str, standbys: usize, tls: bool) -> Result<(), String>
     println!();
     println!("Press Ctrl-C to stop pgsplit and remove the cluster.");
     proxy.until_stopped().await;
-    println!("Stopping…");
+    // Whoever watched stdout may be gone by now: a closed pipe must not stop the cleanup.
+    let _ = writeln!(std::io::stdout(), "Stopping…");
     proxy.shutdown().await;
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
