@@ -1,4 +1,5 @@
-//! Configuration: the TOML schema with defaults, and validation with messages that name the key.
+//! Configuration: the TOML schema with defaults, validation with messages that name the
+//! key, and where it is read from: a file and `PGSPLIT_*` environment variables (`env.rs`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,6 +12,11 @@ use std::collections::HashMap;
 use crate::auth::{AuthMethod, Secret};
 use crate::balance::{PrimaryReads, Strategy};
 use crate::tls::ServerTls;
+
+mod env;
+mod source;
+
+pub use source::ConfigSource;
 
 /// A configuration problem, naming the key and saying what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +35,14 @@ pub enum ConfigError {
         /// File path.
         path: String,
         /// The parser's message, with line and key.
+        message: String,
+    },
+    /// An environment variable is unknown, clashes with another or cannot be converted.
+    #[error("{var}: {message}")]
+    Env {
+        /// The variable (or variables), e.g. `PGSPLIT_MAX_LAG_BYTES`.
+        var: String,
+        /// What is wrong.
         message: String,
     },
     /// A value is well-formed but not acceptable.
@@ -131,8 +145,8 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+/// How log lines are written (also `--log-format` on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -809,5 +823,7 @@ fn check_host_port(address: &str) -> Result<(), String> {
     }
 }
 
+#[cfg(test)]
+mod env_tests;
 #[cfg(test)]
 mod tests;
