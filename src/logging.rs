@@ -1,6 +1,8 @@
 //! Log output: text or JSON lines on stdout, filtered by `log_level` (or `RUST_LOG`), with
 //! a filter that a configuration reload can change while pgsplit runs.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -42,18 +44,22 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogControl, String> {
         Ok(_) | Err(std::env::VarError::NotPresent) => None,
         Err(std::env::VarError::NotUnicode(_)) => return Err("RUST_LOG is not UTF-8".into()),
     };
-    let (subscriber, control) = build(format, filter, rust_log.as_deref(), std::io::stdout)?;
+    // Colours only for a person at a terminal, not in the journal or a collector's file.
+    let ansi = std::io::stdout().is_terminal();
+    let (subscriber, control) = build(format, filter, rust_log.as_deref(), ansi, std::io::stdout)?;
     subscriber
         .try_init()
         .map_err(|e| format!("cannot set up logging: {e}"))?;
     Ok(control)
 }
 
-/// The subscriber [`init`] installs, writing to `writer` (tests capture it).
+/// The subscriber [`init`] installs, writing to `writer` (tests capture it); `ansi`
+/// colours text lines.
 fn build<W>(
     format: LogFormat,
     filter: &str,
     rust_log: Option<&str>,
+    ansi: bool,
     writer: W,
 ) -> Result<(impl tracing::Subscriber + Send + Sync + 'static, LogControl), String>
 where
@@ -65,7 +71,7 @@ where
     };
     let (filter_layer, handle) = reload::Layer::new(initial);
     let output = match format {
-        LogFormat::Text => fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
         LogFormat::Json => fmt::layer().json().with_writer(writer).boxed(),
     };
     let subscriber = Registry::default().with(filter_layer).with(output);
@@ -116,7 +122,7 @@ mod tests {
     fn set_filter_changes_what_is_logged() {
         let out = Captured::default();
         let (subscriber, control) =
-            build(LogFormat::Text, "info", None, out.clone()).expect("valid filter");
+            build(LogFormat::Text, "info", None, false, out.clone()).expect("valid filter");
         tracing::subscriber::with_default(subscriber, || {
             tracing::debug!("before-debug");
             tracing::info!("before-info");
@@ -136,7 +142,7 @@ mod tests {
     fn rust_log_wins_over_log_level() {
         let out = Captured::default();
         let (subscriber, control) =
-            build(LogFormat::Text, "debug", Some("warn"), out.clone()).expect("valid");
+            build(LogFormat::Text, "debug", Some("warn"), false, out.clone()).expect("valid");
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("hidden-info");
             control.set_filter("debug").expect("accepted, not applied");
@@ -148,14 +154,14 @@ mod tests {
             text.contains("RUST_LOG is set"),
             "the no-op says why:\n{text}"
         );
-        assert!(build(LogFormat::Text, "info", Some("x=nope"), out).is_err());
+        assert!(build(LogFormat::Text, "info", Some("x=nope"), false, out).is_err());
     }
 
     #[test]
     fn json_format_writes_one_object_per_line() {
         let out = Captured::default();
         let (subscriber, _control) =
-            build(LogFormat::Json, "info", None, out.clone()).expect("valid");
+            build(LogFormat::Json, "info", None, false, out.clone()).expect("valid");
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(node = "pg1", "standby lagging");
         });
