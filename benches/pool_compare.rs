@@ -575,6 +575,13 @@ fn start_pgsplit(
     write_private(&path, &config, None)?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsplit"));
     cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+    // The benchmark's own PGSPLIT_BENCH_* knobs would reach pgsplit as configuration
+    // variables and be refused as unknown; the file says everything.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PGSPLIT_") {
+            cmd.env_remove(name);
+        }
+    }
     Proxy::start("pgsplit", cmd, port, dir.join("pgsplit.log"), runtime)
 }
 

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod logging;
 pub mod pool;
 pub mod prepared;
 pub mod protocol;

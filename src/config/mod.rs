@@ -1,4 +1,5 @@
-//! Configuration: the TOML schema with defaults, and validation with messages that name the key.
+//! Configuration: the TOML schema with defaults, validation with messages that name the
+//! key, and where it is read from: a file and `PGSPLIT_*` environment variables (`env.rs`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,6 +12,11 @@ use std::collections::HashMap;
 use crate::auth::{AuthMethod, Secret};
 use crate::balance::{PrimaryReads, Strategy};
 use crate::tls::ServerTls;
+
+mod env;
+mod source;
+
+pub use source::ConfigSource;
 
 /// A configuration problem, naming the key and saying what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +35,14 @@ pub enum ConfigError {
         /// File path.
         path: String,
         /// The parser's message, with line and key.
+        message: String,
+    },
+    /// An environment variable is unknown, clashes with another or cannot be converted.
+    #[error("{var}: {message}")]
+    Env {
+        /// The variable (or variables), e.g. `PGSPLIT_MAX_LAG_BYTES`.
+        var: String,
+        /// What is wrong.
         message: String,
     },
     /// A value is well-formed but not acceptable.
@@ -131,8 +145,8 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+/// How log lines are written (also `--log-format` on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -810,176 +824,6 @@ fn check_host_port(address: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
-        [[nodes]]
-        address = "127.0.0.1:5432"
-        [[users]]
-        name = "app"
-        password = "secret"
-    "#;
-
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let s = Settings::parse(MINIMAL).unwrap();
-        assert_eq!(s.listen.to_string(), "127.0.0.1:6432");
-        assert_eq!(s.nodes[0].name, "node0");
-        assert_eq!(s.nodes[0].weight, 1);
-        assert_eq!(s.raw.monitor.lag_check_interval, Duration::from_millis(500));
-        let app = s.user("app").unwrap();
-        assert_eq!(app.method, AuthMethod::ScramSha256);
-        assert_eq!(
-            (app.server_user.as_str(), app.server_password.as_str()),
-            ("app", "secret")
-        );
-    }
-
-    #[test]
-    fn example_config_file_is_valid() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgsplit.toml");
-        let s = Settings::load(Path::new(path)).unwrap();
-        assert!(s.nodes.len() >= 2);
-    }
-
-    #[test]
-    fn invalid_values_name_their_key() {
-        let cases = [
-            ("listen = \"nowhere\"\n", "listen"),
-            ("max_client_conn = 0\n", "max_client_conn"),
-            ("auth_timeout = \"0s\"\n", "auth_timeout"),
-            (
-                "[monitor]\nlag_check_interval = \"0ms\"\n",
-                "monitor.lag_check_interval",
-            ),
-            ("[pool]\nmax_pool_size = 0\n", "pool.max_pool_size"),
-            (
-                "[pool]\nmin_pool_size = 5\nmax_pool_size = 2\n",
-                "pool.min_pool_size",
-            ),
-            (
-                "[pool]\ncheckout_timeout = \"0s\"\n",
-                "pool.checkout_timeout",
-            ),
-            ("tls_mode = \"require\"\n", "tls_cert_file"),
-            ("tls_mode = \"allow\"\nverify_client = true\n", "verify_client"),
-            (
-                "tls_mode = \"allow\"\ntls_cert_file = \"/nonexistent.pem\"\ntls_key_file = \"/nonexistent.key\"\n",
-                "tls_cert_file",
-            ),
-        ];
-        for (prefix, key) in cases {
-            let text = format!("{prefix}{MINIMAL}");
-            match Settings::parse(&text) {
-                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
-                other => panic!("{text}: expected an error on {key}, got {other:?}"),
-            }
-        }
-        let bad_nodes = [
-            ("[[nodes]]\naddress = \"localhost\"\n", "nodes[0].address"),
-            ("[[nodes]]\naddress = \"h:70000\"\n", "nodes[0].address"),
-            (
-                "[[nodes]]\nname = \"a\"\naddress = \"h:1\"\n[[nodes]]\nname = \"a\"\naddress = \"h:2\"\n",
-                "nodes[1].name",
-            ),
-        ];
-        for (nodes, key) in bad_nodes {
-            let text = format!("{nodes}[[users]]\nname = \"app\"\npassword = \"x\"\n");
-            match Settings::parse(&text) {
-                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
-                other => panic!("{text}: expected an error on {key}, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn lag_and_ban_settings_default_and_derive() {
-        let s = Settings::parse(MINIMAL).unwrap();
-        let m = &s.raw.monitor;
-        assert_eq!(m.max_lag_bytes, 16 << 20);
-        assert_eq!(m.max_lag_time, Duration::from_secs(10));
-        assert_eq!(m.readmit_bytes(), 8 << 20);
-        assert_eq!(m.readmit_time(), Duration::from_secs(5));
-        assert_eq!(m.readmit_after_polls, 2);
-        assert_eq!(m.max_ban, Duration::from_secs(30));
-
-        let text = format!(
-            "[monitor]\nmax_lag_bytes = 65536\nreadmit_lag_bytes = 1000\n\
-             max_lag_time = \"0s\"\nmax_ban = \"2s\"\n{MINIMAL}"
-        );
-        let s = Settings::parse(&text).unwrap();
-        let m = &s.raw.monitor;
-        assert_eq!(
-            (m.readmit_bytes(), m.readmit_time()),
-            (1000, Duration::ZERO)
-        );
-        assert_eq!(m.max_ban, Duration::from_secs(2));
-    }
-
-    #[test]
-    fn lag_and_ban_settings_that_make_no_sense_name_their_key() {
-        let cases = [
-            (
-                "max_lag_bytes = 1000\nreadmit_lag_bytes = 1001",
-                "monitor.readmit_lag_bytes",
-            ),
-            (
-                "max_lag_bytes = 0\nreadmit_lag_bytes = 10",
-                "monitor.readmit_lag_bytes",
-            ),
-            (
-                "max_lag_time = \"1s\"\nreadmit_lag_time = \"2s\"",
-                "monitor.readmit_lag_time",
-            ),
-            (
-                "max_lag_time = \"0s\"\nreadmit_lag_time = \"1s\"",
-                "monitor.readmit_lag_time",
-            ),
-            ("readmit_after_polls = 0", "monitor.readmit_after_polls"),
-            (
-                "lag_check_interval = \"1s\"\nmax_ban = \"500ms\"",
-                "monitor.max_ban",
-            ),
-            ("max_ban = \"0s\"", "monitor.max_ban"),
-        ];
-        for (monitor, key) in cases {
-            let text = format!("[monitor]\n{monitor}\n{MINIMAL}");
-            match Settings::parse(&text) {
-                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
-                other => panic!("{text}: expected an error on {key}, got {other:?}"),
-            }
-        }
-        let ok = "[monitor]\nmax_lag_bytes = 1000\nreadmit_lag_bytes = 1000\n";
-        assert!(
-            Settings::parse(&format!("{ok}{MINIMAL}")).is_ok(),
-            "equal bounds are fine"
-        );
-    }
-
-    #[test]
-    fn hashed_passwords_need_a_server_password() {
-        let text = r#"
-            [[nodes]]
-            address = "127.0.0.1:5432"
-            [[users]]
-            name = "app"
-            auth_method = "md5"
-            password = "md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-        "#;
-        match Settings::parse(text) {
-            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "users[0].server_password"),
-            other => panic!("expected server_password error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn unknown_keys_and_methods_are_rejected() {
-        let typo = format!("listne = \"x\"\n{MINIMAL}");
-        let err = Settings::parse(&typo).unwrap_err().to_string();
-        assert!(err.contains("listne"), "{err}");
-        let method = MINIMAL.replace("password = \"secret\"", "auth_method = \"kerberos\"");
-        let err = Settings::parse(&method).unwrap_err().to_string();
-        assert!(err.contains("kerberos"), "{err}");
-    }
-}
+mod env_tests;
+#[cfg(test)]
+mod tests;
