@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::catalog::FunctionCatalogs;
 use crate::classify::{CacheStats, Classifier};
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::pool::{PoolSnapshot, Pools};
 use crate::prepared::Registry;
 use crate::protocol::BackendKey;
@@ -124,6 +125,7 @@ pub struct Shared {
 /// A running proxy.
 pub struct ProxyHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     clients: Arc<Semaphore>,
     max_clients: u32,
@@ -135,6 +137,12 @@ pub struct ProxyHandle {
 pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
     let listener = TcpListener::bind(settings.listen).await?;
     let local_addr = listener.local_addr()?;
+    // Bound before anything starts, so a taken port fails the start cleanly.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let metrics = Metrics::new(metrics_listener.is_some());
     let settings = Arc::new(settings);
     let topology: SharedTopology =
         Arc::new(ArcSwap::from_pointee(Topology::unknown(&settings.nodes)));
@@ -150,8 +158,9 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
     tokio::spawn(monitor.run(stop.clone()));
     let functions = Arc::new(FunctionCatalogs::new(Arc::clone(&settings)));
     tokio::spawn(Arc::clone(&functions).run(Arc::clone(&topology), stop.clone()));
-    let pools = Arc::new(Pools::new(Arc::clone(&settings)));
-    tokio::spawn(Arc::clone(&pools).run(stop));
+    let pools =
+        Arc::new(Pools::new(Arc::clone(&settings)).time_checkouts(metrics.checkout_seconds()));
+    tokio::spawn(Arc::clone(&pools).run(stop.clone()));
 
     let max_clients = u32::try_from(settings.raw.max_client_conn).unwrap_or(u32::MAX >> 3);
     let clients = Arc::new(Semaphore::new(max_clients as usize));
@@ -165,7 +174,7 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
     let shared = Arc::new(Shared {
         tls: ArcSwapOption::from(tls.map(Arc::new)),
         classifier: Classifier::new(settings.raw.routing.classify_cache_size),
-        stats: Stats::new(settings.nodes.len()),
+        stats: Stats::new(settings.nodes.len(), metrics.query_seconds()),
         settings,
         topology,
         cancels: CancelRegistry::default(),
@@ -179,9 +188,24 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
         Arc::clone(&shared),
         Arc::clone(&clients),
     ));
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics,
+                Arc::clone(&shared),
+                stop,
+            ));
+            tracing::info!(%addr, "metrics and probes on /metrics, /healthz, /readyz");
+            Some(addr)
+        }
+        None => None,
+    };
     tracing::info!(%local_addr, "pgsplit listening");
     Ok(ProxyHandle {
         local_addr,
+        metrics_addr,
         shared,
         clients,
         max_clients,
@@ -211,6 +235,12 @@ impl ProxyHandle {
     /// Address clients connect to (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoint, when
+    /// `[metrics] listen` is set (useful when listening on port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Routing counters so far.
