@@ -114,8 +114,13 @@ impl TestProxy {
         // The demo text already has a [monitor] table and TOML forbids a second one.
         let base = base.replacen("[monitor]\n", &format!("[monitor]\n{monitor}\n"), 1);
         let text = format!("{top}\n{base}\n{tables}");
+        Self::start_text(&text).await
+    }
+
+    /// Starts pgsplit with exactly this configuration.
+    pub async fn start_text(text: &str) -> TestProxy {
         let settings =
-            Settings::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+            Settings::parse(text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let handle = runtime()
             .spawn(pgsplit::proxy::start(settings))
             .await
@@ -125,6 +130,11 @@ impl TestProxy {
             addr: handle.local_addr(),
             handle: Some(handle),
         }
+    }
+
+    /// Where this proxy serves /metrics, /healthz and /readyz, if it does.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.handle.as_ref().expect("proxy running").metrics_addr()
     }
 
     /// The proxy's latest cluster snapshot.
