@@ -113,7 +113,7 @@ fn main() -> Result<(), String> {
     );
     let (mut sum_off, mut sum_on) = (0.0, 0.0);
     for round in 1..=rounds {
-        let mut tps = |port: u16| pgbench_tps(&cluster, port, clients, seconds);
+        let tps = |port: u16| pgbench_tps(&cluster, port, clients, seconds);
         let (off_tps, on_tps) = if round % 2 == 1 {
             let off_tps = tps(off.local_addr().port())?;
             (off_tps, tps(on.local_addr().port())?)
