@@ -71,7 +71,7 @@ pub async fn run(listen: &str, standbys: usize, tls: bool) -> Result<(), String>
     // console, or SIGHUP) while the demo runs.
     let config_file = demo_dir.path().join("pgsplit.toml");
     let text = format!(
-        "admin_users = [\"{APP_USER}\"]\n{tls_keys}{}",
+        "admin_users = [\"{APP_USER}\"]\n{tls_keys}{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         config_text(&cluster, listen)
     );
     std::fs::write(&config_file, text).map_err(|e| e.to_string())?;
@@ -99,6 +99,9 @@ pub async fn run(listen: &str, standbys: usize, tls: bool) -> Result<(), String>
         "admin  postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{}",
         crate::admin::DATABASE
     );
+    if let Some(metrics) = proxy.metrics_addr() {
+        println!("metrics  http://{metrics}/metrics");
+    }
     println!(
         "config {}   (edit it, then RELOAD in the console)",
         config_file.display()

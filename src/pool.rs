@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -221,6 +221,27 @@ impl Limit {
     }
 }
 
+/// Checkouts of every pool together, for `/metrics`.
+#[derive(Default)]
+pub struct Checkouts {
+    done: AtomicU64,
+    waited: AtomicU64,
+    /// `pgsplit_pool_checkout_duration_seconds`; `None` when metrics are off, so a
+    /// checkout does not even read the clock for it.
+    seconds: Option<metrics::Histogram>,
+}
+
+impl Checkouts {
+    /// Checkouts that got a connection, and checkouts (done or failed) that had to wait
+    /// for a free slot in their pool.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.waited.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// One pool.
 pub struct Pool {
     key: PoolKey,
@@ -231,6 +252,7 @@ pub struct Pool {
     open: AtomicUsize,
     waiting: AtomicUsize,
     retired: std::sync::atomic::AtomicBool,
+    checkouts: Arc<Checkouts>,
 }
 
 /// An idle pooled connection, for the admin console.
@@ -307,15 +329,34 @@ impl Pool {
 
     /// A connection for one client, within `checkout_timeout`.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ProxyError> {
+        let started = self.checkouts.seconds.as_ref().map(|_| Instant::now());
+        let lease = self.lease().await;
+        if lease.is_ok() {
+            self.checkouts.done.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some(started), Some(seconds)) = (started, &self.checkouts.seconds) {
+            seconds.record(started.elapsed().as_secs_f64());
+        }
+        lease
+    }
+
+    async fn lease(self: &Arc<Self>) -> Result<Lease, ProxyError> {
         let settings = self.settings.load_full();
         let config = &settings.raw.pool;
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit = tokio::time::timeout(
-            config.checkout_timeout,
-            Arc::clone(&self.permits.semaphore).acquire_owned(),
-        )
-        .await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = match Arc::clone(&self.permits.semaphore).try_acquire_owned() {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(_) => {
+                self.checkouts.waited.fetch_add(1, Ordering::Relaxed);
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let permit = tokio::time::timeout(
+                    config.checkout_timeout,
+                    Arc::clone(&self.permits.semaphore).acquire_owned(),
+                )
+                .await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                permit
+            }
+        };
         let permit = match permit {
             Ok(Ok(permit)) => permit,
             _ => {
@@ -424,6 +465,7 @@ impl Pool {
 pub struct Pools {
     settings: SharedSettings,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    checkouts: Arc<Checkouts>,
 }
 
 impl Pools {
@@ -432,7 +474,22 @@ impl Pools {
         Pools {
             settings,
             pools: Mutex::new(HashMap::new()),
+            checkouts: Arc::default(),
         }
+    }
+
+    /// Records how long each checkout takes in `seconds`, if given (`/metrics` is on).
+    pub fn time_checkouts(mut self, seconds: Option<metrics::Histogram>) -> Pools {
+        self.checkouts = Arc::new(Checkouts {
+            seconds,
+            ..Checkouts::default()
+        });
+        self
+    }
+
+    /// Checkouts of every pool so far.
+    pub fn checkouts(&self) -> &Checkouts {
+        &self.checkouts
     }
 
     /// The pool for a server, role and database.
@@ -453,6 +510,7 @@ impl Pools {
                 open: AtomicUsize::new(0),
                 waiting: AtomicUsize::new(0),
                 retired: false.into(),
+                checkouts: Arc::clone(&self.checkouts),
             })
         });
         let mut known = pool.password.lock().unwrap_or_else(|e| e.into_inner());

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::catalog::FunctionCatalogs;
 use crate::classify::{CacheStats, Classifier};
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::pool::{Limit, PoolSnapshot, Pools};
 use crate::prepared::Registry;
 use crate::protocol::BackendKey;
@@ -174,6 +175,7 @@ pub struct Shared {
 /// A running proxy.
 pub struct ProxyHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     accept: JoinHandle<()>,
     stop_monitor: watch::Sender<bool>,
@@ -189,6 +191,12 @@ pub async fn start(settings: Settings) -> std::io::Result<ProxyHandle> {
 pub async fn start_with(settings: Settings, sources: Sources) -> std::io::Result<ProxyHandle> {
     let listener = TcpListener::bind(settings.listen).await?;
     let local_addr = listener.local_addr()?;
+    // Bound before anything starts, so a taken port fails the start cleanly.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let metrics = Metrics::new(metrics_listener.is_some());
     let topology: SharedTopology =
         Arc::new(ArcSwap::from_pointee(Topology::unknown(&settings.nodes)));
     let settings: SharedSettings = Arc::new(ArcSwap::from_pointee(settings));
@@ -205,8 +213,9 @@ pub async fn start_with(settings: Settings, sources: Sources) -> std::io::Result
     tokio::spawn(monitor.run(stop.clone()));
     let functions = Arc::new(FunctionCatalogs::new(Arc::clone(&settings)));
     tokio::spawn(Arc::clone(&functions).run(Arc::clone(&topology), stop.clone()));
-    let pools = Arc::new(Pools::new(Arc::clone(&settings)));
-    tokio::spawn(Arc::clone(&pools).run(stop));
+    let pools =
+        Arc::new(Pools::new(Arc::clone(&settings)).time_checkouts(metrics.checkout_seconds()));
+    tokio::spawn(Arc::clone(&pools).run(stop.clone()));
 
     let current = settings.load_full();
     let clients = Limit::new(current.raw.max_client_conn);
@@ -220,7 +229,7 @@ pub async fn start_with(settings: Settings, sources: Sources) -> std::io::Result
     let shared = Arc::new(Shared {
         tls: ArcSwapOption::from(tls.map(Arc::new)),
         classifier: Classifier::new(current.raw.routing.classify_cache_size),
-        stats: Stats::new(current.nodes.len()),
+        stats: Stats::new(current.nodes.len(), metrics.query_seconds()),
         settings,
         sources,
         topology,
@@ -234,9 +243,24 @@ pub async fn start_with(settings: Settings, sources: Sources) -> std::io::Result
         statements: Registry::default(),
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics,
+                Arc::clone(&shared),
+                stop,
+            ));
+            tracing::info!(%addr, "metrics and probes on /metrics, /healthz, /readyz");
+            Some(addr)
+        }
+        None => None,
+    };
     tracing::info!(%local_addr, "pgsplit listening");
     Ok(ProxyHandle {
         local_addr,
+        metrics_addr,
         shared,
         accept,
         stop_monitor,
@@ -266,6 +290,12 @@ impl ProxyHandle {
     /// Address clients connect to (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoint, when
+    /// `[metrics] listen` is set (useful when listening on port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Routing counters so far.

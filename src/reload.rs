@@ -84,6 +84,9 @@ pub fn apply(shared: &Shared, new: Settings) -> Result<Vec<String>, String> {
     shared.settings.store(Arc::new(new));
     let settings = shared.settings.load_full();
     shared.publisher.reconcile(&settings.nodes);
+    shared
+        .stats
+        .ensure_nodes(shared.topology.load().nodes.len());
     shared.pools.reconcile();
     shared.clients.resize(settings.raw.max_client_conn);
     shared.functions.reconfigure();

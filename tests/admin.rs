@@ -128,7 +128,10 @@ async fn psql_runs_every_show_command_in_the_console() {
         ("SHOW POOLS", &["sv_idle", "transaction", APP_DATABASE]),
         ("SHOW CLIENTS", &["application_name", "connect_time"]),
         ("SHOW SERVERS", &["idle", "remote_pid"]),
-        ("SHOW STATS", &["node"]),
+        (
+            "SHOW STATS",
+            &["total_query_count", "p99_query_time", "read"],
+        ),
         ("SHOW CONFIG", &["monitor.max_lag_bytes", "********"]),
         ("SHOW VERSION", &["pgsplit"]),
         ("SHOW HELP", &["BAN node", "RELOAD"]),

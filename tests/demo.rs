@@ -1,5 +1,7 @@
 //! `pgsplit demo`, run as a user would: it prints where to connect, and what it prints works.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,7 +39,7 @@ fn after<'a>(lines: &'a [String], label: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_prints_a_working_admin_console_uri() {
+async fn the_demo_prints_a_working_admin_console_uri_and_metrics_url() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -90,6 +92,15 @@ async fn the_demo_prints_a_working_admin_console_uri() {
         })
         .collect();
     assert_eq!(nodes, ["primary", "standby", "standby"]);
+    let metrics = after(&lines, "metrics ");
+    let addr: std::net::SocketAddr = metrics
+        .strip_prefix("http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("metrics URL {metrics:?}"));
+    let (status, body) = common::http(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("pgsplit_node_up"), "{body}");
     let config = after(&lines, "config ");
     assert!(config.contains("pgsplit.toml"), "{config}");
     drop(demo);

@@ -87,7 +87,8 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
         "banned_until",
         "weight",
         "paused",
-        "statements",
+        "reads",
+        "writes",
     ]);
     for (i, n) in topology.nodes.iter().enumerate() {
         if n.removed {
@@ -107,7 +108,6 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
             (None, false) => (None, None),
         };
         let (host, port) = host_port(&n.node.address);
-        let statements = stats.statements_per_node.get(i).copied().unwrap_or(0);
         t.push(vec![
             some(&n.node.name),
             host,
@@ -121,7 +121,8 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
             banned_until,
             some(n.node.weight),
             yes(n.paused),
-            some(statements),
+            some(stats.reads_served(i)),
+            some(stats.writes_served(i)),
         ]);
     }
     t
@@ -273,15 +274,37 @@ pub fn servers(
     t
 }
 
-/// `SHOW STATS`: requests sent per node, and per kind of client connection.
+/// `SHOW STATS`: per configured node and route (`read`: nothing in the request needed
+/// the primary; `write`: something did), requests, transactions, bytes and query times
+/// in microseconds, as pgbouncer's `total_*` and `avg_*` columns.
 pub fn stats(topology: &Topology, stats: &StatsSnapshot) -> Table {
-    let mut t = Table::new(&["node", "statements"]);
-    for (n, count) in topology.nodes.iter().zip(&stats.statements_per_node) {
-        t.push(vec![some(&n.node.name), some(count)]);
+    let mut t = Table::new(&[
+        "node",
+        "route",
+        "total_xact_count",
+        "total_query_count",
+        "total_received",
+        "total_sent",
+        "total_query_time",
+        "avg_query_time",
+        "p99_query_time",
+    ]);
+    for s in &stats.per_node {
+        let Some(n) = topology.nodes.get(s.node_index).filter(|n| !n.removed) else {
+            continue;
+        };
+        t.push(vec![
+            some(&n.node.name),
+            some(s.route.as_str()),
+            some(s.transactions),
+            some(s.queries),
+            some(s.bytes_received),
+            some(s.bytes_sent),
+            some(s.total_query_time.as_micros()),
+            some(s.avg_query_time.as_micros()),
+            some(s.p99_query_time.as_micros()),
+        ]);
     }
-    t.push(vec![some("(primary connections)"), some(stats.to_primary)]);
-    t.push(vec![some("(standby connections)"), some(stats.to_standby)]);
-    t.push(vec![some("(pinned clients)"), some(stats.pinned_clients)]);
     t
 }
 
@@ -321,6 +344,7 @@ pub fn help() -> Table {
 mod tests {
     use super::*;
     use crate::config::Node;
+    use crate::stats::{NodeStats, Served};
     use crate::topology::{Ban, NodeState};
     use std::time::Duration;
 
@@ -363,20 +387,36 @@ mod tests {
         let topology = Topology {
             nodes: vec![state("p", Role::Primary), lagging, down, banned, removed],
         };
+        let served = |node_index, route, queries| NodeStats {
+            node_index,
+            route,
+            queries,
+            transactions: queries,
+            bytes_received: 0,
+            bytes_sent: 0,
+            total_query_time: Duration::ZERO,
+            avg_query_time: Duration::ZERO,
+            p99_query_time: Duration::ZERO,
+        };
         let stats = StatsSnapshot {
             statements_per_node: vec![7, 30],
             to_primary: 7,
             to_standby: 30,
             pinned_clients: 0,
+            per_node: vec![served(0, Served::Write, 7), served(1, Served::Read, 30)],
+            decisions: Vec::new(),
+            clients: 0,
+            active_clients: 0,
         };
         let t = nodes(&topology, &stats, now);
         assert_eq!(t.rows.len(), 4, "the removed node is not listed");
         assert_eq!(column(&t, 0, "role"), Some("primary"));
-        assert_eq!(column(&t, 0, "statements"), Some("7"));
+        assert_eq!(column(&t, 0, "writes"), Some("7"));
+        assert_eq!(column(&t, 0, "reads"), Some("0"));
         assert_eq!(column(&t, 1, "lag_bytes"), Some("4096"));
         assert_eq!(column(&t, 1, "lag_seconds"), Some("1.500"));
         assert_eq!(column(&t, 1, "eligible"), Some("no"));
-        assert_eq!(column(&t, 1, "statements"), Some("30"));
+        assert_eq!(column(&t, 1, "reads"), Some("30"));
         assert_eq!(column(&t, 2, "health"), Some("down"));
         assert_eq!(column(&t, 2, "ban_reason"), Some("connection refused"));
         assert_eq!(column(&t, 2, "banned_until"), Some("1970-01-01T00:00:02Z"));

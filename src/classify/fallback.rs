@@ -9,7 +9,7 @@
 use super::functions::{Decision, FunctionName, Functions};
 use super::lexer::{Kind, Lexer, Token};
 use super::settings::{quote_literal, set_transaction};
-use super::{begin, classify_one, Classification, Effect, Pin, Route};
+use super::{begin, classify_one, Classification, Effect, Pin, Reason};
 
 /// The significant tokens of one statement.
 struct Words<'a> {
@@ -74,7 +74,7 @@ fn transaction_modes(words: &Words, from: usize) -> (Option<bool>, bool) {
 }
 
 fn pin(out: &mut Classification, pin: Pin) {
-    out.raise(Route::Primary);
+    out.need_primary(Reason::SessionState);
     out.effects.push(Effect::Pin(pin));
 }
 
@@ -95,7 +95,7 @@ pub(crate) fn classify(text: &str, functions: &Functions, depth: u8, out: &mut C
         "commit" | "end" | "abort" | "rollback" => {
             if words.is(1, "prepared") {
                 // Finishes a prepared transaction; the session's own is untouched.
-                out.raise(Route::Primary);
+                out.need_primary(Reason::TransactionMode);
             } else if (1..=3).any(|i| words.is(i, "to")) {
                 // ROLLBACK TO SAVEPOINT: the transaction goes on.
             } else if words.has_pair(1, "and", "chain") {
@@ -106,13 +106,13 @@ pub(crate) fn classify(text: &str, functions: &Functions, depth: u8, out: &mut C
         }
         "prepare" if words.is(1, "transaction") => {
             // Ends the session's transaction; the prepared one lives on the primary.
-            out.raise(Route::Primary);
+            out.need_primary(Reason::TransactionMode);
             out.effects.push(Effect::EndTransaction);
         }
         "prepare" => prepare(&words, functions, depth, out),
         "execute" => {
             // Parameters could not be read: rule of doubt.
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Unclassified);
             if let Some(name) = words.ident(1) {
                 out.effects.push(Effect::Execute { name });
             }
@@ -124,7 +124,7 @@ pub(crate) fn classify(text: &str, functions: &Functions, depth: u8, out: &mut C
                 Some(name) => out.effects.push(Effect::Deallocate {
                     name: (!all).then_some(name),
                 }),
-                None => out.raise(Route::Primary),
+                None => out.need_primary(Reason::Unclassified),
             }
         }
         "set" => set(&words, out),
@@ -160,30 +160,43 @@ pub(crate) fn classify(text: &str, functions: &Functions, depth: u8, out: &mut C
         }
         "listen" => pin(out, Pin::Listen),
         "unlisten" => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::SessionState);
             if words.tokens.get(1).is_some_and(|t| t.text(text) == "*") {
                 out.effects.push(Effect::Unpin(Pin::Listen));
             }
         }
         "do" => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Unclassified);
             // The body is a constant that the cache key drops, and the pins depend on it.
             out.cacheable = false;
             do_block(text, out);
         }
         "declare" => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Unclassified);
             if words.has_pair(1, "with", "hold") {
                 out.effects.push(Effect::Pin(Pin::HoldCursor));
             }
             calls(&words, functions, out);
         }
         "create" | "alter" | "drop" => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Write);
             ddl(&words, first == "create", out);
         }
+        // Statements sqlparser rejects but whose first words say what they do.
+        "insert" | "update" | "delete" | "merge" | "truncate" => {
+            out.need_primary(Reason::Write);
+            calls(&words, functions, out);
+        }
         _ => {
-            out.raise(Route::Primary);
+            let locks = (first == "select" || first == "with")
+                && ["update", "share", "no", "key"]
+                    .iter()
+                    .any(|lock| words.has_pair(1, "for", lock));
+            out.need_primary(if locks {
+                Reason::LockingRead
+            } else {
+                Reason::Unclassified
+            });
             if (first == "select" || first == "with")
                 && (words.has_pair(1, "into", "temp") || words.has_pair(1, "into", "temporary"))
             {
@@ -198,7 +211,7 @@ pub(crate) fn classify(text: &str, functions: &Functions, depth: u8, out: &mut C
 /// classifier (it may parse where the whole did not, or fall back in turn).
 fn prepare(words: &Words, functions: &Functions, depth: u8, out: &mut Classification) {
     let Some(name) = words.ident(1) else {
-        return out.raise(Route::Primary);
+        return out.need_primary(Reason::Unclassified);
     };
     let mut paren_depth = 0usize;
     let mut body = None;
@@ -218,7 +231,7 @@ fn prepare(words: &Words, functions: &Functions, depth: u8, out: &mut Classifica
         Some(i) if i < words.tokens.len() => {
             classify_one(words.rest(i), functions, depth + 1, &mut prepared)
         }
-        _ => prepared.raise(Route::Primary),
+        _ => prepared.need_primary(Reason::Unclassified),
     }
     super::prepare(out, name, prepared);
 }
@@ -236,7 +249,7 @@ fn set(words: &Words, out: &mut Classification) {
     if words.is(i, "transaction") {
         if words.is(i + 1, "snapshot") {
             set_transaction(out, None, false);
-            return out.raise(Route::Primary);
+            return out.need_primary(Reason::TransactionMode);
         }
         let (read_only, serializable) = transaction_modes(words, i + 1);
         return set_transaction(out, read_only, serializable);

@@ -62,6 +62,35 @@ pub enum Route {
     Primary,
 }
 
+/// Why a statement got its route: the first thing found in it that needs the primary, or
+/// [`Reason::Read`] when nothing does. Only counted and shown, never used to route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Nothing needs the primary: a read, or a statement that runs the same anywhere.
+    Read,
+    /// Changes data or schema: INSERT/UPDATE/DELETE/MERGE (also inside a CTE), DDL,
+    /// `COPY FROM`, `SELECT INTO`, administration.
+    Write,
+    /// Takes row locks, which a standby refuses: `FOR UPDATE`, `FOR SHARE`.
+    LockingRead,
+    /// Calls a function that must run on the primary: volatile, with side effects
+    /// (`txid_current()`, `pg_notify()`), or not in the catalog.
+    VolatileFunction,
+    /// Uses sequence state: `nextval()`, `setval()`, `currval()`, `lastval()`.
+    Sequence,
+    /// Leaves state on its connection: LISTEN, a `WITH HOLD` cursor, a session advisory
+    /// lock, a setting the session cannot replay, `LOAD`.
+    SessionState,
+    /// A transaction a standby refuses: `READ WRITE`, `SERIALIZABLE`, an imported snapshot,
+    /// two-phase commit.
+    TransactionMode,
+    /// The hint comment `/* pgsplit:primary */` or `/*NO LOAD BALANCE*/`.
+    Hint,
+    /// Not understood (text sqlparser rejects, a procedure call, a FunctionCall): the rule
+    /// of doubt.
+    Unclassified,
+}
+
 /// A kind of state that ties a session to its primary connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Pin {
@@ -125,6 +154,8 @@ pub enum Effect {
 pub struct Classification {
     /// The strictest route of the statements in the text.
     pub route: Route,
+    /// Why: [`Reason::Read`] unless the route is [`Route::Primary`].
+    pub reason: Reason,
     /// The statements' effects, in order.
     pub effects: Vec<Effect>,
     /// Whether another text with the same normalized form gets the same answer.
@@ -137,6 +168,7 @@ impl Classification {
     fn new() -> Classification {
         Classification {
             route: Route::Any,
+            reason: Reason::Read,
             effects: Vec::new(),
             cacheable: true,
             statements: 0,
@@ -147,6 +179,7 @@ impl Classification {
     pub fn primary() -> Classification {
         Classification {
             route: Route::Primary,
+            reason: Reason::Unclassified,
             cacheable: false,
             statements: 1,
             ..Classification::new()
@@ -161,8 +194,29 @@ impl Classification {
         }
     }
 
+    /// Raises the route to a read or `Any`; the primary goes through [`Self::need_primary`],
+    /// which records why.
     fn raise(&mut self, route: Route) {
-        self.route = self.route.max(route);
+        match route {
+            Route::Primary => self.need_primary(Reason::Unclassified),
+            _ => self.route = self.route.max(route),
+        }
+    }
+
+    /// The statement needs the primary; the first reason found is kept.
+    pub fn need_primary(&mut self, why: Reason) {
+        if self.route != Route::Primary {
+            self.route = Route::Primary;
+            self.reason = why;
+        }
+    }
+
+    /// Raises the route to `other`'s, with its reason (a batch, an EXPLAIN, a PREPARE).
+    pub fn join(&mut self, other: &Classification) {
+        match other.route {
+            Route::Primary => self.need_primary(other.reason),
+            route => self.raise(route),
+        }
     }
 }
 
@@ -178,7 +232,7 @@ pub fn classify(sql: &str, functions: &Functions) -> Classification {
         classify_one(sql.get(start..end).unwrap_or(""), functions, 0, &mut out);
     }
     if scan.hint {
-        out.raise(Route::Primary);
+        out.need_primary(Reason::Hint);
     }
     // Settings and transaction modes are decided by values that the cache key drops.
     if out.effects.iter().any(|e| {
@@ -195,7 +249,7 @@ pub fn classify(sql: &str, functions: &Functions) -> Classification {
 /// Classifies one statement's text, with the keyword fallback when sqlparser fails.
 fn classify_one(text: &str, functions: &Functions, depth: u8, out: &mut Classification) {
     if depth > MAX_DEPTH {
-        return out.raise(Route::Primary);
+        return out.need_primary(Reason::Unclassified);
     }
     match Parser::parse_sql(&PostgreSqlDialect {}, text) {
         Ok(statements) => {
@@ -321,7 +375,7 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
             Walk::run(statement, functions, out, &handled);
         }
         S::Insert(_) | S::Update(_) | S::Delete(_) | S::Merge(_) => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Write);
             Walk::run(statement, functions, out, &[]);
         }
         S::Copy {
@@ -330,7 +384,7 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
             // Only COPY … TO STDOUT is a plain read; COPY TO a file or program writes on
             // the server that runs it.
             if !(*to && matches!(target, CopyTarget::Stdout)) {
-                out.raise(Route::Primary);
+                out.need_primary(Reason::Write);
             }
             match source {
                 CopySource::Query(query) => read(query, functions, out),
@@ -351,7 +405,7 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
             let mut explained = Classification::new();
             classify_statement(inner, functions, &mut explained);
             out.raise(Route::Standby);
-            out.raise(explained.route);
+            out.join(&explained);
             out.cacheable &= explained.cacheable;
             if analyze {
                 // ANALYZE executes the statement, effects and all.
@@ -430,31 +484,31 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
             for declare in stmts {
                 match &declare.for_query {
                     Some(query) => read(query, functions, out),
-                    None => out.raise(Route::Primary),
+                    None => out.need_primary(Reason::Unclassified),
                 }
                 if declare.hold == Some(true) {
-                    out.raise(Route::Primary);
+                    out.need_primary(Reason::SessionState);
                     out.effects.push(Effect::Pin(Pin::HoldCursor));
                 }
             }
         }
         S::LISTEN { .. } => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::SessionState);
             out.effects.push(Effect::Pin(Pin::Listen));
         }
         S::UNLISTEN { channel } => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::SessionState);
             if channel.value == "*" && channel.quote_style.is_none() {
                 out.effects.push(Effect::Unpin(Pin::Listen));
             }
         }
         S::Call(_) => {
             // A procedure's effects are unknown; its arguments may still take locks.
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Unclassified);
             Walk::run(statement, functions, out, &[]);
         }
         S::CreateTable(create) => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Write);
             if create.temporary || in_pg_temp(&create.name) {
                 out.effects.push(Effect::Pin(Pin::TempObjects));
             }
@@ -464,7 +518,7 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
             }
         }
         S::CreateView(create) => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Write);
             if create.temporary || in_pg_temp(&create.name) {
                 out.effects.push(Effect::Pin(Pin::TempObjects));
             }
@@ -475,13 +529,13 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
         S::CreateSequence {
             temporary, name, ..
         } => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Write);
             if *temporary || in_pg_temp(name) {
                 out.effects.push(Effect::Pin(Pin::TempObjects));
             }
         }
         S::CreateFunction(create) => {
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Write);
             if create.temporary || in_pg_temp(&create.name) {
                 out.effects.push(Effect::Pin(Pin::TempObjects));
             }
@@ -500,15 +554,15 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
             ..
         } => {
             // Functions appeared, changed volatility, or moved: the catalog is stale.
-            out.raise(Route::Primary);
+            out.need_primary(Reason::Write);
             out.effects.push(Effect::FunctionsChanged);
         }
         S::Load { .. } => {
             // A library loaded into one backend: session state the session cannot replay.
-            out.raise(Route::Primary);
+            out.need_primary(Reason::SessionState);
             out.effects.push(Effect::Pin(Pin::Unknown));
         }
-        _ => out.raise(Route::Primary),
+        _ => out.need_primary(Reason::Write),
     }
 }
 
@@ -518,7 +572,7 @@ fn classify_statement(statement: &Statement, functions: &Functions, out: &mut Cl
 fn prepare(out: &mut Classification, name: String, mut prepared: Classification) {
     out.cacheable &= prepared.cacheable;
     if !prepared.effects.is_empty() {
-        prepared.raise(Route::Primary);
+        prepared.need_primary(Reason::SessionState);
         out.effects.push(Effect::Pin(Pin::Unknown));
     }
     out.effects.push(Effect::Prepare {
@@ -530,7 +584,7 @@ fn prepare(out: &mut Classification, name: String, mut prepared: Classification)
 /// Emits a transaction start. A standby refuses read-write and serializable transactions.
 fn begin(out: &mut Classification, read_only: Option<bool>, serializable: bool) {
     if read_only == Some(false) || serializable {
-        out.raise(Route::Primary);
+        out.need_primary(Reason::TransactionMode);
     }
     out.effects.push(Effect::Begin {
         read_only,

@@ -12,7 +12,7 @@ use sqlparser::ast::{
     TransactionAccessMode, TransactionIsolationLevel, TransactionMode, UnaryOperator, Value,
 };
 
-use super::{ident_name, Classification, Effect, Pin, Route};
+use super::{ident_name, Classification, Effect, Pin, Reason};
 
 /// Settings whose list items PostgreSQL quotes as identifiers (`GUC_LIST_QUOTE`): a
 /// `set_config` value for them is split into items and each item quoted, because
@@ -156,7 +156,7 @@ fn is_default(values: &[Expr]) -> bool {
 
 /// The session cannot replay this: stay on the primary.
 fn unknown(out: &mut Classification) {
-    out.raise(Route::Primary);
+    out.need_primary(Reason::SessionState);
     out.effects.push(Effect::Pin(Pin::Unknown));
 }
 
@@ -168,7 +168,7 @@ pub(crate) fn set_transaction(
     serializable: bool,
 ) {
     if read_only == Some(false) || serializable {
-        out.raise(Route::Primary);
+        out.need_primary(Reason::TransactionMode);
     }
     out.effects.push(Effect::SetTransaction {
         read_only,
@@ -339,7 +339,7 @@ pub(crate) fn set(statement: &Set, out: &mut Classification) {
             } else if snapshot.is_some() {
                 // The snapshot was exported by some server; only the primary is sure to match.
                 set_transaction(out, None, false);
-                out.raise(Route::Primary);
+                out.need_primary(Reason::TransactionMode);
             } else {
                 let (read_only, serializable) = transaction_modes(modes);
                 set_transaction(out, read_only, serializable);

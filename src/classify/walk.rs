@@ -9,7 +9,7 @@ use sqlparser::ast::{
 
 use super::functions::{Decision, FunctionName, Functions};
 use super::settings::{set_config, SetConfig};
-use super::{fold, Classification, Effect, Pin, Route};
+use super::{fold, Classification, Effect, Pin, Reason, Route};
 
 /// SQL-syntax forms that sqlparser reports as function calls but that are not in `pg_proc`
 /// (or are keywords there): all of them only compute values.
@@ -109,23 +109,27 @@ impl<'a> Walk<'a> {
 
     fn call(&mut self, name: &ObjectName, function: Option<&Function>) {
         let Some((call, keyword)) = function_name(name) else {
-            return self.out.raise(Route::Primary);
+            return self.out.need_primary(Reason::Unclassified);
         };
         if keyword {
             return self.out.raise(Route::Standby);
         }
         match self.functions.decide(&call) {
+            Decision::Route(Route::Primary) => self.out.need_primary(Reason::VolatileFunction),
             Decision::Route(route) => self.out.raise(route),
             Decision::Pin(pin) => {
-                self.out.raise(Route::Primary);
+                self.out.need_primary(match pin {
+                    Pin::Sequence => Reason::Sequence,
+                    _ => Reason::SessionState,
+                });
                 self.out.effects.push(Effect::Pin(pin));
             }
             Decision::Unpin(pin) => {
-                self.out.raise(Route::Primary);
+                self.out.need_primary(Reason::SessionState);
                 self.out.effects.push(Effect::Unpin(pin));
             }
             Decision::SequenceState => {
-                self.out.raise(Route::Primary);
+                self.out.need_primary(Reason::Sequence);
                 self.out.effects.push(Effect::ReadsSequence);
             }
             Decision::SetConfig => {
@@ -142,7 +146,7 @@ impl<'a> Walk<'a> {
                     // or may not run (CASE, WHERE, empty FROM): the session cannot know
                     // whether to replay it.
                     _ => {
-                        self.out.raise(Route::Primary);
+                        self.out.need_primary(Reason::SessionState);
                         self.out.effects.push(Effect::Pin(Pin::Unknown));
                     }
                 }
@@ -163,7 +167,7 @@ impl Visitor for Walk<'_> {
                 | Statement::Delete(_)
                 | Statement::Merge(_)
         ) {
-            self.out.raise(Route::Primary);
+            self.out.need_primary(Reason::Write);
         }
         ControlFlow::Continue(())
     }
@@ -171,14 +175,14 @@ impl Visitor for Walk<'_> {
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         // FOR UPDATE / FOR SHARE: a standby refuses row locks.
         if !query.locks.is_empty() {
-            self.out.raise(Route::Primary);
+            self.out.need_primary(Reason::LockingRead);
         }
         ControlFlow::Continue(())
     }
 
     fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
         if let Some(into) = &select.into {
-            self.out.raise(Route::Primary);
+            self.out.need_primary(Reason::Write);
             let pg_temp = into.targets.iter().any(|target| {
                 matches!(target, Expr::CompoundIdentifier(parts)
                     if parts.len() > 1

@@ -607,8 +607,13 @@ mod tests {
     }
 
     fn c(route: Route, effects: Vec<Effect>) -> Classification {
+        let reason = match route {
+            Route::Primary => crate::classify::Reason::Write,
+            _ => crate::classify::Reason::Read,
+        };
         Classification {
             route,
+            reason,
             effects,
             cacheable: false,
             statements: 1,

@@ -114,8 +114,13 @@ impl TestProxy {
         // The demo text already has a [monitor] table and TOML forbids a second one.
         let base = base.replacen("[monitor]\n", &format!("[monitor]\n{monitor}\n"), 1);
         let text = format!("{top}\n{base}\n{tables}");
+        Self::start_text(&text).await
+    }
+
+    /// Starts pgsplit with exactly this configuration.
+    pub async fn start_text(text: &str) -> TestProxy {
         let settings =
-            Settings::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+            Settings::parse(text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let handle = runtime()
             .spawn(pgsplit::proxy::start(settings))
             .await
@@ -178,6 +183,11 @@ impl TestProxy {
         Ok(rows)
     }
 
+    /// Where this proxy serves /metrics, /healthz and /readyz, if it does.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.handle.as_ref().expect("proxy running").metrics_addr()
+    }
+
     /// The proxy's latest cluster snapshot.
     pub fn topology(&self) -> std::sync::Arc<pgsplit::topology::Topology> {
         self.handle.as_ref().expect("proxy running").topology()
@@ -221,6 +231,34 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// One HTTP/1.1 request over a fresh connection: the status code and the body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the metrics endpoint {addr}: {e}"));
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("send {method} {path}: {e}"));
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .unwrap_or_else(|e| panic!("read the answer to {method} {path}: {e}"));
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: no end of headers in {response:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status in {head:?}"));
+    (status, body.to_string())
 }
 
 /// Minimal raw wire-protocol helpers for tests that must send what no client library would.

@@ -4,6 +4,7 @@
 //! table are reported together.
 
 mod effects;
+mod reasons;
 mod routes;
 
 use super::*;
@@ -47,6 +48,13 @@ pub(super) fn check(cases: &[(&str, Route, Vec<Effect>)], functions: &Functions)
     let mut failures = Vec::new();
     for (sql, route, effects) in cases {
         let got = classify(sql, functions);
+        if (got.route == Route::Primary) != (got.reason != Reason::Read) {
+            failures.push(format!(
+                "statement {sql:?}: route {:?} with reason {:?} (a reason is given exactly \
+                 when the route is Primary)",
+                got.route, got.reason
+            ));
+        }
         if got.route != *route || got.effects != *effects {
             failures.push(format!(
                 "statement {sql:?}: expected route {route:?} with effects {effects:?}, \

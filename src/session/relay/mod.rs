@@ -15,18 +15,21 @@ use tokio::sync::watch;
 use super::state::{apply_to_server, Conn, Gucs, Plan, Prepared, RoutingState, Target};
 use super::Startup;
 use crate::backend::send_cancel;
-use crate::classify::{Classification, Effect, Route};
+use crate::classify::{Classification, Effect, Reason, Route};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::prepared::Statement;
 use crate::protocol::{encode, flush_to, read_cstr, BackendKey, Frame, FrameReader, Severity};
 use crate::proxy::{CancelTarget, Phase, Shared};
+use crate::stats::Decision;
 use crate::tls::{ClientRead, ClientWrite};
+use tally::Answering;
 use wire::{closed_statement, is_fatal, next_frame, query_text, statement_named, write_to};
 
 mod inject;
 mod servers;
+mod tally;
 mod wire;
 
 /// How long a standby that failed a client is skipped by that client.
@@ -91,6 +94,8 @@ struct Slot {
     /// Notices and FATAL errors that arrived before a retryable read's answer: a server
     /// shutting down says so before it closes, and then the read is retried instead.
     early: BytesMut,
+    /// The client request being answered here, counted at its ReadyForQuery.
+    answering: Option<Answering>,
 }
 
 impl Slot {
@@ -111,6 +116,7 @@ impl Slot {
             last_synced: false,
             retry: None,
             early: BytesMut::new(),
+            answering: None,
         }
     }
 
@@ -185,6 +191,8 @@ enum Request {
         ops: Vec<Op>,
         class: Arc<Classification>,
         sync: bool,
+        /// Bytes of the client's messages.
+        bytes: usize,
     },
     Function(Frame),
 }
@@ -264,6 +272,10 @@ pub struct Relay<'a> {
     /// known to have replayed it.
     written_at: Option<Instant>,
     draining: bool,
+    /// Why the request being planned for a standby goes to the primary instead.
+    primary_read: Option<Decision>,
+    /// Whether this client is counted as holding a server connection.
+    counted_active: bool,
 }
 
 enum Step {
@@ -336,6 +348,8 @@ impl<'a> Relay<'a> {
             wrote: false,
             written_at: None,
             draining: false,
+            primary_read: None,
+            counted_active: false,
         }
     }
 
@@ -384,8 +398,10 @@ impl<'a> Relay<'a> {
 
     /// Runs until the client leaves, an error ends the session, or shutdown.
     pub async fn run(mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), ProxyError> {
+        self.shared.stats.set_connected(true);
         self.release_idle_connections();
         let result = loop {
+            self.count_active();
             let accept_client = self.held.is_none();
             // Handlers are boxed so the session's own future stays small while it waits:
             // an idle client costs its sockets and buffers, not the largest handler's state.
@@ -407,6 +423,10 @@ impl<'a> Relay<'a> {
         if self.counted_pinned {
             self.shared.stats.set_pinned(false);
         }
+        if self.counted_active {
+            self.shared.stats.set_active(false);
+        }
+        self.shared.stats.set_connected(false);
         self.shared.cancels.update(self.key, None);
         for conn in [Conn::Primary, Conn::Standby] {
             self.return_connection(conn);
@@ -589,6 +609,7 @@ impl<'a> Relay<'a> {
                     slot.copy_in = false;
                     slot.awaits_sync = slot.last_synced;
                 }
+                tally::received(slot, frame.raw.len());
                 write_to(slot, &frame.raw).await?;
             }
             b'S' if self.awaiting_sync().is_some() => {
@@ -600,6 +621,7 @@ impl<'a> Relay<'a> {
             }
             b'H' | b'S' => {
                 let sync = frame.tag == b'S';
+                let bytes = self.batch_bytes + frame.raw.len();
                 self.batch.push(frame);
                 self.batch_bytes = 0;
                 let frames = std::mem::take(&mut self.batch);
@@ -608,12 +630,14 @@ impl<'a> Relay<'a> {
                     ops,
                     class: Arc::new(class),
                     sync,
+                    bytes,
                 })
                 .await?;
             }
             // COPY data and anything else belongs to the connection of the last request.
             _ => {
                 let conn = self.last.unwrap_or(Conn::Primary);
+                tally::received(self.slot(conn), frame.raw.len());
                 if let Some(lease) = self.slot(conn).conn.as_mut() {
                     lease.server.writer.write_all(&frame.raw).await?;
                     lease.server.writer.flush().await?;
@@ -642,6 +666,7 @@ impl<'a> Relay<'a> {
             request,
             Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
         );
+        self.primary_read = None;
         let (plan, class) = self.plan(&request);
         let begins = matches!(plan, Plan::BeginThenSend(..));
         match self.execute(plan, class, request).await {
@@ -787,7 +812,9 @@ impl<'a> Relay<'a> {
                 let class = Classification::primary();
                 (self.state.plan_batch(&class, open, true), Arc::new(class))
             }
-            Request::Batch { class, sync, ops } => {
+            Request::Batch {
+                class, sync, ops, ..
+            } => {
                 let executes = ops.iter().any(|op| match op {
                     Op::Uses(f, _) | Op::Unknown(f) | Op::Forward(f) => f.tag == b'B',
                     _ => false,
@@ -827,7 +854,7 @@ impl<'a> Relay<'a> {
                     let mut text = text_and_types;
                     let text = read_cstr(&mut text).unwrap_or_default();
                     let class = self.classify(&text);
-                    combined.route = combined.route.max(class.route);
+                    combined.join(&class);
                     if name.is_empty() {
                         let id = self.shared.statements.unnamed_id();
                         let target = Target::Unnamed {
@@ -852,19 +879,19 @@ impl<'a> Relay<'a> {
                     Some(name) => match self.state.statements.get(&name) {
                         Some(p) => {
                             if frame.tag == b'B' {
-                                combined.route = combined.route.max(p.class.route);
+                                combined.join(&p.class);
                                 combined.effects.extend(p.class.effects.iter().cloned());
                             }
                             Op::Uses(frame, p.target.clone())
                         }
                         // SQL PREPAREd: on the connection that holds it.
                         None if self.state.sql_prepared.contains_key(&name) => {
-                            combined.route = Route::Primary;
+                            combined.need_primary(Reason::SessionState);
                             Op::Forward(frame)
                         }
                         // Unknown statement: the server reports the error; send it where writes go.
                         None => {
-                            combined.route = Route::Primary;
+                            combined.need_primary(Reason::Unclassified);
                             Op::Unknown(frame)
                         }
                     },
@@ -927,6 +954,7 @@ impl<'a> Relay<'a> {
         let mid_chain = self.sticky.is_some();
         let conn =
             if conn == Conn::Standby && self.state.txn.is_none() && !self.standby_has_my_writes() {
+                self.primary_read = Some(self.why_not_my_writes());
                 Conn::Primary
             } else {
                 conn
@@ -981,6 +1009,7 @@ impl<'a> Relay<'a> {
                     waiting.request,
                     Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
                 );
+                self.primary_read = Some(Decision::FallbackPrimary);
                 match self
                     .execute(Plan::Send(Conn::Primary), waiting.class, waiting.request)
                     .await
@@ -1032,6 +1061,7 @@ impl<'a> Relay<'a> {
         if let Some(begin) = begin {
             self.inject_query(conn, &begin).await?;
         }
+        self.tally_request(conn, &class, &request);
         if self.state.txn.is_none() {
             self.gucs_before.clone_from(&self.state.gucs);
         }
@@ -1121,6 +1151,7 @@ impl<'a> Relay<'a> {
             Ok(None) | Err(_) => return self.server_lost(conn).await,
         };
         let owes_nothing = self.sticky != Some(conn) && self.state.txn != Some(conn);
+        let mut ready = None;
         let mut injected_done = false;
         let mut injected_error = None;
         let slot = self.slot(conn);
@@ -1196,6 +1227,7 @@ impl<'a> Relay<'a> {
                 b'Z' => {
                     slot.pending = slot.pending.saturating_sub(1);
                     let status = frame.body().first().copied().unwrap_or(b'I');
+                    ready = Some(status);
                     let was_in_txn = self.state.txn.is_some();
                     self.state.ready(conn, status);
                     self.settle_releases(conn, status, was_in_txn);
@@ -1247,11 +1279,15 @@ impl<'a> Relay<'a> {
             }
             let slot = self.slot(conn);
             slot.retry = None;
+            let mut sent = frame.raw.len();
             if !slot.early.is_empty() {
                 let early = slot.early.split();
+                sent += early.len();
                 self.to_client.extend_from_slice(&early);
             }
             self.to_client.extend_from_slice(&frame.raw);
+            let shared = self.shared;
+            tally::sent(self.slot(conn), sent, ready, &shared.stats);
         }
         if let Some(error) = injected_error {
             self.injected_error.get_or_insert((conn, error));

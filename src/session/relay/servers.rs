@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use super::tally::why_primary;
 use super::{Relay, Slot, Step, AVOID_FAILED_STANDBY};
 use crate::balance::{pick_read, ReadTarget};
 use crate::classify::Route;
@@ -49,7 +50,8 @@ impl Relay<'_> {
         let routing = &settings.raw.routing;
         let now = Instant::now();
         self.avoid.retain(|(_, until)| *until > now);
-        let mut exclude: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
+        let mut avoided: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
+        let mut exclude = avoided.clone();
         if let Some(since) = self.written_at {
             exclude
                 .extend((0..topology.nodes.len()).filter(|i| !topology.replayed_since(*i, since)));
@@ -66,8 +68,14 @@ impl Relay<'_> {
             );
             let index = match target {
                 ReadTarget::Standby(i) => i,
-                ReadTarget::Primary => return self.ensure_primary().await,
-                ReadTarget::Nowhere if route == Route::Any => return self.ensure_primary().await,
+                ReadTarget::Primary => {
+                    self.primary_read = Some(why_primary(&topology, &avoided, &exclude));
+                    return self.ensure_primary().await;
+                }
+                ReadTarget::Nowhere if route == Route::Any => {
+                    self.primary_read = Some(why_primary(&topology, &avoided, &exclude));
+                    return self.ensure_primary().await;
+                }
                 ReadTarget::Nowhere => {
                     return Err(ProxyError::ServerUnavailable {
                         addr: "standbys".into(),
@@ -87,6 +95,7 @@ impl Relay<'_> {
                 Err(e) => {
                     tracing::warn!(node = %topology.nodes[index].node.name, error = %e, "standby unreachable; trying another node");
                     exclude.push(index);
+                    avoided.push(index);
                     self.avoid.push((index, now + AVOID_FAILED_STANDBY));
                 }
             }
