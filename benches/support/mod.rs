@@ -370,7 +370,11 @@ pub fn start_pgsplit(
     let path = dir.join("pgsplit.toml");
     write_private(&path, &config, None)?;
     let mut cmd = Command::new(bin);
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+    // NO_COLOR: the log is a file to read, not a terminal.
+    cmd.arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
     Proxy::start("pgsplit", cmd, port, log, runtime)
 }
 
