@@ -399,7 +399,7 @@ pub struct PgbenchSummary {
     pub tps: f64,
     /// Average transaction latency in milliseconds.
     pub latency_ms: f64,
-    /// "number of failed transactions" (PostgreSQL 15 and later).
+    /// "number of failed transactions" (PostgreSQL 15 and later; 0 before).
     pub failed: u64,
 }
 
@@ -413,9 +413,14 @@ impl PgbenchSummary {
                 .and_then(|l| l.split_whitespace().next())
         };
         let value = |prefix: &str| field(prefix).and_then(|v| v.parse::<f64>().ok());
-        let failed = field("number of failed transactions: ")
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or("no count of failed transactions in its report")?;
+        // pgbench before 15 has no such line: an error there aborts the client, and pgbench
+        // exits non-zero, which callers check first.
+        let failed = match field("number of failed transactions: ") {
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| format!("unreadable count of failed transactions {v:?}"))?,
+            None => 0,
+        };
         let tps = value("tps = ").ok_or("no tps in its report")?;
         let latency_ms = value("latency average = ").ok_or("no average latency in its report")?;
         Ok(Self {
