@@ -343,6 +343,16 @@ pub fn log_problems(path: &Path) -> Vec<(usize, String)> {
     groups
 }
 
+/// The message and fields of the last line of the log at `path` that contains `needle`,
+/// without its timestamp and level.
+pub fn last_line_with(path: &Path, needle: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = strip_ansi(text.lines().rev().find(|l| l.contains(needle))?);
+    // "2025-01-01T00:00:00.000000Z  INFO pgsplit::proxy: pgsplit stopped to_primary=…"
+    let message = line.split_once(": ").map_or(line.as_str(), |(_, m)| m);
+    Some(message.trim().to_string())
+}
+
 /// `line` without terminal colour sequences (`ESC [ … m`).
 fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
