@@ -22,45 +22,29 @@
 //! output says so.
 
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::{Pid, Uid, User};
-use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit::cluster::{Cluster, APP_DATABASE, APP_USER};
 
-/// How long pgsplit or pgbouncer gets to accept a first query after it is started.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a stopped pgsplit or pgbouncer gets to exit before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{
+    client_config, env_or, find_pgbouncer, pgbench_command, raise_fd_limit, start_pgbouncer,
+    start_pgsplit, tail, version_line, PgbenchSummary, Proxy, Sizing,
+};
+
 /// Idle clients log in this many at a time.
 const IDLE_CONNECT_CONCURRENCY: usize = 32;
 /// Bound on one idle client's login plus its first query.
 const IDLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lets the proxies settle (buffers freed, pool connections returned) before RSS is read.
 const SETTLE: Duration = Duration::from_secs(2);
-/// pgbouncer keeps protocol-level prepared statements in transaction mode from this version.
-const PGBOUNCER_PREPARED_SINCE: (u32, u32) = (1, 21);
-/// `max_prepared_statements` given to a pgbouncer that supports it.
-const PGBOUNCER_MAX_PREPARED: u32 = 200;
-
-fn env_or(name: &str, default: u32) -> Result<u32, String> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}={v:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
 
 /// What one run is sized by.
 struct Params {
@@ -98,11 +82,15 @@ impl Params {
         Ok(params)
     }
 
-    /// Clients either proxy must accept: the idle clients plus the probes and pgbench.
-    fn max_client_conn(&self) -> u32 {
-        (self.idle_clients + 100)
-            .max(2000)
-            .max(self.select_clients.max(self.tpcb_clients) + 100)
+    /// Pool size of both proxies, and the clients either must accept: the idle clients
+    /// plus the probes and pgbench.
+    fn sizing(&self) -> Sizing {
+        Sizing {
+            pool_size: self.pool_size,
+            max_client_conn: (self.idle_clients + 100)
+                .max(2000)
+                .max(self.select_clients.max(self.tpcb_clients) + 100),
+        }
     }
 }
 
@@ -164,20 +152,14 @@ fn pgbench(
     target: &Target,
 ) -> Result<Run, String> {
     let clients = workload.clients(params);
-    let mut cmd = Command::new(cluster.pg_bin().join("pgbench"));
-    cmd.args(["-h", "127.0.0.1", "-p", &target.port.to_string()])
-        .args(["-U", APP_USER])
-        .args(workload.flags())
+    let mut cmd = pgbench_command(cluster, target.port);
+    cmd.args(workload.flags())
         .args(["-M", target.query_mode])
         .args(["-c", &clients.to_string(), "-j", &params.jobs.to_string()])
-        .args(["-T", &params.seconds.to_string(), APP_DATABASE])
-        .stdin(Stdio::null())
-        .env("PGPASSWORD", APP_PASSWORD)
-        .env("PGPASSFILE", "/nonexistent/pgsplit-no-pgpass");
-    die_with_bench(&mut cmd);
+        .args(["-T", &params.seconds.to_string(), APP_DATABASE]);
     let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run pgbench: {e}"))?;
     let holder = target.holder.unwrap_or(child.id());
@@ -203,24 +185,13 @@ fn pgbench(
     if !out.status.success() {
         return Err(failed(&format!("pgbench exited with {}", out.status)));
     }
-    let field = |prefix: &str| {
-        report
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|l| l.split_whitespace().next())
-    };
-    let value = |prefix: &str| field(prefix).and_then(|v| v.parse::<f64>().ok());
-    match field("number of failed transactions: ").and_then(|v| v.parse::<u64>().ok()) {
-        Some(0) => {}
-        Some(n) => return Err(failed(&format!("{n} failed transactions"))),
-        None => return Err(failed("no count of failed transactions in its report")),
+    let summary = PgbenchSummary::parse(&report).map_err(|e| failed(&e))?;
+    if summary.failed > 0 {
+        return Err(failed(&format!("{} failed transactions", summary.failed)));
     }
-    let tps = value("tps = ").ok_or_else(|| failed("no tps in its report"))?;
-    let latency_ms =
-        value("latency average = ").ok_or_else(|| failed("no average latency in its report"))?;
     Ok(Run {
-        tps,
-        latency_ms,
+        tps: summary.tps,
+        latency_ms: summary.latency_ms,
         server_conns,
     })
 }
@@ -288,303 +259,6 @@ fn local_ports_by_peer(pid: u32) -> io::Result<Vec<(u16, u16)>> {
         .collect())
 }
 
-/// pgsplit or pgbouncer, running as a child process; stopped on drop.
-struct Proxy {
-    name: &'static str,
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Proxy {
-    /// Starts `cmd` with its output in `log`, and waits until a query through `port` works.
-    fn start(
-        name: &'static str,
-        mut cmd: Command,
-        port: u16,
-        log: PathBuf,
-        runtime: &tokio::runtime::Runtime,
-    ) -> Result<Self, String> {
-        let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("duplicating the handle of {}: {e}", log.display()))?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        die_with_bench(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
-        let mut proxy = Proxy {
-            name,
-            child,
-            port,
-            log,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            proxy.check_running()?;
-            let probe = runtime.block_on(async {
-                let (client, connection) =
-                    client_config(port).connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                client.simple_query("SELECT 1").await.map(drop)
-            });
-            match probe {
-                Ok(()) => return Ok(proxy),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "{name} did not answer `SELECT 1` on port {port} within {READY_TIMEOUT:?} \
-                         (last error: {e})\n{}",
-                        proxy.log_tail()
-                    ))
-                }
-                Err(_) => sleep(Duration::from_millis(100)),
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn check_running(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(format!(
-                "{} exited ({status})\n{}",
-                self.name,
-                self.log_tail()
-            )),
-            Err(e) => Err(format!("cannot check on {}: {e}", self.name)),
-        }
-    }
-
-    /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`).
-    fn rss_kib(&mut self) -> Result<u64, String> {
-        self.check_running()?;
-        let path = format!("/proc/{}/status", self.pid());
-        let status = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| format!("no VmRSS in {path}"))
-    }
-
-    fn log_tail(&self) -> String {
-        match fs::read(&self.log) {
-            Ok(bytes) => format!(
-                "--- tail of {} ---\n{}",
-                self.log.display(),
-                tail(&String::from_utf8_lossy(&bytes), 30)
-            ),
-            Err(e) => format!("(cannot read {}: {e})", self.log.display()),
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Has the child get SIGTERM when this bench's main thread (which spawns every child)
-/// ends, so a killed bench leaves no proxy or pgbench behind; the cluster has its own
-/// watchdog.
-fn die_with_bench(cmd: &mut Command) {
-    // SAFETY: between fork and exec the closure only makes the prctl(2) system call, which
-    // is async-signal-safe. It runs after any uid switch, which would clear the setting.
-    unsafe {
-        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from));
-    }
-}
-
-fn client_config(port: u16) -> tokio_postgres::Config {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(APP_DATABASE)
-        .connect_timeout(Duration::from_secs(10));
-    config
-}
-
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("probing 127.0.0.1:0 for a free port: {e}"))
-}
-
-/// The pgbouncer binary and its version, or a clear error if it is not installed.
-fn find_pgbouncer() -> Result<(PathBuf, String, (u32, u32)), String> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("PGBOUNCER") {
-        Some(path) => vec![PathBuf::from(path)],
-        None => vec!["pgbouncer".into(), "/usr/sbin/pgbouncer".into()],
-    };
-    for bin in candidates {
-        let out = match Command::new(&bin).arg("--version").output() {
-            Ok(out) => out,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot run {}: {e}", bin.display())),
-        };
-        // "PgBouncer 1.18.0" on the first line.
-        let text = String::from_utf8_lossy(&out.stdout);
-        let version = text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("PgBouncer "))
-            .map(|v| v.trim().to_string())
-            .ok_or_else(|| format!("unexpected `{} --version`: {text}", bin.display()))?;
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-        let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
-            return Err(format!("cannot parse pgbouncer version {version:?}"));
-        };
-        return Ok((bin, version, (major, minor)));
-    }
-    Err(
-        "pgbouncer is not installed, and this benchmark compares against it: install it \
-         (`apt-get install -y pgbouncer` on Debian/Ubuntu) or point PGBOUNCER at its binary"
-            .into(),
-    )
-}
-
-/// The OS user pgbouncer runs as: itself, or `postgres` when running as root (pgbouncer
-/// refuses root).
-fn pgbouncer_identity() -> Result<Option<(u32, u32)>, String> {
-    if !Uid::effective().is_root() {
-        return Ok(None);
-    }
-    match User::from_name("postgres") {
-        Ok(Some(user)) => Ok(Some((user.uid.as_raw(), user.gid.as_raw()))),
-        Ok(None) => Err(
-            "running as root, but there is no OS user `postgres` to run pgbouncer \
-                         as (pgbouncer refuses root)"
-                .into(),
-        ),
-        Err(e) => Err(format!("looking up OS user `postgres`: {e}")),
-    }
-}
-
-/// Writes `text` to `path`, owned by `owner` when given, readable only by its owner.
-fn write_private(path: &Path, text: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let context = |e: io::Error| format!("writing {}: {e}", path.display());
-    fs::write(path, text).map_err(context)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(context)?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(context)?;
-    }
-    Ok(())
-}
-
-/// Starts pgbouncer in transaction mode in front of the primary.
-fn start_pgbouncer(
-    cluster: &Cluster,
-    params: &Params,
-    (bin, version): (&Path, (u32, u32)),
-    dir: &Path,
-    runtime: &tokio::runtime::Runtime,
-) -> Result<Proxy, String> {
-    let owner = pgbouncer_identity()?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-            .map_err(|e| format!("chown {}: {e}", dir.display()))?;
-    }
-    let port = free_port()?;
-    let userlist = dir.join("userlist.txt");
-    // A plaintext secret lets pgbouncer answer the client's SCRAM exchange and run its own
-    // with the server.
-    write_private(
-        &userlist,
-        &format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n"),
-        owner,
-    )?;
-    let prepared = if version >= PGBOUNCER_PREPARED_SINCE {
-        format!("max_prepared_statements = {PGBOUNCER_MAX_PREPARED}\n")
-    } else {
-        String::new()
-    };
-    let ini = format!(
-        "[databases]\n\
-         {APP_DATABASE} = host=127.0.0.1 port={primary} dbname={APP_DATABASE}\n\n\
-         [pgbouncer]\n\
-         listen_addr = 127.0.0.1\n\
-         listen_port = {port}\n\
-         unix_socket_dir =\n\
-         auth_type = scram-sha-256\n\
-         auth_file = {userlist}\n\
-         pool_mode = transaction\n\
-         default_pool_size = {pool}\n\
-         max_client_conn = {max_client_conn}\n\
-         ignore_startup_parameters = extra_float_digits\n\
-         log_connections = 0\n\
-         log_disconnections = 0\n\
-         {prepared}",
-        primary = cluster.primary().port,
-        userlist = userlist.display(),
-        pool = params.pool_size,
-        max_client_conn = params.max_client_conn(),
-    );
-    let ini_path = dir.join("pgbouncer.ini");
-    write_private(&ini_path, &ini, owner)?;
-    let mut cmd = Command::new(bin);
-    cmd.arg(&ini_path).current_dir("/");
-    if let Some((uid, gid)) = owner {
-        cmd.uid(uid).gid(gid);
-    }
-    Proxy::start("pgbouncer", cmd, port, dir.join("pgbouncer.log"), runtime)
-}
-
-/// Starts the pgsplit binary of this package with the demo configuration plus pooling.
-fn start_pgsplit(
-    cluster: &Cluster,
-    params: &Params,
-    dir: &Path,
-    runtime: &tokio::runtime::Runtime,
-) -> Result<Proxy, String> {
-    let port = free_port()?;
-    // `config_text` starts with a top-level key, so top-level keys go before it and
-    // tables after it.
-    let config = format!(
-        "max_client_conn = {}\n{}\n[pool]\nmode = \"transaction\"\nmax_pool_size = {}\n",
-        params.max_client_conn(),
-        pgsplit::demo::config_text(cluster, &format!("127.0.0.1:{port}")),
-        params.pool_size
-    );
-    pgsplit::config::Settings::parse(&config)
-        .map_err(|e| format!("the generated pgsplit configuration is invalid: {e}\n{config}"))?;
-    let path = dir.join("pgsplit.toml");
-    write_private(&path, &config, None)?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsplit"));
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-    // The benchmark's own PGSPLIT_BENCH_* knobs would reach pgsplit as configuration
-    // variables and be refused as unknown; the file says everything.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PGSPLIT_") {
-            cmd.env_remove(name);
-        }
-    }
-    Proxy::start("pgsplit", cmd, port, dir.join("pgsplit.log"), runtime)
-}
-
 /// Memory of one proxy around the idle-client step.
 struct IdleResult {
     rss_fresh: u64,
@@ -603,7 +277,7 @@ fn idle_clients(
     runtime: &tokio::runtime::Runtime,
 ) -> Result<IdleResult, String> {
     sleep(SETTLE);
-    let rss_before = proxy.rss_kib()?;
+    let rss_before = rss_kib(proxy)?;
     let config = client_config(proxy.port);
     let results: Vec<Result<tokio_postgres::Client, String>> = runtime.block_on(async {
         stream::iter(0..count)
@@ -642,7 +316,7 @@ fn idle_clients(
     }
     sleep(SETTLE);
     // Every client must still be connected when the figure is read.
-    let rss_idle = proxy.rss_kib()?;
+    let rss_idle = rss_kib(proxy)?;
     let dropped = clients.iter().filter(|c| c.is_closed()).count();
     if dropped > 0 {
         errors.push(format!("{dropped} clients were disconnected while idle"));
@@ -661,26 +335,16 @@ fn idle_clients(
     })
 }
 
-/// Raises the soft open-file limit to the hard one; the proxies inherit it.
-fn raise_fd_limit(needed: u64) -> Result<u64, String> {
-    let (soft, hard) =
-        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(NOFILE): {e}"))?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-            .map_err(|e| format!("setrlimit(NOFILE, {hard}): {e}"))?;
-    }
-    if hard < needed {
-        println!(
-            "warning: the open-file limit is {hard}, under the ~{needed} the idle-client step \
-             needs: raise it (ulimit -Hn) or lower PGSPLIT_BENCH_IDLE_CLIENTS"
-        );
-    }
-    Ok(hard)
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// Resident set size of `proxy` in KiB (`VmRSS` of `/proc/PID/status`).
+fn rss_kib(proxy: &mut Proxy) -> Result<u64, String> {
+    proxy.check_running()?;
+    let path = format!("/proc/{}/status", proxy.pid());
+    let status = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS in {path}"))
 }
 
 fn mib(kib: u64) -> String {
@@ -709,9 +373,17 @@ fn main() -> ExitCode {
 fn bench() -> Result<bool, String> {
     let params = Params::from_env()?;
     // Checked before the cluster is built: without pgbouncer there is nothing to compare.
-    let (bouncer_bin, bouncer_version, bouncer_release) = find_pgbouncer()?;
-    let bouncer_prepared = bouncer_release >= PGBOUNCER_PREPARED_SINCE;
-    raise_fd_limit(u64::from(params.idle_clients) * 2 + 256)?;
+    let bouncer_found = find_pgbouncer()?;
+    let bouncer_version = &bouncer_found.version;
+    let bouncer_prepared = bouncer_found.keeps_prepared();
+    let needed = u64::from(params.idle_clients) * 2 + 256;
+    let fd_limit = raise_fd_limit()?;
+    if fd_limit < needed {
+        println!(
+            "warning: the open-file limit is {fd_limit}, under the ~{needed} the idle-client step \
+             needs: raise it (ulimit -Hn) or lower PGSPLIT_BENCH_IDLE_CLIENTS"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -731,20 +403,25 @@ fn bench() -> Result<bool, String> {
     fs::create_dir(&bouncer_dir).map_err(|e| format!("creating {}: {e}", bouncer_dir.display()))?;
     let mut bouncer = start_pgbouncer(
         &cluster,
-        &params,
-        (&bouncer_bin, bouncer_release),
+        &bouncer_found,
+        params.sizing(),
         &bouncer_dir,
+        bouncer_dir.join("pgbouncer.log"),
         &runtime,
     )?;
-    let bouncer_fresh = bouncer.rss_kib()?;
-    let mut pgsplit = start_pgsplit(&cluster, &params, work.path(), &runtime)?;
-    let pgsplit_fresh = pgsplit.rss_kib()?;
+    let bouncer_fresh = rss_kib(&mut bouncer)?;
+    let mut pgsplit = start_pgsplit(
+        &cluster,
+        std::path::Path::new(env!("CARGO_BIN_EXE_pgsplit")),
+        params.sizing(),
+        "",
+        work.path(),
+        work.path().join("pgsplit.log"),
+        &runtime,
+    )?;
+    let pgsplit_fresh = rss_kib(&mut pgsplit)?;
 
-    let pg_version = Command::new(cluster.pg_bin().join("postgres"))
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let pg_version = version_line(&cluster.pg_bin().join("postgres"), "--version");
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "pool_compare: {cpus} CPUs, {pg_version}, PgBouncer {bouncer_version}, pgsplit {}",

@@ -1,0 +1,477 @@
+//! What the benchmarks that drive real processes share: proxies run as child processes
+//! that die with the bench, pgbouncer and pgsplit started in front of the local cluster,
+//! pgbench command lines and the figures of its report.
+// Every bench (and the test that runs `compare` in quick mode) compiles its own copy of
+// this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, Uid, User};
+use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
+
+/// How long a proxy gets to accept a first query after it is started.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped proxy gets to exit before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// pgbouncer keeps protocol-level prepared statements in transaction mode from this version.
+pub const PGBOUNCER_PREPARED_SINCE: (u32, u32) = (1, 21);
+/// `max_prepared_statements` given to a pgbouncer that supports it.
+pub const PGBOUNCER_MAX_PREPARED: u32 = 200;
+
+/// A whole number from the environment variable `name`, or `default` when it is unset.
+pub fn env_or(name: &str, default: u32) -> Result<u32, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// How many server connections a pooler may open and how many clients it must accept.
+#[derive(Clone, Copy)]
+pub struct Sizing {
+    /// pgsplit `max_pool_size` (per node), pgbouncer `default_pool_size`.
+    pub pool_size: u32,
+    /// `max_client_conn` of both.
+    pub max_client_conn: u32,
+}
+
+/// A proxy running as a child process, with its output in a log file; stopped on drop.
+pub struct Proxy {
+    /// Its name in messages.
+    pub name: &'static str,
+    child: Child,
+    /// Where it accepts clients.
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Starts `cmd` with its output in `log`, and waits until a query through `port` works.
+    pub fn start(
+        name: &'static str,
+        mut cmd: Command,
+        port: u16,
+        log: PathBuf,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<Self, String> {
+        let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("duplicating the handle of {}: {e}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        die_with_bench(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
+        let mut proxy = Proxy {
+            name,
+            child,
+            port,
+            log,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            proxy.check_running()?;
+            let probe = runtime.block_on(async {
+                let (client, connection) =
+                    client_config(port).connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client.simple_query("SELECT 1").await.map(drop)
+            });
+            match probe {
+                Ok(()) => return Ok(proxy),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "{name} did not answer `SELECT 1` on port {port} within {READY_TIMEOUT:?} \
+                         (last error: {e})\n{}",
+                        proxy.log_tail()
+                    ))
+                }
+                Err(_) => sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An error with the tail of the log if the process has exited.
+    pub fn check_running(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "{} exited ({status})\n{}",
+                self.name,
+                self.log_tail()
+            )),
+            Err(e) => Err(format!("cannot check on {}: {e}", self.name)),
+        }
+    }
+
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last lines of its log, headed by the log's path.
+    pub fn log_tail(&self) -> String {
+        match fs::read(&self.log) {
+            Ok(bytes) => format!(
+                "--- tail of {} ---\n{}",
+                self.log.display(),
+                tail(&String::from_utf8_lossy(&bytes), 30)
+            ),
+            Err(e) => format!("(cannot read {}: {e})", self.log.display()),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Has the child get SIGTERM when the thread that spawned it (the bench's main thread)
+/// ends, so a killed bench leaves no proxy or pgbench behind; the cluster has its own
+/// watchdog.
+pub fn die_with_bench(cmd: &mut Command) {
+    // SAFETY: between fork and exec the closure only makes the prctl(2) system call, which
+    // is async-signal-safe. It runs after any uid switch, which would clear the setting.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from));
+    }
+}
+
+/// Connection settings of the application user through `port`.
+pub fn client_config(port: u16) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(APP_USER)
+        .password(APP_PASSWORD)
+        .dbname(APP_DATABASE)
+        .connect_timeout(Duration::from_secs(10));
+    config
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16, String> {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("probing 127.0.0.1:0 for a free port: {e}"))
+}
+
+/// An installed pgbouncer.
+pub struct Pgbouncer {
+    /// The binary.
+    pub bin: PathBuf,
+    /// As it reports it, e.g. "1.18.0".
+    pub version: String,
+    /// (major, minor).
+    pub release: (u32, u32),
+}
+
+impl Pgbouncer {
+    /// Whether protocol-level prepared statements survive its transaction pooling.
+    pub fn keeps_prepared(&self) -> bool {
+        self.release >= PGBOUNCER_PREPARED_SINCE
+    }
+}
+
+/// The pgbouncer binary (`PGBOUNCER`, else on `PATH`, else `/usr/sbin`) and its version,
+/// or an error that says how to install it.
+pub fn find_pgbouncer() -> Result<Pgbouncer, String> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("PGBOUNCER") {
+        Some(path) => vec![PathBuf::from(path)],
+        None => vec!["pgbouncer".into(), "/usr/sbin/pgbouncer".into()],
+    };
+    for bin in candidates {
+        let out = match Command::new(&bin).arg("--version").output() {
+            Ok(out) => out,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot run {}: {e}", bin.display())),
+        };
+        // "PgBouncer 1.18.0" on the first line.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("PgBouncer "))
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| format!("unexpected `{} --version`: {text}", bin.display()))?;
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+        let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
+            return Err(format!("cannot parse pgbouncer version {version:?}"));
+        };
+        return Ok(Pgbouncer {
+            bin,
+            version,
+            release: (major, minor),
+        });
+    }
+    Err(
+        "pgbouncer is not installed, and this benchmark compares against it: install it \
+         (`apt-get install -y pgbouncer` on Debian/Ubuntu) or point PGBOUNCER at its binary"
+            .into(),
+    )
+}
+
+/// The OS user pgbouncer runs as: itself, or `postgres` when running as root (pgbouncer
+/// refuses root).
+fn pgbouncer_identity() -> Result<Option<(u32, u32)>, String> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    match User::from_name("postgres") {
+        Ok(Some(user)) => Ok(Some((user.uid.as_raw(), user.gid.as_raw()))),
+        Ok(None) => Err(
+            "running as root, but there is no OS user `postgres` to run pgbouncer \
+                         as (pgbouncer refuses root)"
+                .into(),
+        ),
+        Err(e) => Err(format!("looking up OS user `postgres`: {e}")),
+    }
+}
+
+/// Writes `text` to `path`, owned by `owner` when given, readable only by its owner.
+pub fn write_private(path: &Path, text: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let context = |e: io::Error| format!("writing {}: {e}", path.display());
+    fs::write(path, text).map_err(context)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(context)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(context)?;
+    }
+    Ok(())
+}
+
+/// Starts pgbouncer in transaction mode in front of the primary, its configuration in `dir`
+/// (which must be a directory of its own: it is handed to pgbouncer's OS user) and its
+/// output in `log`.
+pub fn start_pgbouncer(
+    cluster: &Cluster,
+    bouncer: &Pgbouncer,
+    sizing: Sizing,
+    dir: &Path,
+    log: PathBuf,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Proxy, String> {
+    let owner = pgbouncer_identity()?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    }
+    let port = free_port()?;
+    let userlist = dir.join("userlist.txt");
+    // A plaintext secret lets pgbouncer answer the client's SCRAM exchange and run its own
+    // with the server.
+    write_private(
+        &userlist,
+        &format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n"),
+        owner,
+    )?;
+    let prepared = if bouncer.keeps_prepared() {
+        format!("max_prepared_statements = {PGBOUNCER_MAX_PREPARED}\n")
+    } else {
+        String::new()
+    };
+    let ini = format!(
+        "[databases]\n\
+         {APP_DATABASE} = host=127.0.0.1 port={primary} dbname={APP_DATABASE}\n\n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir =\n\
+         auth_type = scram-sha-256\n\
+         auth_file = {userlist}\n\
+         pool_mode = transaction\n\
+         default_pool_size = {pool}\n\
+         max_client_conn = {max_client_conn}\n\
+         ignore_startup_parameters = extra_float_digits\n\
+         log_connections = 0\n\
+         log_disconnections = 0\n\
+         {prepared}",
+        primary = cluster.primary().port,
+        userlist = userlist.display(),
+        pool = sizing.pool_size,
+        max_client_conn = sizing.max_client_conn,
+    );
+    let ini_path = dir.join("pgbouncer.ini");
+    write_private(&ini_path, &ini, owner)?;
+    let mut cmd = Command::new(&bouncer.bin);
+    cmd.arg(&ini_path).current_dir("/");
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    Proxy::start("pgbouncer", cmd, port, log, runtime)
+}
+
+/// Starts the pgsplit binary `bin` with the demo configuration plus transaction pooling
+/// and the TOML tables in `extra` (e.g. a `[routing]` table); its configuration goes in
+/// `dir`, its output in `log`.
+pub fn start_pgsplit(
+    cluster: &Cluster,
+    bin: &Path,
+    sizing: Sizing,
+    extra: &str,
+    dir: &Path,
+    log: PathBuf,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Proxy, String> {
+    if !bin.is_file() {
+        return Err(format!(
+            "no pgsplit binary at {} (build it with `cargo build --release`)",
+            bin.display()
+        ));
+    }
+    let port = free_port()?;
+    // `config_text` starts with a top-level key, so top-level keys go before it and
+    // tables after it.
+    let config = format!(
+        "max_client_conn = {}\n{}\n[pool]\nmode = \"transaction\"\nmax_pool_size = {}\n{extra}",
+        sizing.max_client_conn,
+        pgsplit::demo::config_text(cluster, &format!("127.0.0.1:{port}")),
+        sizing.pool_size
+    );
+    pgsplit::config::Settings::parse(&config)
+        .map_err(|e| format!("the generated pgsplit configuration is invalid: {e}\n{config}"))?;
+    let path = dir.join("pgsplit.toml");
+    write_private(&path, &config, None)?;
+    let mut cmd = Command::new(bin);
+    // NO_COLOR: the log is a file to read, not a terminal.
+    cmd.arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    // The benchmarks' own PGSPLIT_BENCH_* / PGSPLIT_COMPARE_* knobs would reach pgsplit as
+    // configuration variables and be refused as unknown; the file says everything.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PGSPLIT_") {
+            cmd.env_remove(name);
+        }
+    }
+    Proxy::start("pgsplit", cmd, port, log, runtime)
+}
+
+/// `pgbench` against `port` as the application user, tied to the bench's life; the caller
+/// adds the workload, client count and duration.
+pub fn pgbench_command(cluster: &Cluster, port: u16) -> Command {
+    let mut cmd = Command::new(cluster.pg_bin().join("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", APP_USER])
+        .stdin(Stdio::null())
+        .env("PGPASSWORD", APP_PASSWORD)
+        // A ~/.pgpass must not change which password is tried.
+        .env("PGPASSFILE", "/nonexistent/pgsplit-no-pgpass");
+    die_with_bench(&mut cmd);
+    cmd
+}
+
+/// The figures of a pgbench report (its standard output).
+#[derive(Clone, Copy, Debug)]
+pub struct PgbenchSummary {
+    /// Transactions per second, without the initial connection time.
+    pub tps: f64,
+    /// Average transaction latency in milliseconds.
+    pub latency_ms: f64,
+    /// "number of failed transactions" (PostgreSQL 15 and later; 0 before).
+    pub failed: u64,
+}
+
+impl PgbenchSummary {
+    /// Reads the top-level figures of a report; per-script lines (` - …`) are not read.
+    pub fn parse(report: &str) -> Result<Self, String> {
+        let field = |prefix: &str| {
+            report
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|l| l.split_whitespace().next())
+        };
+        let value = |prefix: &str| field(prefix).and_then(|v| v.parse::<f64>().ok());
+        // pgbench before 15 has no such line: an error there aborts the client, and pgbench
+        // exits non-zero, which callers check first.
+        let failed = match field("number of failed transactions: ") {
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| format!("unreadable count of failed transactions {v:?}"))?,
+            None => 0,
+        };
+        let tps = value("tps = ").ok_or("no tps in its report")?;
+        let latency_ms = value("latency average = ").ok_or("no average latency in its report")?;
+        Ok(Self {
+            tps,
+            latency_ms,
+            failed,
+        })
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, which the proxies inherit; returns it.
+pub fn raise_fd_limit() -> Result<u64, String> {
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(NOFILE): {e}"))?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map_err(|e| format!("setrlimit(NOFILE, {hard}): {e}"))?;
+    }
+    Ok(hard)
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `<bin> --version`'s first line, or why it could not be read.
+pub fn version_line(bin: &Path, flag: &str) -> String {
+    match Command::new(bin).arg(flag).output() {
+        Ok(out) => {
+            // haproxy prints to stdout, some tools to stderr.
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        }
+        Err(e) => format!("unknown ({e})"),
+    }
+}
