@@ -69,32 +69,50 @@ pub struct ClientInfo {
     pub application_name: String,
 }
 
-/// A client and the server connection running its request, if any.
-struct Entry {
-    target: Option<CancelTarget>,
-    info: Arc<ClientInfo>,
+/// A logged-in client: who it is, and the server connection running its request, if
+/// any. The session points it at its server itself, without the registry's lock (that
+/// happens twice per request).
+pub struct ClientEntry {
+    /// Who the client is.
+    pub info: Arc<ClientInfo>,
+    target: Mutex<Option<CancelTarget>>,
 }
 
-/// The clients logged in, each under the cancel key pgsplit handed it, mapped to the
-/// server connection it holds (none between requests in transaction pooling).
+impl ClientEntry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<CancelTarget>> {
+        self.target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Points the client's cancel key at the server now serving it, or at nothing.
+    pub fn point_at(&self, target: Option<CancelTarget>) {
+        let previous = std::mem::replace(&mut *self.lock(), target);
+        // Dropped outside the lock.
+        drop(previous);
+    }
+}
+
+/// The clients logged in, each under the cancel key pgsplit handed it.
 #[derive(Default)]
 pub struct CancelRegistry {
-    keys: Mutex<HashMap<BackendKey, Entry>>,
+    keys: Mutex<HashMap<BackendKey, Arc<ClientEntry>>>,
 }
 
 impl CancelRegistry {
     /// Hands out a fresh random key for a client, pointing at no server yet.
-    pub fn register(&self, info: ClientInfo) -> BackendKey {
+    pub fn register(&self, info: ClientInfo) -> (BackendKey, Arc<ClientEntry>) {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let info = Arc::new(info);
+        let entry = Arc::new(ClientEntry {
+            info: Arc::new(info),
+            target: Mutex::new(None),
+        });
         loop {
             let key = BackendKey {
                 pid: rand::random::<i32>() & i32::MAX,
                 secret: rand::random(),
             };
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(key) {
-                slot.insert(Entry { target: None, info });
-                return key;
+                slot.insert(Arc::clone(&entry));
+                return (key, entry);
             }
         }
     }
@@ -105,30 +123,24 @@ impl CancelRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|e| (Arc::clone(&e.info), e.target.clone()))
+            .map(|e| (Arc::clone(&e.info), e.lock().clone()))
             .collect()
     }
 
     /// The server running the request of the session behind a key, if any, counted as
-    /// having a cancel on its way (under the registry's lock, so a session releasing
-    /// that connection either sees the count or has already unlinked it).
+    /// having a cancel on its way (under the client's lock, so a session releasing that
+    /// connection either sees the count or has already unlinked it).
     pub fn begin_cancel(&self, key: BackendKey) -> Option<CancelTarget> {
-        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let target = keys.get(&key)?.target.clone()?;
+        let entry = Arc::clone(
+            self.keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)?,
+        );
+        let target = entry.lock();
+        let target = target.as_ref()?;
         target.in_flight.fetch_add(1, Ordering::SeqCst);
-        Some(target)
-    }
-
-    /// Points a key at the server now serving the session, or at nothing.
-    pub fn update(&self, key: BackendKey, target: Option<CancelTarget>) {
-        if let Some(slot) = self
-            .keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&key)
-        {
-            slot.target = target;
-        }
+        Some(target.clone())
     }
 
     /// Forgets a key when its session ends.
@@ -438,22 +450,22 @@ mod tests {
             tls: false,
             application_name: String::new(),
         };
-        let a = registry.register(info.clone());
-        let b = registry.register(info);
+        let (a, entry_a) = registry.register(info.clone());
+        let (b, entry_b) = registry.register(info);
         assert_eq!(registry.clients().len(), 2);
         assert_ne!(a, b);
         assert!(a.pid >= 0);
         assert!(registry.begin_cancel(a).is_none());
-        registry.update(a, Some(target.clone()));
-        registry.update(b, Some(target.clone()));
+        entry_a.point_at(Some(target.clone()));
+        entry_b.point_at(Some(target.clone()));
         assert_eq!(registry.begin_cancel(a).map(|t| t.key.pid), Some(1));
         assert!(registry.begin_cancel(a).is_some());
         assert_eq!(target.in_flight.load(Ordering::SeqCst), 2);
-        registry.update(b, None);
+        entry_b.point_at(None);
         assert!(registry.begin_cancel(b).is_none());
         registry.remove(a);
         assert!(registry.begin_cancel(a).is_none());
-        registry.update(a, None);
+        entry_a.point_at(None);
         assert!(registry.begin_cancel(a).is_none());
     }
 }

@@ -105,7 +105,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
         Err(_) => return report(&mut write, &peer, ProxyError::AuthTimeout).await,
     };
     tracing::debug!(%peer, user = %startup.user, database = %startup.database, server = %server.server.address, "client ready");
-    let key = shared.cancels.register(ClientInfo {
+    let (key, cancel) = shared.cancels.register(ClientInfo {
         user: startup.user.clone(),
         server_user: startup.server_login.0.clone(),
         database: startup.database.clone(),
@@ -133,7 +133,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
                 (conn, server, node),
                 &shared,
                 startup,
-                key,
+                cancel,
                 defaults,
             );
             relay.run(&mut phase).await

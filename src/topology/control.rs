@@ -127,18 +127,17 @@ impl Publisher {
 
     /// Waits until node `node` is not paused (returns at once when it is not).
     pub async fn wait_resumed(&self, node: usize) {
+        let paused = |t: &Topology| t.nodes.get(node).is_some_and(|n| n.paused && !n.removed);
+        // The common case, with no subscription to set up.
+        if !paused(&self.shared.load()) {
+            return;
+        }
         let mut changed = self.changed.subscribe();
         loop {
             changed.borrow_and_update();
             // A node removed while paused: the work goes on, on a connection that closes
             // afterwards.
-            let paused = self
-                .shared
-                .load()
-                .nodes
-                .get(node)
-                .is_some_and(|n| n.paused && !n.removed);
-            if !paused || changed.changed().await.is_err() {
+            if !paused(&self.shared.load()) || changed.changed().await.is_err() {
                 return;
             }
         }

@@ -21,7 +21,7 @@ use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::prepared::Statement;
 use crate::protocol::{encode, flush_to, read_cstr, BackendKey, Frame, FrameReader, Severity};
-use crate::proxy::{CancelTarget, Phase, Shared};
+use crate::proxy::{CancelTarget, ClientEntry, Phase, Shared};
 use crate::stats::Decision;
 use crate::tls::{ClientRead, ClientWrite};
 use tally::Answering;
@@ -223,7 +223,10 @@ pub struct Relay<'a> {
     client_out: ClientWrite,
     shared: &'a Shared,
     startup: Startup,
-    key: BackendKey,
+    /// This client's entry under its cancel key, pointed at the server serving it.
+    cancel: Arc<ClientEntry>,
+    /// Pools this session has used, by server address.
+    pools: Vec<(String, Arc<crate::pool::Pool>)>,
     state: RoutingState,
     primary: Slot,
     standby: Slot,
@@ -304,7 +307,7 @@ impl<'a> Relay<'a> {
         (first, server, node): (Conn, Lease, usize),
         shared: &'a Shared,
         startup: Startup,
-        key: BackendKey,
+        cancel: Arc<ClientEntry>,
         defaults: Gucs,
     ) -> Self {
         let (primary, standby) = match first {
@@ -323,7 +326,8 @@ impl<'a> Relay<'a> {
             ),
             shared,
             startup,
-            key,
+            cancel,
+            pools: Vec::new(),
             primary,
             standby,
             to_client: BytesMut::new(),
@@ -406,9 +410,14 @@ impl<'a> Relay<'a> {
             // Handlers are boxed so the session's own future stays small while it waits:
             // an idle client costs its sockets and buffers, not the largest handler's state.
             let step = tokio::select! {
-                frame = self.client.next(), if accept_client => Box::pin(self.on_client_frame(frame)).await,
-                frame = next_frame(&mut self.primary.conn) => Box::pin(self.on_server_frame(Conn::Primary, frame)).await,
-                frame = next_frame(&mut self.standby.conn) => Box::pin(self.on_server_frame(Conn::Standby, frame)).await,
+                frame = self.client.next(), if accept_client => match frame {
+                    // Most extended-protocol messages only join their batch: no boxed
+                    // handler (an allocation and a copy of its large future) for them.
+                    Ok(Some(frame)) if self.joins_batch(&frame) => self.join_batch(frame),
+                    frame => Box::pin(self.on_client_frame(frame)).await,
+                },
+                frame = next_frame(&mut self.primary.conn) => self.on_server_frame(Conn::Primary, frame).await,
+                frame = next_frame(&mut self.standby.conn) => self.on_server_frame(Conn::Standby, frame).await,
                 changed = phase.changed() => {
                     let now = if changed.is_ok() { *phase.borrow() } else { Phase::Closing };
                     Box::pin(self.on_phase(now)).await
@@ -427,7 +436,7 @@ impl<'a> Relay<'a> {
             self.shared.stats.set_active(false);
         }
         self.shared.stats.set_connected(false);
-        self.shared.cancels.update(self.key, None);
+        self.cancel.point_at(None);
         for conn in [Conn::Primary, Conn::Standby] {
             self.return_connection(conn);
         }
@@ -464,7 +473,7 @@ impl<'a> Relay<'a> {
             self.shared.stats.release(slot.node);
         }
         if self.cancel_points_at == Some(lease.server.key) {
-            self.shared.cancels.update(self.key, None);
+            self.cancel.point_at(None);
             self.cancel_points_at = None;
         }
         Some(lease)
@@ -560,6 +569,25 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// Whether a client message only joins the extended-protocol batch (Parse, Bind,
+    /// Describe, Execute, Close before their Sync), which needs no I/O.
+    fn joins_batch(&self, frame: &Frame) -> bool {
+        matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C')
+            && !(self.skip_to_sync && self.copying().is_none())
+    }
+
+    /// Adds a message to the batch that its Sync or Flush sends.
+    fn join_batch(&mut self, frame: Frame) -> Result<Step, ProxyError> {
+        self.batch_bytes += frame.raw.len();
+        self.batch.push(frame);
+        if self.batch_bytes > self.shared.settings.load().raw.max_message_size {
+            return Err(ProxyError::Protocol(
+                "too many extended-protocol messages without Sync or Flush".into(),
+            ));
+        }
+        Ok(Step::Continue)
+    }
+
     async fn on_client_frame(
         &mut self,
         frame: Result<Option<Frame>, ProxyError>,
@@ -593,15 +621,7 @@ impl<'a> Relay<'a> {
             b'X' => return Ok(Step::Done),
             b'Q' => self.dispatch(Request::Query(frame)).await?,
             b'F' => self.dispatch(Request::Function(frame)).await?,
-            b'P' | b'B' | b'D' | b'E' | b'C' => {
-                self.batch_bytes += frame.raw.len();
-                self.batch.push(frame);
-                if self.batch_bytes > self.shared.settings.load().raw.max_message_size {
-                    return Err(ProxyError::Protocol(
-                        "too many extended-protocol messages without Sync or Flush".into(),
-                    ));
-                }
-            }
+            b'P' | b'B' | b'D' | b'E' | b'C' => return self.join_batch(frame),
             b'H' | b'S' | b'd' | b'c' | b'f' if self.copying().is_some() => {
                 let conn = self.copying().unwrap_or(Conn::Primary);
                 let slot = self.slot(conn);
@@ -1099,7 +1119,7 @@ impl<'a> Relay<'a> {
                     in_flight: Arc::clone(&lease.server.cancels_in_flight),
                     connected_at: lease.server.connected_at,
                 };
-                self.shared.cancels.update(self.key, Some(target));
+                self.cancel.point_at(Some(target));
             }
             self.cancel_points_at = server_key;
         }
@@ -1148,8 +1168,40 @@ impl<'a> Relay<'a> {
     ) -> Result<Step, ProxyError> {
         let frame = match frame {
             Ok(Some(frame)) => frame,
-            Ok(None) | Err(_) => return self.server_lost(conn).await,
+            Ok(None) | Err(_) => return Box::pin(self.server_lost(conn)).await,
         };
+        let injected_done = self.absorb_server_frame(conn, &frame);
+        // The rare and large steps are boxed: this future stays small, as a message that
+        // is only forwarded (most of them) should cost no allocation and no big copy.
+        if injected_done && self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
+            if let Some(waiting) = self.after_sync.take() {
+                Box::pin(self.after_settings(waiting)).await?;
+            }
+        }
+        let more = self
+            .slot(conn)
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.server.reader.has_frame());
+        if !more {
+            flush_to(&mut self.client_out, &mut self.to_client).await?;
+            if frame.tag == b'Z' {
+                self.release_idle_connections();
+            }
+            if self.held.is_some() {
+                Box::pin(self.release_held()).await?;
+            }
+            if self.draining && self.idle() {
+                return Box::pin(self.say_goodbye()).await;
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// What a server message changes in the session, and the message itself queued for
+    /// the client unless it answers something pgsplit sent; true when it ended a
+    /// statement pgsplit injected.
+    fn absorb_server_frame(&mut self, conn: Conn, frame: &Frame) -> bool {
         let owes_nothing = self.sticky != Some(conn) && self.state.txn != Some(conn);
         let mut ready = None;
         let mut injected_done = false;
@@ -1292,27 +1344,7 @@ impl<'a> Relay<'a> {
         if let Some(error) = injected_error {
             self.injected_error.get_or_insert((conn, error));
         }
-        if injected_done && self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
-            if let Some(waiting) = self.after_sync.take() {
-                self.after_settings(waiting).await?;
-            }
-        }
-        let more = self
-            .slot(conn)
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.server.reader.has_frame());
-        if !more {
-            flush_to(&mut self.client_out, &mut self.to_client).await?;
-            if frame.tag == b'Z' {
-                self.release_idle_connections();
-            }
-            self.release_held().await?;
-            if self.draining && self.idle() {
-                return self.say_goodbye().await;
-            }
-        }
-        Ok(Step::Continue)
+        injected_done
     }
 
     async fn on_phase(&mut self, phase: Phase) -> Result<Step, ProxyError> {

@@ -2,11 +2,12 @@
 //! its reads (balance, lag, read-your-writes), following the primary through a promotion,
 //! and what a lost connection means for the client.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::tally::why_primary;
 use super::{Relay, Slot, Step, AVOID_FAILED_STANDBY};
-use crate::balance::{pick_read, ReadTarget};
+use crate::balance::{pick_read, ReadTarget, Strategy};
 use crate::classify::Route;
 use crate::error::ProxyError;
 use crate::pool::Lease;
@@ -56,13 +57,19 @@ impl Relay<'_> {
             exclude
                 .extend((0..topology.nodes.len()).filter(|i| !topology.replayed_since(*i, since)));
         }
+        // Only least_outstanding looks at the load; the others need not gather it.
+        let outstanding = if routing.balance_strategy == Strategy::LeastOutstanding {
+            self.shared.stats.outstanding()
+        } else {
+            Vec::new()
+        };
         loop {
             let target = pick_read(
                 &topology,
                 routing.balance_strategy,
                 routing.primary_reads,
                 &exclude,
-                &self.shared.stats.outstanding(),
+                &outstanding,
                 self.shared.stats.next_turn(),
                 rand::random(),
             );
@@ -163,14 +170,23 @@ impl Relay<'_> {
 
     /// A connection to node `node` for this client's server user and database, from its
     /// pool; while an operator has the node paused, after `RESUME`.
-    async fn connect(&self, node: usize, address: &str) -> Result<Lease, ProxyError> {
+    async fn connect(&mut self, node: usize, address: &str) -> Result<Lease, ProxyError> {
         self.shared.publisher.wait_resumed(node).await;
-        let (user, password) = &self.startup.server_login;
-        self.shared
-            .pools
-            .get(address, user, password, &self.startup.database)
-            .checkout()
-            .await
+        // The session's pools, found once: a lookup in the shared map costs a lock, three
+        // strings and a hash per checkout.
+        let pool = match self.pools.iter().find(|(a, _)| a == address) {
+            Some((_, pool)) => Arc::clone(pool),
+            None => {
+                let (user, password) = &self.startup.server_login;
+                let pool = self
+                    .shared
+                    .pools
+                    .get(address, user, password, &self.startup.database);
+                self.pools.push((address.to_owned(), Arc::clone(&pool)));
+                pool
+            }
+        };
+        pool.checkout().await
     }
 
     /// A server connection closed. Losing the primary, or a standby in the middle of a
