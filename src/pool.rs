@@ -341,15 +341,20 @@ impl Pool {
     }
 
     async fn lease(self: &Arc<Self>) -> Result<Lease, ProxyError> {
-        let settings = self.settings.load_full();
-        let config = &settings.raw.pool;
+        let (checkout_timeout, max_pool_size) = {
+            let settings = self.settings.load();
+            (
+                settings.raw.pool.checkout_timeout,
+                settings.raw.pool.max_pool_size,
+            )
+        };
         let permit = match Arc::clone(&self.permits.semaphore).try_acquire_owned() {
             Ok(permit) => Ok(Ok(permit)),
             Err(_) => {
                 self.checkouts.waited.fetch_add(1, Ordering::Relaxed);
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 let permit = tokio::time::timeout(
-                    config.checkout_timeout,
+                    checkout_timeout,
                     Arc::clone(&self.permits.semaphore).acquire_owned(),
                 )
                 .await;
@@ -362,8 +367,8 @@ impl Pool {
             _ => {
                 return Err(ProxyError::CheckoutTimeout {
                     addr: self.key.address.clone(),
-                    waited: config.checkout_timeout,
-                    size: config.max_pool_size,
+                    waited: checkout_timeout,
+                    size: max_pool_size,
                 })
             }
         };

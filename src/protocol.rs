@@ -167,6 +167,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The largest message it accepts (`max_message_size` when it was made).
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
     /// Whether any bytes are buffered, complete frame or not.
     pub fn has_buffered(&self) -> bool {
         !self.buf.is_empty()

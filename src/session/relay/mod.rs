@@ -580,7 +580,7 @@ impl<'a> Relay<'a> {
     fn join_batch(&mut self, frame: Frame) -> Result<Step, ProxyError> {
         self.batch_bytes += frame.raw.len();
         self.batch.push(frame);
-        if self.batch_bytes > self.shared.settings.load().raw.max_message_size {
+        if self.batch_bytes > self.client.max_len() {
             return Err(ProxyError::Protocol(
                 "too many extended-protocol messages without Sync or Flush".into(),
             ));
