@@ -24,10 +24,17 @@ pub struct CacheStats {
 /// normalized text.
 type Key = (u64, String);
 
+/// Texts of Parse messages as sent, with the catalog snapshot they were classified with.
+type Exact = LruCache<String, (u64, Arc<Classification>)>;
+
 /// [`classify`] behind a bounded LRU cache; shareable across sessions.
 pub struct Classifier {
     /// None when the capacity is 0: every call classifies.
     cache: Option<Mutex<LruCache<Key, Arc<Classification>>>>,
+    /// In front of `cache` for Parse texts, which clients send again word for word (the
+    /// unnamed statements of the extended protocol): a hit skips normalizing, which
+    /// costs more than the lookup.
+    exact: Option<Mutex<Exact>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -37,6 +44,7 @@ impl Classifier {
     pub fn new(capacity: usize) -> Classifier {
         Classifier {
             cache: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
+            exact: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -73,6 +81,30 @@ impl Classifier {
         result
     }
 
+    /// As [`Classifier::classify`], for the text of a Parse message: looked up as sent
+    /// first. Simple-query texts do not go through here, as their constants vary.
+    pub fn classify_parsed(&self, sql: &str, functions: &Functions) -> Arc<Classification> {
+        let Some(exact) = &self.exact else {
+            return self.classify(sql, functions);
+        };
+        let lock = || {
+            exact
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some((id, found)) = lock().get(sql) {
+            if *id == functions.id() {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Arc::clone(found);
+            }
+        }
+        let result = self.classify(sql, functions);
+        if result.cacheable {
+            lock().put(sql.to_owned(), (functions.id(), Arc::clone(&result)));
+        }
+        result
+    }
+
     /// Hit and miss counts and the number of entries held.
     pub fn stats(&self) -> CacheStats {
         let entries = self.cache.as_ref().map_or(0, |cache| {
@@ -93,6 +125,25 @@ impl Classifier {
 mod tests {
     use super::super::Route;
     use super::*;
+
+    #[test]
+    fn parse_texts_hit_as_sent_and_follow_the_catalog() {
+        let classifier = Classifier::new(100);
+        let functions = Functions::empty();
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+        let a = classifier.classify_parsed(sql, &functions);
+        let b = classifier.classify_parsed(sql, &functions);
+        assert!(Arc::ptr_eq(&a, &b), "the second lookup should be a hit");
+        assert_eq!(classifier.stats().hits, 1);
+        // A text cached under another catalog snapshot is classified again.
+        let other = Functions::new(std::iter::empty(), &[], &["f".into()]);
+        assert_ne!(other.id(), functions.id());
+        let misses = classifier.stats().misses;
+        let c = classifier.classify_parsed("SELECT f($1)", &other);
+        assert_eq!(c.route, Route::Primary);
+        classifier.classify_parsed("SELECT f($1)", &functions);
+        assert_eq!(classifier.stats().misses, misses + 2);
+    }
 
     #[test]
     fn pgbench_simple_statements_share_a_key() {

@@ -217,6 +217,21 @@ enum Op {
     Close(Option<String>),
 }
 
+/// The next lifecycle phase, and the receiver to wait for the one after; `Closing` when
+/// the sender is gone (then never again).
+async fn next_phase(rx: Option<watch::Receiver<Phase>>) -> (Phase, Option<watch::Receiver<Phase>>) {
+    let Some(mut rx) = rx else {
+        return std::future::pending().await;
+    };
+    match rx.changed().await {
+        Ok(()) => {
+            let now = *rx.borrow_and_update();
+            (now, Some(rx))
+        }
+        Err(_) => (Phase::Closing, None),
+    }
+}
+
 /// The relay for one authenticated client.
 pub struct Relay<'a> {
     client: FrameReader<ClientRead>,
@@ -404,22 +419,28 @@ impl<'a> Relay<'a> {
     pub async fn run(mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), ProxyError> {
         self.shared.stats.set_connected(true);
         self.release_idle_connections();
+        // One wait for the next phase change across all iterations: registering a fresh
+        // one per message costs more than relaying a small message.
+        let mut phase_change = Box::pin(next_phase(Some(phase.clone())));
         let result = loop {
             self.count_active();
             let accept_client = self.held.is_none();
             // Handlers are boxed so the session's own future stays small while it waits:
             // an idle client costs its sockets and buffers, not the largest handler's state.
+            // Biased (no random branch order to draw per message): replies first, then the
+            // client, then shutdown, which waits for a pause in a long result anyway.
             let step = tokio::select! {
+                biased;
+                frame = next_frame(&mut self.primary.conn) => self.on_server_frame(Conn::Primary, frame).await,
+                frame = next_frame(&mut self.standby.conn) => self.on_server_frame(Conn::Standby, frame).await,
                 frame = self.client.next(), if accept_client => match frame {
                     // Most extended-protocol messages only join their batch: no boxed
                     // handler (an allocation and a copy of its large future) for them.
                     Ok(Some(frame)) if self.joins_batch(&frame) => self.join_batch(frame),
                     frame => Box::pin(self.on_client_frame(frame)).await,
                 },
-                frame = next_frame(&mut self.primary.conn) => self.on_server_frame(Conn::Primary, frame).await,
-                frame = next_frame(&mut self.standby.conn) => self.on_server_frame(Conn::Standby, frame).await,
-                changed = phase.changed() => {
-                    let now = if changed.is_ok() { *phase.borrow() } else { Phase::Closing };
+                (now, next) = &mut phase_change => {
+                    phase_change = Box::pin(next_phase(next));
                     Box::pin(self.on_phase(now)).await
                 }
             };
@@ -873,7 +894,8 @@ impl<'a> Relay<'a> {
                     let text_and_types = body;
                     let mut text = text_and_types;
                     let text = read_cstr(&mut text).unwrap_or_default();
-                    let class = self.classify(&text);
+                    let functions = self.shared.functions.for_database(&self.startup.database);
+                    let class = self.shared.classifier.classify_parsed(&text, &functions);
                     combined.join(&class);
                     if name.is_empty() {
                         let id = self.shared.statements.unnamed_id();
