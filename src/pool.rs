@@ -84,7 +84,7 @@ impl Pooled {
 /// A connection checked out of its pool; goes back with [`Lease::release`] and is
 /// closed (and uncounted) if dropped instead.
 pub struct Lease {
-    conn: Option<Pooled>,
+    conn: Option<Box<Pooled>>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
 }
@@ -248,7 +248,9 @@ pub struct Pool {
     password: Mutex<String>,
     settings: SharedSettings,
     permits: Limit,
-    idle: Mutex<VecDeque<Pooled>>,
+    // Boxed: a connection's state is large, and it moves between the pool, leases and
+    // sessions' slots several times per transaction.
+    idle: Mutex<VecDeque<Box<Pooled>>>,
     open: AtomicUsize,
     waiting: AtomicUsize,
     retired: std::sync::atomic::AtomicBool,
@@ -290,7 +292,7 @@ pub struct PoolSnapshot {
 }
 
 impl Pool {
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Pooled>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Box<Pooled>>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -298,14 +300,14 @@ impl Pool {
         self.retired.load(Ordering::Relaxed)
     }
 
-    fn closed(&self, conn: Pooled) {
+    fn closed(&self, conn: Box<Pooled>) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(conn.server.terminate());
         }
     }
 
-    async fn connect(&self) -> Result<Pooled, ProxyError> {
+    async fn connect(&self) -> Result<Box<Pooled>, ProxyError> {
         let settings = self.settings.load_full();
         let tls = settings.server_tls(&self.key.address);
         let password = self
@@ -324,7 +326,7 @@ impl Pool {
         let raw = &settings.raw;
         let server = ServerConn::connect(&login, raw.connect_timeout, raw.max_message_size).await?;
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Pooled::new(server))
+        Ok(Box::new(Pooled::new(server)))
     }
 
     /// A connection for one client, within `checkout_timeout`.
@@ -417,7 +419,7 @@ impl Pool {
         let settings = self.settings.load_full();
         let config = &settings.raw.pool;
         self.permits.resize(config.max_pool_size);
-        let expired: Vec<Pooled> = {
+        let expired: Vec<Box<Pooled>> = {
             let mut idle = self.lock_idle();
             let open = self.open.load(Ordering::Relaxed);
             let mut keep = VecDeque::with_capacity(idle.len());
