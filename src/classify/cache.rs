@@ -146,6 +146,34 @@ mod tests {
     }
 
     #[test]
+    fn transaction_boundaries_are_cached_but_set_transaction_is_not() {
+        let classifier = Classifier::new(100);
+        let functions = Functions::empty();
+        for sql in [
+            "BEGIN",
+            "begin",
+            "END",
+            "COMMIT",
+            "BEGIN READ ONLY",
+            "begin read only",
+        ] {
+            classifier.classify(sql, &functions);
+        }
+        assert_eq!(
+            classifier.stats().hits,
+            2,
+            "BEGIN and BEGIN READ ONLY hit once each"
+        );
+        let on = classifier.classify("SET transaction_read_only = 'on'", &functions);
+        let off = classifier.classify("SET transaction_read_only = 'off'", &functions);
+        assert!(!Arc::ptr_eq(&on, &off));
+        assert_ne!(on.effects, off.effects);
+        let read_only = classifier.classify("BEGIN READ ONLY", &functions);
+        let read_write = classifier.classify("BEGIN READ WRITE", &functions);
+        assert_ne!(read_only.effects, read_write.effects);
+    }
+
+    #[test]
     fn pgbench_simple_statements_share_a_key() {
         let classifier = Classifier::new(100);
         let functions = Functions::empty();

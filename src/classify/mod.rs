@@ -234,11 +234,19 @@ pub fn classify(sql: &str, functions: &Functions) -> Classification {
     if scan.hint {
         out.need_primary(Reason::Hint);
     }
-    // Settings and transaction modes are decided by values that the cache key drops.
+    // Settings and `SET TRANSACTION` modes are decided by values that the cache key drops
+    // (`SET transaction_read_only = 'on'` and `'off'` share one). BEGIN's modes and the
+    // ends of transactions are keywords, which the key keeps: they are cached, as TPC-B
+    // style traffic sends them twice per transaction.
     if out.effects.iter().any(|e| {
         !matches!(
             e,
-            Effect::Pin(_) | Effect::Unpin(_) | Effect::Execute { .. } | Effect::FunctionsChanged
+            Effect::Pin(_)
+                | Effect::Unpin(_)
+                | Effect::Execute { .. }
+                | Effect::FunctionsChanged
+                | Effect::Begin { .. }
+                | Effect::EndTransaction
         )
     }) {
         out.cacheable = false;
