@@ -37,7 +37,10 @@ pub mod support;
 
 pub use runs::{log_latencies, median, percentile};
 use runs::{measure, Bench, RunSpec};
-use support::{find_pgbouncer, raise_fd_limit, start_pgbouncer, start_pgsplit, Proxy, Sizing};
+use support::{
+    find_pgbouncer, raise_fd_limit, start_pgbouncer, start_pgsplit, Launch, Proxy, Sizing,
+    STANDBY_READS,
+};
 
 /// `pgbench -c` of every workload.
 pub const CLIENTS: [u32; 2] = [8, 64];
@@ -529,18 +532,16 @@ fn start_targets(
         bouncer,
         sizing,
         &dir("pgbouncer")?,
-        logs.join("pgbouncer.log"),
+        Launch::direct(logs.join("pgbouncer.log")),
         runtime,
     )?;
-    // Reads go to the standbys only, so what pgsplit adds is not hidden by reads it sends
-    // to the primary.
     let pgsplit_proxy = start_pgsplit(
         cluster,
         &options.pgsplit_bin,
         sizing,
-        "\n[routing]\nprimary_reads = \"never\"\n",
+        STANDBY_READS,
         &dir("pgsplit")?,
-        logs.join("pgsplit.log"),
+        Launch::direct(logs.join("pgsplit.log")),
         runtime,
     )?;
     for (kind, proxy) in [

@@ -36,7 +36,7 @@ mod support;
 
 use support::{
     client_config, env_or, find_pgbouncer, pgbench_command, raise_fd_limit, start_pgbouncer,
-    start_pgsplit, tail, version_line, PgbenchSummary, Proxy, Sizing,
+    start_pgsplit, tail, version_line, Launch, PgbenchSummary, Proxy, Sizing,
 };
 
 /// Idle clients log in this many at a time.
@@ -406,7 +406,7 @@ fn bench() -> Result<bool, String> {
         &bouncer_found,
         params.sizing(),
         &bouncer_dir,
-        bouncer_dir.join("pgbouncer.log"),
+        Launch::direct(bouncer_dir.join("pgbouncer.log")),
         &runtime,
     )?;
     let bouncer_fresh = rss_kib(&mut bouncer)?;
@@ -416,7 +416,7 @@ fn bench() -> Result<bool, String> {
         params.sizing(),
         "",
         work.path(),
-        work.path().join("pgsplit.log"),
+        Launch::direct(work.path().join("pgsplit.log")),
         &runtime,
     )?;
     let pgsplit_fresh = rss_kib(&mut pgsplit)?;

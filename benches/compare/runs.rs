@@ -2,13 +2,13 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgsplit::cluster::{Cluster, APP_DATABASE};
 
-use super::support::{pgbench_command, PgbenchSummary, Pgbouncer};
+use super::support::{
+    first_error, pgbench_command, run_bounded, Finished, PgbenchSummary, Pgbouncer,
+};
 use super::{known_limitation, Cell, Figures, Options, Outcome, Target, Workload, CLIENTS, JOBS};
 
 /// How long past its `-T` a pgbench run may take (connecting, draining) before it is
@@ -169,11 +169,6 @@ impl Bench<'_> {
             .prefix("run-")
             .tempdir_in(self.scripts)
             .map_err(|e| format!("creating a run directory: {e}"))?;
-        let out_path = run_dir.path().join("stdout");
-        let err_path = run_dir.path().join("stderr");
-        let open = |path: &Path| {
-            fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))
-        };
         let mut cmd = pgbench_command(self.cluster, target.port);
         cmd.args(spec.workload.args(self.scripts, self.scale))
             .args(["-n", "-c", &spec.clients.to_string()])
@@ -183,15 +178,12 @@ impl Bench<'_> {
                 "--log-prefix={}",
                 run_dir.path().join("txn").display()
             ))
-            .arg(APP_DATABASE)
-            .stdout(Stdio::from(open(&out_path)?))
-            .stderr(Stdio::from(open(&err_path)?));
-        let status = wait_bounded(
+            .arg(APP_DATABASE);
+        let finished = run_bounded(
             cmd,
             Duration::from_secs(u64::from(spec.seconds)) + PGBENCH_GRACE,
+            run_dir.path(),
         );
-        let stdout = fs::read_to_string(&out_path).unwrap_or_default();
-        let stderr = fs::read_to_string(&err_path).unwrap_or_default();
         let proxy_state = match target.proxy.as_mut() {
             Some(proxy) => proxy.check_running().err(),
             None => None,
@@ -199,7 +191,11 @@ impl Bench<'_> {
         if let Some(exited) = proxy_state {
             return Err(exited);
         }
-        let status = status?;
+        let Finished {
+            status,
+            stdout,
+            stderr,
+        } = finished?;
         if !status.success() {
             return Err(format!(
                 "pgbench exited with {status}: {}",
@@ -235,33 +231,5 @@ impl Bench<'_> {
             avg_ms: summary.latency_ms,
             p99_ms: p99_us as f64 / 1000.0,
         })
-    }
-}
-
-/// The first line of pgbench's standard error that reports an error.
-fn first_error(stderr: &str) -> Option<&str> {
-    stderr
-        .lines()
-        .find(|l| l.contains("error") || l.contains("ERROR") || l.contains("FATAL"))
-        .map(str::trim)
-}
-
-/// Runs `cmd` to its end, killing it once `limit` has passed.
-fn wait_bounded(mut cmd: Command, limit: Duration) -> Result<std::process::ExitStatus, String> {
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("pgbench did not finish within {limit:?}: killed"));
-            }
-            Ok(None) => sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("waiting for pgbench: {e}")),
-        }
     }
 }

@@ -5,12 +5,13 @@
 // this module and uses a different part of it.
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PGBOUNCER_PREPARED_SINCE: (u32, u32) = (1, 21);
 /// `max_prepared_statements` given to a pgbouncer that supports it.
 pub const PGBOUNCER_MAX_PREPARED: u32 = 200;
+/// The `extra` of [`start_pgsplit`] that sends reads to the standbys only, so that what
+/// pgsplit adds is not hidden by reads it sends to the primary.
+pub const STANDBY_READS: &str = "\n[routing]\nprimary_reads = \"never\"\n";
 
 /// A whole number from the environment variable `name`, or `default` when it is unset.
 pub fn env_or(name: &str, default: u32) -> Result<u32, String> {
@@ -62,9 +66,21 @@ impl Proxy {
     /// Starts `cmd` with its output in `log`, and waits until a query through `port` works.
     pub fn start(
         name: &'static str,
+        cmd: Command,
+        port: u16,
+        log: PathBuf,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<Self, String> {
+        Self::start_within(name, cmd, port, log, READY_TIMEOUT, runtime)
+    }
+
+    /// [`Proxy::start`], giving it `ready_timeout` to answer a first query.
+    pub fn start_within(
+        name: &'static str,
         mut cmd: Command,
         port: u16,
         log: PathBuf,
+        ready_timeout: Duration,
         runtime: &tokio::runtime::Runtime,
     ) -> Result<Self, String> {
         let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
@@ -82,7 +98,7 @@ impl Proxy {
             port,
             log,
         };
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + ready_timeout;
         loop {
             proxy.check_running()?;
             let probe = runtime.block_on(async {
@@ -95,7 +111,7 @@ impl Proxy {
                 Ok(()) => return Ok(proxy),
                 Err(e) if Instant::now() >= deadline => {
                     return Err(format!(
-                        "{name} did not answer `SELECT 1` on port {port} within {READY_TIMEOUT:?} \
+                        "{name} did not answer `SELECT 1` on port {port} within {ready_timeout:?} \
                          (last error: {e})\n{}",
                         proxy.log_tail()
                     ))
@@ -193,6 +209,51 @@ pub fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("probing 127.0.0.1:0 for a free port: {e}"))
 }
 
+/// Where a proxy's output goes and what runs it.
+pub struct Launch {
+    /// The file its standard output and error go to.
+    pub log: PathBuf,
+    /// A program and its arguments put before the proxy's own command line (e.g. `valgrind
+    /// --tool=callgrind`); empty: the proxy runs by itself.
+    pub wrapper: Vec<OsString>,
+    /// How long it gets to answer a first query.
+    pub ready_timeout: Duration,
+}
+
+impl Launch {
+    /// The proxy by itself, its output in `log`, given [`READY_TIMEOUT`] to answer.
+    pub fn direct(log: PathBuf) -> Self {
+        Self {
+            log,
+            wrapper: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// A command that runs `program` under the wrapper, if any; the caller adds its arguments.
+    fn command(&self, program: &Path) -> Command {
+        match self.wrapper.split_first() {
+            Some((wrapper, args)) => {
+                let mut cmd = Command::new(wrapper);
+                cmd.args(args).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// Starts the proxy `cmd` built, which listens on `port`.
+    fn start(
+        self,
+        name: &'static str,
+        cmd: Command,
+        port: u16,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<Proxy, String> {
+        Proxy::start_within(name, cmd, port, self.log, self.ready_timeout, runtime)
+    }
+}
+
 /// An installed pgbouncer.
 pub struct Pgbouncer {
     /// The binary.
@@ -248,9 +309,9 @@ pub fn find_pgbouncer() -> Result<Pgbouncer, String> {
     )
 }
 
-/// The OS user pgbouncer runs as: itself, or `postgres` when running as root (pgbouncer
-/// refuses root).
-fn pgbouncer_identity() -> Result<Option<(u32, u32)>, String> {
+/// The OS user pgbouncer runs as, as (uid, gid): `None` for the bench's own user, or
+/// `postgres` when running as root (pgbouncer refuses root).
+pub fn pgbouncer_identity() -> Result<Option<(u32, u32)>, String> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
@@ -278,14 +339,14 @@ pub fn write_private(path: &Path, text: &str, owner: Option<(u32, u32)>) -> Resu
 }
 
 /// Starts pgbouncer in transaction mode in front of the primary, its configuration in `dir`
-/// (which must be a directory of its own: it is handed to pgbouncer's OS user) and its
-/// output in `log`.
+/// (which must be a directory of its own: it is handed to pgbouncer's OS user, and so is
+/// any wrapper in `launch`).
 pub fn start_pgbouncer(
     cluster: &Cluster,
     bouncer: &Pgbouncer,
     sizing: Sizing,
     dir: &Path,
-    log: PathBuf,
+    launch: Launch,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Proxy, String> {
     let owner = pgbouncer_identity()?;
@@ -330,24 +391,24 @@ pub fn start_pgbouncer(
     );
     let ini_path = dir.join("pgbouncer.ini");
     write_private(&ini_path, &ini, owner)?;
-    let mut cmd = Command::new(&bouncer.bin);
+    let mut cmd = launch.command(&bouncer.bin);
     cmd.arg(&ini_path).current_dir("/");
     if let Some((uid, gid)) = owner {
         cmd.uid(uid).gid(gid);
     }
-    Proxy::start("pgbouncer", cmd, port, log, runtime)
+    launch.start("pgbouncer", cmd, port, runtime)
 }
 
 /// Starts the pgsplit binary `bin` with the demo configuration plus transaction pooling
-/// and the TOML tables in `extra` (e.g. a `[routing]` table); its configuration goes in
-/// `dir`, its output in `log`.
+/// and the TOML tables in `extra` (e.g. [`STANDBY_READS`]); its configuration goes in
+/// `dir`.
 pub fn start_pgsplit(
     cluster: &Cluster,
     bin: &Path,
     sizing: Sizing,
     extra: &str,
     dir: &Path,
-    log: PathBuf,
+    launch: Launch,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Proxy, String> {
     if !bin.is_file() {
@@ -369,7 +430,7 @@ pub fn start_pgsplit(
         .map_err(|e| format!("the generated pgsplit configuration is invalid: {e}\n{config}"))?;
     let path = dir.join("pgsplit.toml");
     write_private(&path, &config, None)?;
-    let mut cmd = Command::new(bin);
+    let mut cmd = launch.command(bin);
     // NO_COLOR: the log is a file to read, not a terminal.
     cmd.arg("--config")
         .arg(&path)
@@ -382,7 +443,7 @@ pub fn start_pgsplit(
             cmd.env_remove(name);
         }
     }
-    Proxy::start("pgsplit", cmd, port, log, runtime)
+    launch.start("pgsplit", cmd, port, runtime)
 }
 
 /// `pgbench` against `port` as the application user, tied to the bench's life; the caller
@@ -397,6 +458,61 @@ pub fn pgbench_command(cluster: &Cluster, port: u16) -> Command {
         .env("PGPASSFILE", "/nonexistent/pgsplit-no-pgpass");
     die_with_bench(&mut cmd);
     cmd
+}
+
+/// How a command run by [`run_bounded`] ended, and what it printed.
+pub struct Finished {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `cmd` to its end with its output in `dir`/stdout and `dir`/stderr (files, so that
+/// no pipe can fill up and stall it), killing it once `limit` has passed.
+pub fn run_bounded(mut cmd: Command, limit: Duration, dir: &Path) -> Result<Finished, String> {
+    let out_path = dir.join("stdout");
+    let err_path = dir.join("stderr");
+    let open =
+        |path: &Path| File::create(path).map_err(|e| format!("creating {}: {e}", path.display()));
+    cmd.stdout(open(&out_path)?).stderr(open(&err_path)?);
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or(cmd.get_program())
+        .to_string_lossy()
+        .into_owned();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{program} did not finish within {limit:?}: killed"));
+            }
+            Ok(None) => sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting for {program}: {e}")),
+        }
+    };
+    // Unreadable output is reported as missing by whoever looks for something in it.
+    Ok(Finished {
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    })
+}
+
+/// The first line of pgbench's standard error that reports an error.
+pub fn first_error(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .find(|l| l.contains("error") || l.contains("ERROR") || l.contains("FATAL"))
+        .map(str::trim)
 }
 
 /// The figures of a pgbench report (its standard output).
