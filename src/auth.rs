@@ -38,6 +38,17 @@ pub enum AuthMethod {
     Trust,
 }
 
+impl AuthMethod {
+    /// The name as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::Trust => "trust",
+        }
+    }
+}
+
 /// A SCRAM-SHA-256 verifier as PostgreSQL stores it in `pg_authid`.
 #[derive(Clone)]
 pub struct ScramVerifier {
@@ -170,6 +181,15 @@ impl Secret {
         }
     }
 
+    /// Whether this secret can check a client authenticating with `method`.
+    pub fn can_check(&self, method: AuthMethod) -> bool {
+        match method {
+            AuthMethod::Trust => true,
+            AuthMethod::ScramSha256 => self.scram().is_some(),
+            AuthMethod::Md5 => self.md5().is_some(),
+        }
+    }
+
     /// The plaintext, when configured as such.
     pub fn plaintext(&self) -> Option<&str> {
         match self {
@@ -193,7 +213,8 @@ impl Secret {
     }
 }
 
-/// Authenticates a client that named `name`; `user` is its configuration, if any.
+/// Authenticates a client that named `name` with `method` (the access rules' choice, or
+/// the user's own); `user` is its configuration, if any.
 /// An unknown user goes through the same exchange as a known one and fails the same way.
 /// Over TLS, `channel_binding` is the certificate (PEM) the client was shown: SCRAM is
 /// then offered with channel binding too (SCRAM-SHA-256-PLUS, tls-server-end-point).
@@ -201,14 +222,13 @@ pub async fn authenticate_client<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut W,
     name: &str,
-    user: Option<&User>,
+    (user, method): (Option<&User>, AuthMethod),
     channel_binding: Option<&[u8]>,
 ) -> Result<(), ProxyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let method = user.map_or(AuthMethod::ScramSha256, |u| u.method);
     let fail = || ProxyError::AuthFailed(name.to_owned());
     let mut out = BytesMut::new();
     match method {

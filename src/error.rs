@@ -63,6 +63,29 @@ pub enum ProxyError {
     /// A user not in `admin_users` asked for the admin console.
     #[error("user \"{0}\" may not use the admin console (not in admin_users)")]
     NotAdmin(String),
+    /// The access rules (`[[hba]]`) refuse this client: a `reject` rule or none matching.
+    #[error(
+        "no pgsplit access rule allows host \"{host}\", user \"{user}\", database \"{database}\""
+    )]
+    NoAccessRule {
+        /// The client's IP address.
+        host: String,
+        /// The user it named.
+        user: String,
+        /// The database it named.
+        database: String,
+    },
+    /// A `cert` rule matched, and the client showed no verified certificate naming the user.
+    #[error("certificate authentication failed for user \"{0}\": connect over TLS with a client certificate whose CN is the user name")]
+    CertFailed(String),
+    /// An access rule asks for a method the user's configured password cannot check.
+    #[error("user \"{user}\" cannot authenticate with {method}, which an access rule requires: its configured password is a hash or verifier for another method")]
+    MethodUnavailable {
+        /// The user.
+        user: String,
+        /// The method the rule requires.
+        method: &'static str,
+    },
     /// pgsplit is shutting down.
     #[error("terminating connection due to administrator command")]
     Shutdown,
@@ -78,7 +101,12 @@ impl ProxyError {
             ProxyError::Protocol(_) => "08P01",
             ProxyError::Unsupported(_) => "0A000",
             ProxyError::BadStartupParameter(_) => "22023",
-            ProxyError::NoUser | ProxyError::TlsRequired | ProxyError::NotAdmin(_) => "28000",
+            ProxyError::NoUser
+            | ProxyError::TlsRequired
+            | ProxyError::NotAdmin(_)
+            | ProxyError::NoAccessRule { .. }
+            | ProxyError::CertFailed(_)
+            | ProxyError::MethodUnavailable { .. } => "28000",
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::AuthTimeout => "08006",
             ProxyError::TooManyClients | ProxyError::CheckoutTimeout { .. } => "53300",

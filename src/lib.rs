@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod hba;
 pub mod logging;
 pub mod metrics;
 pub mod pool;

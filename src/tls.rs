@@ -118,6 +118,15 @@ impl ClientStream {
         matches!(self, ClientStream::Tls(_))
     }
 
+    /// The common name (CN) of the client's certificate: rustls only completes a
+    /// handshake with one that chains to `tls_ca_file`, so it is verified.
+    pub fn peer_common_name(&self) -> Option<String> {
+        match self {
+            ClientStream::Plain(_) => None,
+            ClientStream::Tls(s) => common_name(s.get_ref().1.peer_certificates()?.first()?),
+        }
+    }
+
     /// Separate read and write halves; plain TCP splits without a lock.
     pub fn split(self) -> (ClientRead, ClientWrite) {
         match self {
@@ -131,6 +140,66 @@ impl ClientStream {
             }
         }
     }
+}
+
+/// The last common name (CN, OID 2.5.4.3) in a DER certificate's subject. A small DER
+/// walk rather than an X.509 crate: only this one field is needed, and malformed input
+/// yields `None`, never a panic.
+fn common_name(cert: &[u8]) -> Option<String> {
+    const CN: [u8; 3] = [0x55, 0x04, 0x03];
+    let (_, certificate, _) = der_element(cert)?;
+    let (_, tbs, _) = der_element(certificate)?;
+    // TBSCertificate: [0] version (optional), serial, signature, issuer, validity, subject.
+    let mut fields = tbs;
+    let (tag, _, rest) = der_element(fields)?;
+    if tag == 0xa0 {
+        fields = rest;
+    }
+    for _ in 0..4 {
+        fields = der_element(fields)?.2;
+    }
+    let (_, mut rdns, _) = der_element(fields)?;
+    let mut found = None;
+    // Name: SEQUENCE OF SET OF SEQUENCE { type OID, value }.
+    while !rdns.is_empty() {
+        let (_, mut attributes, rest) = der_element(rdns)?;
+        rdns = rest;
+        while !attributes.is_empty() {
+            let (_, attribute, rest) = der_element(attributes)?;
+            attributes = rest;
+            let (tag, oid, value) = der_element(attribute)?;
+            if tag == 0x06 && oid == CN {
+                let (_, text, _) = der_element(value)?;
+                found = Some(String::from_utf8(text.to_vec()).ok()?);
+            }
+        }
+    }
+    found
+}
+
+/// One DER element of `input`: its tag, its contents and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        // Long form: the low bits count the length bytes; certificates need at most 4.
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, rest)
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(len);
+    Some((tag, contents, rest))
 }
 
 /// The reading half of a [`ClientStream`].
@@ -428,5 +497,47 @@ mod verify {
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.0.supported_verify_schemes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(cn: Option<&str>) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "pgsplit tests");
+        if let Some(cn) = cn {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        params
+            .self_signed(&key)
+            .expect("certificate")
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_common_name_is_read_from_a_certificate() {
+        assert_eq!(
+            common_name(&certificate(Some("app"))),
+            Some("app".to_owned())
+        );
+        assert_eq!(common_name(&certificate(None)), None);
+    }
+
+    #[test]
+    fn malformed_certificates_have_no_common_name() {
+        let der = certificate(Some("app"));
+        for cut in [0, 1, 2, 10, der.len() / 2, der.len() - 1] {
+            assert_eq!(common_name(&der[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
     }
 }

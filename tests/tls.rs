@@ -384,6 +384,59 @@ async fn verify_client_admits_only_clients_with_a_certificate_from_the_ca() {
     );
 }
 
+#[tokio::test]
+async fn a_cert_access_rule_admits_the_user_its_certificate_names_without_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let top = format!(
+        "tls_mode = \"require\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
+         verify_client = true\ntls_ca_file = \"{}\"",
+        dir.path().join("server.pem").display(),
+        dir.path().join("server.key").display(),
+        dir.path().join("ca.pem").display()
+    );
+    let tables = format!(
+        "[[users]]\nname = \"other\"\npassword = \"other-pw\"\nserver_user = \"{APP_USER}\"\n\
+         server_password = \"{APP_PASSWORD}\"\n[[hba]]\nmethod = \"cert\"\n"
+    );
+    let proxy = TestProxy::start_with(&top, &tables).await;
+    // The client certificate's CN is APP_USER; the password given is wrong on purpose.
+    let login = |user: &str| {
+        let conninfo = format!(
+            "host=localhost sslmode=verify-full sslrootcert={} sslcert={} sslkey={} port={} user={user} dbname={APP_DATABASE}",
+            dir.path().join("ca.pem").display(),
+            dir.path().join("client.pem").display(),
+            dir.path().join("client.key").display(),
+            proxy.addr.port(),
+        );
+        Command::new(cluster().pg_bin().join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-d",
+                &conninfo,
+                "-c",
+                "SELECT current_user",
+            ])
+            .env("PGPASSWORD", "wrong")
+            .env("PGPASSFILE", "/nonexistent")
+            .output()
+            .expect("run psql")
+    };
+    let out = login(APP_USER);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), APP_USER);
+    let out = login("other");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("certificate authentication failed for user \"other\""),
+        "a certificate for {APP_USER} must not admit \"other\": {}",
+        text(&out)
+    );
+}
+
 /// A minimal rustls connector for tokio-postgres (what tokio-postgres-rustls does).
 mod rustls_connector {
     use std::future::Future;

@@ -9,7 +9,7 @@
 //! `PGSPLIT_<KEY>` when that name belongs to no other key or section and is clear on its
 //! own (not for [`NO_SHORT_FORM`]). The lists `nodes` and `users` take a shorthand
 //! (`PGSPLIT_NODES`, `PGSPLIT_USERS`) or one variable per field
-//! (`PGSPLIT_NODES_0_ADDRESS`).
+//! (`PGSPLIT_NODES_0_ADDRESS`); the access rules `hba` only the latter.
 
 use toml::{Table, Value};
 
@@ -139,7 +139,10 @@ pub const ALLOWED: &[&str] = &[
     "PGSPLIT_CONFIG",
 ];
 
-/// A list of tables (`[[nodes]]`, `[[users]]`) and its fields.
+/// Parses a list's shorthand variable (`PGSPLIT_NODES`) into entries.
+type Shorthand = fn(&str) -> Result<Vec<Table>, String>;
+
+/// A list of tables (`[[nodes]]`, `[[users]]`, `[[hba]]`) and its fields.
 pub(crate) struct TableList {
     /// The key of the list.
     pub name: &'static str,
@@ -147,8 +150,8 @@ pub(crate) struct TableList {
     pub fields: &'static [(&'static str, Kind)],
     /// The field a new entry cannot do without.
     required: &'static str,
-    /// Parses the shorthand variable into entries.
-    shorthand: fn(&str) -> Result<Vec<Table>, String>,
+    /// Parses the shorthand variable into entries; `None` for a list set only field by field.
+    shorthand: Option<Shorthand>,
 }
 
 /// The lists of tables; a unit test checks their fields against the schema.
@@ -162,7 +165,7 @@ pub(crate) const LISTS: &[TableList] = &[
             ("server_tls", Enum(SERVER_TLS_MODES)),
         ],
         required: "address",
-        shorthand: nodes_shorthand,
+        shorthand: Some(nodes_shorthand),
     },
     TableList {
         name: "users",
@@ -174,7 +177,19 @@ pub(crate) const LISTS: &[TableList] = &[
             ("server_password", Str),
         ],
         required: "name",
-        shorthand: users_shorthand,
+        shorthand: Some(users_shorthand),
+    },
+    // Access rules have no shorthand: their lists of names would clash with its commas.
+    TableList {
+        name: "hba",
+        fields: &[
+            ("address", Str),
+            ("database", List),
+            ("user", List),
+            ("method", Str),
+        ],
+        required: "method",
+        shorthand: None,
     },
 ];
 
@@ -307,7 +322,16 @@ pub(crate) fn overlay(table: &mut Table, env: &[(String, String)]) -> Result<Ori
                 ));
             }
             (Some((_, var, value)), None) => {
-                let items = (list.shorthand)(value).map_err(|m| env_error(*var, m))?;
+                let parse = list.shorthand.ok_or_else(|| {
+                    env_error(
+                        *var,
+                        format!(
+                            "{} has no shorthand: set {var}_<i>_<FIELD> for each entry",
+                            list.name
+                        ),
+                    )
+                })?;
+                let items = parse(value).map_err(|m| env_error(*var, m))?;
                 let items = items.into_iter().map(Value::Table).collect();
                 table.insert(list.name.to_owned(), Value::Array(items));
                 origins.0.push((list.name.to_owned(), (*var).to_owned()));

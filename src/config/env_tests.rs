@@ -498,3 +498,27 @@ fn example_file_and_readme_document_every_key() {
         }
     }
 }
+
+#[test]
+fn access_rules_come_from_indexed_variables_only() {
+    let s = load(&with_base(&[
+        ("PGSPLIT_HBA_0_USER", "app, ops"),
+        ("PGSPLIT_HBA_0_METHOD", "trust"),
+        ("PGSPLIT_HBA_1_ADDRESS", "10.0.0.0/8"),
+        ("PGSPLIT_HBA_1_METHOD", "reject"),
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.hba.len(), 2);
+    assert_eq!(
+        s.hba[0].users,
+        crate::hba::Names::Only(vec!["app".into(), "ops".into()])
+    );
+    assert_eq!(s.hba[1].method, crate::hba::Method::Reject);
+    let err = load(&with_base(&[("PGSPLIT_HBA", "all all all trust")]))
+        .expect_err("no shorthand")
+        .to_string();
+    assert!(
+        err.starts_with("PGSPLIT_HBA:") && err.contains("PGSPLIT_HBA_<i>_<FIELD>"),
+        "{err}"
+    );
+}

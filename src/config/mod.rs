@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use crate::auth::{AuthMethod, Secret};
 use crate::balance::{PrimaryReads, Strategy};
+use crate::hba::{self, Method, Names, Network, Rule};
 use crate::tls::ServerTls;
 
 mod env;
@@ -134,6 +135,65 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     /// Users clients may log in as.
     pub users: Vec<UserConfig>,
+    /// Access rules, checked in order like `pg_hba.conf`. Default: none, so each user's
+    /// own `auth_method` applies to every client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hba: Vec<HbaConfig>,
+}
+
+/// One access rule (`[[hba]]`); the first rule matching a client's address, database and
+/// user decides.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HbaConfig {
+    /// Client addresses: `all` (default) or a CIDR block such as `10.0.0.0/8`, `::1/128`.
+    #[serde(default = "default_all")]
+    pub address: String,
+    /// A database name, `all` (default) or a list of names.
+    #[serde(default)]
+    pub database: NameList,
+    /// A user name, `all` (default) or a list of names.
+    #[serde(default)]
+    pub user: NameList,
+    /// `scram-sha-256`, `md5`, `trust`, `cert` or `reject`. Kept as text so that a wrong
+    /// name is reported with its key (`hba[2].method`).
+    pub method: String,
+}
+
+/// One name or a list of names, as `database` and `user` of an access rule take.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum NameList {
+    /// A single name (or `all`).
+    One(String),
+    /// Several names.
+    Many(Vec<String>),
+}
+
+impl Default for NameList {
+    fn default() -> Self {
+        NameList::One(default_all())
+    }
+}
+
+impl NameList {
+    /// The names, checked to be non-empty; errors name `key`.
+    fn names(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let names = match self {
+            NameList::One(name) => vec![name.clone()],
+            NameList::Many(names) => names.clone(),
+        };
+        if names.is_empty() {
+            return Err(invalid(
+                key,
+                "the list is empty: name at least one, or \"all\"",
+            ));
+        }
+        if names.iter().any(String::is_empty) {
+            return Err(invalid(key, "a name is empty"));
+        }
+        Ok(names)
+    }
 }
 
 /// The HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
@@ -490,6 +550,9 @@ pub struct UserConfig {
     pub server_password: Option<String>,
 }
 
+fn default_all() -> String {
+    "all".into()
+}
 fn default_listen() -> String {
     "127.0.0.1:6432".into()
 }
@@ -602,6 +665,8 @@ pub struct Settings {
     pub nodes: Vec<Node>,
     /// Users with derived secrets.
     pub users: Vec<User>,
+    /// Access rules in order; empty: each user's own `auth_method`.
+    pub hba: Vec<Rule>,
     /// TLS toward each node, by address.
     server_tls: HashMap<String, ServerTls>,
 }
@@ -786,11 +851,13 @@ impl Settings {
                 server_password,
             });
         }
+        let hba = hba_rules(&raw, &users)?;
         Ok(Settings {
             listen,
             metrics_listen,
             nodes,
             users,
+            hba,
             raw,
             server_tls,
         })
@@ -808,6 +875,47 @@ impl Settings {
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| u.name == name)
     }
+}
+
+/// Validates the access rules; errors name the rule's key (`hba[2].address`).
+fn hba_rules(raw: &Config, users: &[User]) -> Result<Vec<Rule>, ConfigError> {
+    let mut rules = Vec::with_capacity(raw.hba.len());
+    for (i, r) in raw.hba.iter().enumerate() {
+        let key = format!("hba[{i}]");
+        let network =
+            Network::parse(&r.address).map_err(|m| invalid(format!("{key}.address"), m))?;
+        let method = Method::parse(&r.method).map_err(|m| invalid(format!("{key}.method"), m))?;
+        if method == Method::Cert && !raw.verify_client {
+            return Err(invalid(
+                format!("{key}.method"),
+                "\"cert\" needs verify_client = true (and tls_mode = \"require\"): only a verified client certificate can vouch for the user",
+            ));
+        }
+        let databases = r.database.names(&format!("{key}.database"))?;
+        let user_names = r.user.names(&format!("{key}.user"))?;
+        // A rule naming a user whose password cannot check the rule's method would refuse
+        // that user at every login: say so now. (A rule for `all` is checked per login.)
+        for name in &user_names {
+            if let Some(u) = users.iter().find(|u| &u.name == name) {
+                if !hba::secret_allows(&u.secret, method) {
+                    return Err(invalid(
+                        format!("{key}.user"),
+                        format!(
+                            "\"{name}\" has a password hash or verifier that cannot check {}",
+                            r.method
+                        ),
+                    ));
+                }
+            }
+        }
+        rules.push(Rule {
+            network,
+            databases: Names::new(databases),
+            users: Names::new(user_names),
+            method,
+        });
+    }
+    Ok(rules)
 }
 
 fn check_host_port(address: &str) -> Result<(), String> {

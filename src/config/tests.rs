@@ -169,3 +169,66 @@ fn unknown_keys_and_methods_are_rejected() {
     let err = Settings::parse(&method).unwrap_err().to_string();
     assert!(err.contains("kerberos"), "{err}");
 }
+
+#[test]
+fn access_rules_are_parsed_in_order_with_defaults() {
+    let text = format!(
+        "{MINIMAL}\n[[hba]]\nuser = \"mallory\"\nmethod = \"reject\"\n\
+         [[hba]]\naddress = \"10.0.0.0/8\"\ndatabase = [\"app\", \"ops\"]\nmethod = \"md5\"\n"
+    );
+    let s = Settings::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.hba.len(), 2);
+    assert_eq!(s.hba[0].network, Network::All);
+    assert_eq!(s.hba[0].databases, Names::All);
+    assert_eq!(s.hba[0].users, Names::Only(vec!["mallory".into()]));
+    assert_eq!(s.hba[0].method, Method::Reject);
+    assert_eq!(
+        s.hba[1].databases,
+        Names::Only(vec!["app".into(), "ops".into()])
+    );
+    assert_eq!(s.hba[1].method, Method::Md5);
+    assert!(Settings::parse(MINIMAL).unwrap().hba.is_empty());
+}
+
+#[test]
+fn bad_access_rules_name_their_key() {
+    let verifier = postgres_protocol::password::scram_sha_256(b"pw");
+    let cases = [
+        (
+            "[[hba]]\naddress = \"10.0.0.0/33\"\nmethod = \"trust\"\n",
+            "hba[1].address",
+        ),
+        (
+            "[[hba]]\naddress = \"localhost\"\nmethod = \"trust\"\n",
+            "hba[1].address",
+        ),
+        ("[[hba]]\nmethod = \"password\"\n", "hba[1].method"),
+        (
+            "[[hba]]\ndatabase = []\nmethod = \"trust\"\n",
+            "hba[1].database",
+        ),
+        (
+            "[[hba]]\nuser = [\"\"]\nmethod = \"trust\"\n",
+            "hba[1].user",
+        ),
+        // A client certificate is only verified with verify_client.
+        ("[[hba]]\nmethod = \"cert\"\n", "hba[1].method"),
+        // "v" has a SCRAM verifier, which cannot check md5.
+        (
+            "[[hba]]\nuser = [\"app\", \"v\"]\nmethod = \"md5\"\n",
+            "hba[1].user",
+        ),
+    ];
+    for (rule, key) in cases {
+        let text = format!(
+            "{MINIMAL}\n[[users]]\nname = \"v\"\npassword = \"{verifier}\"\nserver_password = \"x\"\n\
+             [[hba]]\nmethod = \"trust\"\n{rule}"
+        );
+        match Settings::parse(&text) {
+            Err(ConfigError::Invalid { key: k, message }) => {
+                assert_eq!(k, key, "{rule}: {message}")
+            }
+            other => panic!("{rule}: expected an error naming {key}, got {other:?}"),
+        }
+    }
+}

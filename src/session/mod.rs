@@ -5,6 +5,7 @@
 mod relay;
 pub mod state;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -75,6 +76,12 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
     if shared.settings.load().raw.tls_mode == TlsMode::Require && !stream.is_tls() {
         return report(&mut stream, &peer, ProxyError::TlsRequired).await;
     }
+    // Read before the split: the access rules' `cert` method needs the client's certificate.
+    let client = Client {
+        addr: peer_addr.map(|a| a.ip()),
+        cert_name: stream.peer_common_name(),
+        channel_binding: tls.as_deref().and_then(|t| t.cert_pem.as_deref()),
+    };
     let (read, mut write) = stream.split();
     let started = tokio::time::timeout_at(
         deadline,
@@ -84,7 +91,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
             read,
             &mut write,
             packet,
-            tls.as_deref().and_then(|t| t.cert_pem.as_deref()),
+            client,
             &shared,
             permit.is_some(),
         )),
@@ -227,12 +234,22 @@ async fn negotiate(
     }
 }
 
-/// Startup parameters, authentication and the server login.
+/// What the connection itself says about the client, for the access rules and SCRAM.
+struct Client<'a> {
+    /// The TCP peer's IP address, if known.
+    addr: Option<IpAddr>,
+    /// The CN of its verified TLS client certificate, if it showed one.
+    cert_name: Option<String>,
+    /// The certificate (PEM) pgsplit showed it, for SCRAM channel binding.
+    channel_binding: Option<&'a [u8]>,
+}
+
+/// Startup parameters, the access rules, authentication and the server login.
 async fn handshake(
     read: ClientRead,
     write: &mut ClientWrite,
     (params, minor): StartupPacket,
-    channel_binding: Option<&[u8]>,
+    client: Client<'_>,
     shared: &Shared,
     admitted: bool,
 ) -> Result<Login, ProxyError> {
@@ -249,7 +266,24 @@ async fn handshake(
     // Clients mostly send small messages, and most of them sit idle: small reads.
     let mut reader = FrameReader::with_chunk(read, settings.raw.max_message_size, 1024);
     let user = settings.user(&startup.user);
-    authenticate_client(&mut reader, write, &startup.user, user, channel_binding).await?;
+    // Checked before any password is asked, as PostgreSQL checks pg_hba.conf; admin
+    // console logins (database `pgsplit`) pass the same rules.
+    let method = crate::hba::admit(
+        &settings.hba,
+        client.addr,
+        &startup.database,
+        &startup.user,
+        user,
+        client.cert_name.as_deref(),
+    )?;
+    authenticate_client(
+        &mut reader,
+        write,
+        &startup.user,
+        (user, method),
+        client.channel_binding,
+    )
+    .await?;
     let user = user.ok_or_else(|| ProxyError::AuthFailed(startup.user.clone()))?;
     if startup.database == crate::admin::DATABASE {
         if !settings.raw.admin_users.contains(&startup.user) {
