@@ -36,9 +36,8 @@ mod support;
 
 use callgrind::Counter;
 use support::{
-    find_pgbouncer, first_error, pgbench_command, pgbouncer_identity, run_bounded, start_pgbouncer,
-    start_pgsplit, version_line, Finished, Launch, PgbenchSummary, Pgbouncer, Proxy, Sizing,
-    STANDBY_READS,
+    find_pgbouncer, pgbench_command, pgbouncer_identity, run_bounded, start_pgbouncer,
+    start_pgsplit, version_line, Launch, Pgbouncer, Proxy, Sizing, STANDBY_READS,
 };
 
 /// `pgbench -c`: enough concurrent clients that the pools are used as in a real load.
@@ -177,35 +176,17 @@ impl Bench<'_> {
         let finished = run_bounded(cmd, limit, run_dir.path());
         // A proxy that died explains a failed run better than pgbench does.
         target.proxy.check_running()?;
-        let Finished {
-            status,
-            stdout,
-            stderr,
-        } = finished?;
-        if !status.success() {
-            return Err(format!(
-                "pgbench exited with {status}: {}",
-                first_error(&stderr).unwrap_or("no error message")
-            ));
-        }
-        let summary = PgbenchSummary::parse(&stdout).map_err(|e| {
-            format!("{e}\n--- pgbench stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
-        })?;
-        if summary.failed > 0 {
-            return Err(format!(
-                "{} failed transactions: {}",
-                summary.failed,
-                first_error(&stderr).unwrap_or("no error message")
-            ));
-        }
+        let finished = finished?;
+        finished.pgbench_summary()?;
         // The per-transaction figure divides by what was asked for, so all of it must
         // have been done.
         let expected = u64::from(clients) * u64::from(txns);
-        match processed(&stdout) {
+        match processed(&finished.stdout) {
             Some(done) if done == expected => Ok(()),
             done => Err(format!(
-                "pgbench processed {} of {expected} transactions\n{stdout}",
-                done.map_or_else(|| "an unknown number".to_string(), |n| n.to_string())
+                "pgbench processed {} of {expected} transactions\n{}",
+                done.map_or_else(|| "an unknown number".to_string(), |n| n.to_string()),
+                finished.stdout
             )),
         }
     }

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use pgsplit::cluster::{Cluster, APP_DATABASE};
 
-use super::support::{
-    first_error, pgbench_command, run_bounded, Finished, PgbenchSummary, Pgbouncer,
-};
+use super::support::{pgbench_command, run_bounded, Pgbouncer};
 use super::{known_limitation, Cell, Figures, Options, Outcome, Target, Workload, CLIENTS, JOBS};
 
 /// How long past its `-T` a pgbench run may take (connecting, draining) before it is
@@ -191,27 +189,8 @@ impl Bench<'_> {
         if let Some(exited) = proxy_state {
             return Err(exited);
         }
-        let Finished {
-            status,
-            stdout,
-            stderr,
-        } = finished?;
-        if !status.success() {
-            return Err(format!(
-                "pgbench exited with {status}: {}",
-                first_error(&stderr).unwrap_or("no error message")
-            ));
-        }
-        let summary = PgbenchSummary::parse(&stdout).map_err(|e| {
-            format!("{e}\n--- pgbench stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
-        })?;
-        if summary.failed > 0 {
-            return Err(format!(
-                "{} failed transactions: {}",
-                summary.failed,
-                first_error(&stderr).unwrap_or("no error message")
-            ));
-        }
+        let finished = finished?;
+        let summary = finished.pgbench_summary()?;
         let mut latencies = Vec::new();
         for entry in fs::read_dir(run_dir.path()).map_err(|e| format!("reading logs: {e}"))? {
             let path = entry.map_err(|e| format!("reading logs: {e}"))?.path();

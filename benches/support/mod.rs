@@ -470,6 +470,31 @@ pub struct Finished {
     pub stderr: String,
 }
 
+impl Finished {
+    /// The report of a pgbench run that exited cleanly with no failed transaction; else
+    /// why not, with pgbench's first error.
+    pub fn pgbench_summary(&self) -> Result<PgbenchSummary, String> {
+        let error = || first_error(&self.stderr).unwrap_or("no error message");
+        if !self.status.success() {
+            return Err(format!("pgbench exited with {}: {}", self.status, error()));
+        }
+        let summary = PgbenchSummary::parse(&self.stdout).map_err(|e| {
+            format!(
+                "{e}\n--- pgbench stdout ---\n{}\n--- stderr ---\n{}",
+                self.stdout, self.stderr
+            )
+        })?;
+        if summary.failed > 0 {
+            return Err(format!(
+                "{} failed transactions: {}",
+                summary.failed,
+                error()
+            ));
+        }
+        Ok(summary)
+    }
+}
+
 /// Runs `cmd` to its end with its output in `dir`/stdout and `dir`/stderr (files, so that
 /// no pipe can fill up and stall it), killing it once `limit` has passed.
 pub fn run_bounded(mut cmd: Command, limit: Duration, dir: &Path) -> Result<Finished, String> {

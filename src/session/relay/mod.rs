@@ -879,6 +879,12 @@ impl<'a> Relay<'a> {
         self.shared.classifier.classify(text, &functions)
     }
 
+    /// As [`Relay::classify`], for the text of a Parse message (looked up as sent first).
+    fn classify_parse_text(&self, text: &str) -> Arc<Classification> {
+        let functions = self.shared.functions.for_database(&self.startup.database);
+        self.shared.classifier.classify_parsed(text, &functions)
+    }
+
     /// Resolves a batch once, as it arrives: its route is the strictest of the statements
     /// it parses or executes, its effects those of the statements it executes; Parse and
     /// Close update the client's statements in message order, and every message naming a
@@ -894,8 +900,7 @@ impl<'a> Relay<'a> {
                     let text_and_types = body;
                     let mut text = text_and_types;
                     let text = read_cstr(&mut text).unwrap_or_default();
-                    let functions = self.shared.functions.for_database(&self.startup.database);
-                    let class = self.shared.classifier.classify_parsed(&text, &functions);
+                    let class = self.classify_parse_text(&text);
                     combined.join(&class);
                     if name.is_empty() {
                         let id = self.shared.statements.unnamed_id();
