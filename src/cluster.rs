@@ -195,6 +195,9 @@ pub enum StopMode {
     Fast,
     /// Crash-like stop (SIGQUIT): the node runs crash recovery on its next start.
     Immediate,
+    /// A killed postmaster (SIGKILL): no goodbye to anyone; its orphaned backends exit once
+    /// they notice, and the stop waits for them so the node can start again.
+    Kill,
 }
 
 impl StopMode {
@@ -202,6 +205,7 @@ impl StopMode {
         match self {
             StopMode::Fast => Signal::SIGINT,
             StopMode::Immediate => Signal::SIGQUIT,
+            StopMode::Kill => Signal::SIGKILL,
         }
     }
 }
@@ -559,6 +563,17 @@ impl Cluster {
         stop_node(self.node(i)?, mode)
     }
 
+    /// Freezes node `i`: SIGSTOP to its postmaster and every child. Connections to it
+    /// hang rather than fail, as with a stalled host.
+    pub fn freeze(&self, i: usize) -> Result<()> {
+        signal_all(self.node(i)?, Signal::SIGSTOP)
+    }
+
+    /// Lets a frozen node `i` run again (SIGCONT to the postmaster and its children).
+    pub fn thaw(&self, i: usize) -> Result<()> {
+        signal_all(self.node(i)?, Signal::SIGCONT)
+    }
+
     /// Starts a stopped node on its previous port and waits until it accepts connections.
     pub fn start_node(&self, i: usize) -> Result<()> {
         let node = self.node(i)?;
@@ -736,9 +751,52 @@ fn build_template(bin: &Path, who: &Identity, dir: &Path) -> Result<()> {
 }
 
 /// Signals the postmaster (which works as root, unlike `pg_ctl stop`) and waits for it to exit.
+/// Signals a node's postmaster and its children (backends, walreceiver, ...).
+fn signal_all(node: &Node, signal: Signal) -> Result<()> {
+    let Some(pid) = node.running_pid() else {
+        return Err(ClusterError::Io {
+            context: format!("signalling {}", node.name),
+            source: io::Error::new(io::ErrorKind::NotFound, "the node is not running"),
+        });
+    };
+    for target in std::iter::once(pid).chain(children_of(pid)) {
+        match kill(Pid::from_raw(target), signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(source) => {
+                let context = format!("sending {signal} to pid {target} of {}", node.name);
+                return Err(ClusterError::Os { context, source });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The processes whose parent is `pid`, from `/proc`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let entries = fs::read_dir("/proc").into_iter().flatten().flatten();
+    entries
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // Fields after the command name: state, then the parent pid.
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<i32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
 fn stop_node(node: &Node, mode: StopMode) -> Result<()> {
     let Some(pid) = node.running_pid() else {
         return Ok(());
+    };
+    // A killed postmaster leaves its children behind: while one still holds the shared
+    // memory, the node cannot start again.
+    let children = if mode == StopMode::Kill {
+        children_of(pid)
+    } else {
+        Vec::new()
     };
     match kill(Pid::from_raw(pid), mode.signal()) {
         Ok(()) | Err(Errno::ESRCH) => {}
@@ -749,7 +807,7 @@ fn stop_node(node: &Node, mode: StopMode) -> Result<()> {
     }
     let what = format!("{} (pid {pid}) to stop", node.name);
     wait_until(node, &what, Instant::now() + STOP_TIMEOUT, || {
-        Ok(!pid_alive(pid))
+        Ok(!pid_alive(pid) && !children.iter().any(|child| pid_alive(*child)))
     })
 }
 

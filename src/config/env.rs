@@ -77,6 +77,7 @@ pub(crate) const KEYS: &[Key] = &[
     top("max_client_conn", Int),
     top("auth_timeout", Duration),
     top("shutdown_timeout", Duration),
+    top("idle_in_transaction_timeout", Duration),
     top("connect_timeout", Duration),
     top("max_message_size", Int),
     top("tls_mode", Enum(TLS_MODES)),

@@ -79,6 +79,10 @@ pub struct Config {
     /// Time running queries get to finish on shutdown before clients are cut off. Default 30 s.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// A client idle inside a transaction this long is disconnected with 25P03 and its
+    /// transaction rolled back, freeing the server connection; zero (default) turns it off.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
     /// Time to open a server connection, including its authentication. Default 5 s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -232,7 +236,8 @@ pub struct MonitorConfig {
     /// How often every node is checked. Default 500 ms.
     #[serde(default = "default_lag_check_interval", with = "humantime_serde")]
     pub lag_check_interval: Duration,
-    /// Bound on one check query. Default 2 s.
+    /// Bound on one check (its queries, and connecting when shorter than
+    /// `connect_timeout`). Default 2 s.
     #[serde(default = "default_query_timeout", with = "humantime_serde")]
     pub query_timeout: Duration,
     /// A standby further behind the primary than this many bytes of WAL stops serving

@@ -116,10 +116,12 @@ async fn connect_and_query(
                 params: &[("application_name".to_owned(), "pgsplit-monitor".to_owned())],
                 tls: &settings.server_tls(&node.address),
             };
-            // connect() bounds itself by connect_timeout.
+            // A node that cannot take a connection within the check's own bound fails the
+            // check: a frozen node accepts TCP and then says nothing, and every node's
+            // next picture waits for the slowest check of the poll.
             let fresh = ServerConn::connect(
                 &login,
-                settings.raw.connect_timeout,
+                settings.raw.connect_timeout.min(monitor.query_timeout),
                 settings.raw.max_message_size,
             )
             .await

@@ -5,12 +5,14 @@
 //! replies swallowed so the client sees exactly what it asked for.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use super::state::{apply_to_server, Conn, Gucs, Plan, Prepared, RoutingState, Target};
 use super::Startup;
@@ -34,6 +36,10 @@ mod wire;
 
 /// How long a standby that failed a client is skipped by that client.
 const AVOID_FAILED_STANDBY: Duration = Duration::from_secs(10);
+
+/// Bounds on the watchdog's tick, which follows `lag_check_interval` (how soon the
+/// monitor can notice a frozen node).
+const WATCHDOG_TICK: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
 /// A reply pgsplit expects for messages it injected, and drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +102,11 @@ struct Slot {
     early: BytesMut,
     /// The client request being answered here, counted at its ReadyForQuery.
     answering: Option<Answering>,
+    /// Messages received from the server, so the watchdog can tell silence from progress.
+    heard: u64,
+    /// `heard` at the watchdog's last tick, and how many ticks in a row it stayed there
+    /// while a request was in flight.
+    silence: (u64, u32),
 }
 
 impl Slot {
@@ -117,7 +128,21 @@ impl Slot {
             retry: None,
             early: BytesMut::new(),
             answering: None,
+            heard: 0,
+            silence: (0, 0),
         }
+    }
+
+    /// Called at each watchdog tick: the ticks in a row this connection has owed an
+    /// answer and sent nothing.
+    fn silent_ticks(&mut self) -> u32 {
+        let (at_last_tick, ticks) = self.silence;
+        self.silence = if self.conn.is_none() || self.pending == 0 || self.heard != at_last_tick {
+            (self.heard, 0)
+        } else {
+            (self.heard, ticks.saturating_add(1))
+        };
+        self.silence.1
     }
 
     /// Matches ParseComplete, CloseComplete and ReadyForQuery against the messages in
@@ -294,6 +319,14 @@ pub struct Relay<'a> {
     primary_read: Option<Decision>,
     /// Whether this client is counted as holding a server connection.
     counted_active: bool,
+    /// Ticks while a server owes an answer or the client idles in a transaction.
+    watchdog: Pin<Box<Sleep>>,
+    /// `idle_in_transaction_timeout` as the session started; `None` when off.
+    idle_in_transaction_timeout: Option<Duration>,
+    /// Messages received from the client.
+    client_frames: u64,
+    /// `client_frames` when a tick first saw the client idle in its transaction, and when.
+    idle_mark: Option<(u64, Instant)>,
 }
 
 enum Step {
@@ -369,6 +402,13 @@ impl<'a> Relay<'a> {
             draining: false,
             primary_read: None,
             counted_active: false,
+            watchdog: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            idle_in_transaction_timeout: Some(
+                shared.settings.load().raw.idle_in_transaction_timeout,
+            )
+            .filter(|t| !t.is_zero()),
+            client_frames: 0,
+            idle_mark: None,
         }
     }
 
@@ -415,6 +455,98 @@ impl<'a> Relay<'a> {
         !self.busy() && self.state.txn.is_none() && !self.state.begin_deferred()
     }
 
+    /// Whether the client has an open transaction and nothing in flight.
+    fn idle_in_transaction(&self) -> bool {
+        !self.busy() && (self.state.txn.is_some() || self.state.begin_deferred())
+    }
+
+    /// Whether the watchdog has something to watch: an answer owed by a server, or a
+    /// transaction left open under `idle_in_transaction_timeout`.
+    fn watching(&self) -> bool {
+        self.primary.pending > 0
+            || self.standby.pending > 0
+            || (self.idle_in_transaction_timeout.is_some() && self.idle_in_transaction())
+    }
+
+    /// A watchdog tick. A server that owes an answer, has sent nothing for a whole tick
+    /// and fails the monitor's health checks is given up on: a frozen node would
+    /// otherwise hold the client for as long as it stays frozen. A read that has not
+    /// started answering goes elsewhere after one failed check; anything else waits for
+    /// two in a row, so one slow check on a loaded node does not cost a transaction.
+    async fn on_tick(&mut self) -> Result<Step, ProxyError> {
+        let tick = {
+            let settings = self.shared.settings.load();
+            settings
+                .raw
+                .monitor
+                .lag_check_interval
+                .clamp(WATCHDOG_TICK.0, WATCHDOG_TICK.1)
+        };
+        self.watchdog
+            .as_mut()
+            .reset(tokio::time::Instant::now() + tick);
+        if let Some(limit) = self.idle_in_transaction_timeout {
+            if self.idle_in_transaction() {
+                match self.idle_mark {
+                    Some((frames, since)) if frames == self.client_frames => {
+                        if since.elapsed() >= limit {
+                            return Box::pin(self.end_idle_transaction(limit)).await;
+                        }
+                    }
+                    _ => self.idle_mark = Some((self.client_frames, Instant::now())),
+                }
+            } else {
+                self.idle_mark = None;
+            }
+        }
+        let topology = self.shared.topology.load_full();
+        for conn in [Conn::Primary, Conn::Standby] {
+            let slot = self.slot(conn);
+            if slot.silent_ticks() < 2 {
+                continue;
+            }
+            let Some(ban) = topology.nodes.get(slot.node).and_then(|n| n.ban.as_ref()) else {
+                continue;
+            };
+            let needed = if slot.retry.is_some() { 1 } else { 2 };
+            if ban.failures >= needed {
+                let why = format!(
+                    "the server stopped answering and fails its health checks ({})",
+                    ban.reason
+                );
+                tracing::warn!(
+                    ?conn,
+                    node = slot.node,
+                    "{why}: giving up on its connection"
+                );
+                return Box::pin(self.server_lost(conn, Some(why))).await;
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Ends a session left idle in its transaction too long, as PostgreSQL's
+    /// `idle_in_transaction_session_timeout` does; its server connection is rolled back
+    /// and reset before anyone else gets it.
+    async fn end_idle_transaction(&mut self, limit: Duration) -> Result<Step, ProxyError> {
+        tracing::warn!(
+            user = %self.startup.user,
+            database = %self.startup.database,
+            ?limit,
+            "client idle in transaction past idle_in_transaction_timeout: ending its session"
+        );
+        let mut out = std::mem::take(&mut self.to_client);
+        encode::error(
+            &mut out,
+            Severity::Fatal,
+            "25P03",
+            "terminating connection due to idle-in-transaction timeout",
+        );
+        let _ = flush_to(&mut self.client_out, &mut out).await;
+        let _ = self.client_out.shutdown().await;
+        Ok(Step::Done)
+    }
+
     /// Runs until the client leaves, an error ends the session, or shutdown.
     pub async fn run(mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), ProxyError> {
         self.shared.stats.set_connected(true);
@@ -425,6 +557,7 @@ impl<'a> Relay<'a> {
         let result = loop {
             self.count_active();
             let accept_client = self.held.is_none();
+            let watching = self.watching();
             // Handlers are boxed so the session's own future stays small while it waits:
             // an idle client costs its sockets and buffers, not the largest handler's state.
             // Biased (no random branch order to draw per message): replies first, then the
@@ -433,16 +566,20 @@ impl<'a> Relay<'a> {
                 biased;
                 frame = next_frame(&mut self.primary.conn) => self.on_server_frame(Conn::Primary, frame).await,
                 frame = next_frame(&mut self.standby.conn) => self.on_server_frame(Conn::Standby, frame).await,
-                frame = self.client.next(), if accept_client => match frame {
-                    // Most extended-protocol messages only join their batch: no boxed
-                    // handler (an allocation and a copy of its large future) for them.
-                    Ok(Some(frame)) if self.joins_batch(&frame) => self.join_batch(frame),
-                    frame => Box::pin(self.on_client_frame(frame)).await,
+                frame = self.client.next(), if accept_client => {
+                    self.client_frames += 1;
+                    match frame {
+                        // Most extended-protocol messages only join their batch: no boxed
+                        // handler (an allocation and a copy of its large future) for them.
+                        Ok(Some(frame)) if self.joins_batch(&frame) => self.join_batch(frame),
+                        frame => Box::pin(self.on_client_frame(frame)).await,
+                    }
                 },
                 (now, next) = &mut phase_change => {
                     phase_change = Box::pin(next_phase(next));
                     Box::pin(self.on_phase(now)).await
                 }
+                () = &mut self.watchdog, if watching => self.on_tick().await,
             };
             match step {
                 Ok(Step::Continue) => {}
@@ -1195,7 +1332,7 @@ impl<'a> Relay<'a> {
     ) -> Result<Step, ProxyError> {
         let frame = match frame {
             Ok(Some(frame)) => frame,
-            Ok(None) | Err(_) => return Box::pin(self.server_lost(conn)).await,
+            Ok(None) | Err(_) => return Box::pin(self.server_lost(conn, None)).await,
         };
         let injected_done = self.absorb_server_frame(conn, &frame);
         // The rare and large steps are boxed: this future stays small, as a message that
@@ -1244,6 +1381,7 @@ impl<'a> Relay<'a> {
                 lease.server.note_parameter(&name, &value);
             }
         }
+        slot.heard += 1;
         let ours = slot.track_reply(frame.tag);
         if !slot.failed_parses.is_empty() {
             // PostgreSQL creates no statement when its Parse fails.

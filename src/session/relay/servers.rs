@@ -189,9 +189,14 @@ impl Relay<'_> {
         pool.checkout().await
     }
 
-    /// A server connection closed. Losing the primary, or a standby in the middle of a
-    /// transaction, ends the session; an idle standby is simply replaced later.
-    pub(super) async fn server_lost(&mut self, conn: Conn) -> Result<Step, ProxyError> {
+    /// A server connection closed, or was given up on for `why`. Losing the primary, or
+    /// a standby in the middle of a transaction, ends the session; an idle standby is
+    /// simply replaced later.
+    pub(super) async fn server_lost(
+        &mut self,
+        conn: Conn,
+        why: Option<String>,
+    ) -> Result<Step, ProxyError> {
         if self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
             self.after_sync = None;
         }
@@ -229,7 +234,10 @@ impl Relay<'_> {
             // Part of an autocommit read's answer is out: end that statement with an
             // error, keep the session.
             let mut out = std::mem::take(&mut self.to_client);
-            let reason = format!("the standby at {address} closed the connection during the read");
+            let reason = match &why {
+                Some(why) => format!("the standby at {address} failed during the read: {why}"),
+                None => format!("the standby at {address} closed the connection during the read"),
+            };
             encode::error(&mut out, Severity::Error, "08006", &reason);
             encode::ready_for_query(&mut out, self.client_status());
             flush_to(&mut self.client_out, &mut out).await?;
@@ -238,7 +246,7 @@ impl Relay<'_> {
         }
         let gone = ProxyError::ServerUnavailable {
             addr: address,
-            reason: "server closed the connection unexpectedly".into(),
+            reason: why.unwrap_or_else(|| "server closed the connection unexpectedly".into()),
         };
         let mut out = std::mem::take(&mut self.to_client);
         gone.encode_fatal(&mut out);
