@@ -125,6 +125,19 @@ impl ProxyError {
         }
     }
 
+    /// Whether a server could not be reached or is not taking connections (down,
+    /// starting, shutting down): another node may serve instead, unlike a refused login
+    /// or a missing database.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ProxyError::ServerUnavailable { .. } | ProxyError::Io(_) => true,
+            ProxyError::Server { fields, .. } => {
+                fields.code.starts_with("08") || fields.code.starts_with("57")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the peer simply went away (not worth a warning in the log).
     pub fn is_disconnect(&self) -> bool {
         matches!(self, ProxyError::Io(e) if matches!(

@@ -295,31 +295,48 @@ async fn handshake(
     startup.server_login = (user.server_user.clone(), user.server_password.clone());
 
     // The first server connection answers the login (and proves the database exists):
-    // the primary, or while there is none a standby, so reads keep working in a failover.
+    // the primary, or while there is none (or it cannot be reached, before the monitor
+    // notices) a standby, so reads keep working in a failover.
     let topology = shared.topology.load_full();
-    let (conn, node) = match topology.primary_index() {
-        Some(i) => (Conn::Primary, i),
-        None => match topology
-            .nodes
-            .iter()
-            .position(|n| n.role == Role::Standby && n.eligible)
-        {
-            Some(i) => (Conn::Standby, i),
-            None => return Err(ProxyError::NoPrimary),
-        },
-    };
+    let candidates = topology
+        .primary_index()
+        .map(|i| (Conn::Primary, i))
+        .into_iter()
+        .chain(
+            (0..topology.nodes.len())
+                .filter(|i| {
+                    let n = &topology.nodes[*i];
+                    n.role == Role::Standby && n.eligible
+                })
+                .map(|i| (Conn::Standby, i)),
+        );
     let defaults = startup_gucs(&startup.params).map_err(ProxyError::BadStartupParameter)?;
-    shared.publisher.wait_resumed(node).await;
-    let mut server = shared
-        .pools
-        .get(
-            &topology.nodes[node].node.address,
-            &user.server_user,
-            &user.server_password,
-            &startup.database,
-        )
-        .checkout()
-        .await?;
+    let mut first = Err(ProxyError::NoPrimary);
+    for (conn, node) in candidates {
+        shared.publisher.wait_resumed(node).await;
+        let checkout = shared
+            .pools
+            .get(
+                &topology.nodes[node].node.address,
+                &user.server_user,
+                &user.server_password,
+                &startup.database,
+            )
+            .checkout()
+            .await;
+        match checkout {
+            Ok(server) => {
+                first = Ok((conn, server, node));
+                break;
+            }
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(node = %topology.nodes[node].node.name, error = %e, "first server connection failed; trying the next node");
+                first = Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (conn, mut server, node) = first?;
     take_settings(&mut server, &defaults).await?;
     encode::auth(&mut out, 0, &[]);
     for (name, value) in &server.server.params {

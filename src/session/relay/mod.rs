@@ -1136,31 +1136,43 @@ impl<'a> Relay<'a> {
             }
         };
         let mid_chain = self.sticky.is_some();
-        let conn =
-            if conn == Conn::Standby && self.state.txn.is_none() && !self.standby_has_my_writes() {
-                self.primary_read = Some(self.why_not_my_writes());
-                Conn::Primary
-            } else {
-                conn
-            };
+        let for_my_writes =
+            conn == Conn::Standby && self.state.txn.is_none() && !self.standby_has_my_writes();
+        let conn = if for_my_writes {
+            self.primary_read = Some(self.why_not_my_writes());
+            Conn::Primary
+        } else {
+            conn
+        };
         let conn = if mid_chain {
             conn
         } else {
-            self.ensure_open(conn, class.route).await?
+            match self.ensure_open(conn, class.route).await {
+                // The primary went away before the monitor noticed: a read that only went
+                // there for read-your-writes is served by a standby rather than failed.
+                Err(e) if for_my_writes && reached_no_server(&e) => {
+                    tracing::warn!(error = %e, "primary unreachable for a read-your-writes read; reading from a standby");
+                    self.written_at = None;
+                    self.ensure_open(Conn::Standby, class.route).await?
+                }
+                result => result?,
+            }
         };
         if conn == Conn::Primary && class.route == Route::Primary {
             self.wrote = true;
         }
-        let retryable = conn == Conn::Standby
-            && begin.is_none()
+        // An autocommit read can run again elsewhere until its answer starts: nothing
+        // of it reached the client, and running it twice changes nothing.
+        let retryable = begin.is_none()
             && self.state.txn.is_none()
+            && !self.state.holds(conn)
             && class.route <= Route::Standby
             && class.effects.is_empty()
             && matches!(
                 request,
                 Request::Query(_) | Request::Batch { sync: true, .. }
             );
-        self.standby.retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
+        self.slot(conn).retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
         self.injected_error = None;
         // Inside its transaction the connection has exactly what the client set there;
         // a sync would only fail in an aborted transaction and block its ROLLBACK.

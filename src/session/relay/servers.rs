@@ -53,7 +53,9 @@ impl Relay<'_> {
         self.avoid.retain(|(_, until)| *until > now);
         let mut avoided: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
         let mut exclude = avoided.clone();
-        if let Some(since) = self.written_at {
+        // Without a primary no standby can be shown to have replayed the client's write:
+        // reads stay available instead (see `standby_has_my_writes`).
+        if let (Some(since), Some(_)) = (self.written_at, topology.primary_index()) {
             exclude
                 .extend((0..topology.nodes.len()).filter(|i| !topology.replayed_since(*i, since)));
         }
@@ -111,12 +113,17 @@ impl Relay<'_> {
 
     /// Read-your-writes: whether a standby may serve this client's next read. After a
     /// write commits, only a standby that has replayed the primary's WAL position sampled
-    /// after that commit may; until one has, reads go to the primary.
+    /// after that commit may; until one has, reads go to the primary. While no primary
+    /// exists (stopped, frozen, not yet promoted) that cannot be shown either way, and a
+    /// read that waited for the primary would fail: it goes to a standby.
     pub(super) fn standby_has_my_writes(&mut self) -> bool {
         let Some(since) = self.written_at else {
             return true;
         };
         let topology = self.shared.topology.load_full();
+        if topology.primary_index().is_none() {
+            return true;
+        }
         let fresh = match &self.standby.conn {
             Some(_) => topology.replayed_since(self.standby.node, since),
             None => (0..topology.nodes.len())
@@ -189,9 +196,10 @@ impl Relay<'_> {
         pool.checkout().await
     }
 
-    /// A server connection closed, or was given up on for `why`. Losing the primary, or
-    /// a standby in the middle of a transaction, ends the session; an idle standby is
-    /// simply replaced later.
+    /// A server connection closed, or was given up on for `why`. A read whose answer had
+    /// not started runs again elsewhere; otherwise losing the primary, or a standby in
+    /// the middle of a transaction, ends the session; an idle connection is simply
+    /// replaced later.
     pub(super) async fn server_lost(
         &mut self,
         conn: Conn,
@@ -217,11 +225,11 @@ impl Relay<'_> {
             self.shared.stats.release(node);
             self.avoid
                 .push((node, Instant::now() + AVOID_FAILED_STANDBY));
-            if let (true, Some((request, _))) = (was_busy, retry) {
-                tracing::warn!(%address, "standby lost before answering a read: retrying it elsewhere");
-                self.dispatch(request).await?;
-                return Ok(Step::Continue);
-            }
+        }
+        if let (true, Some((request, _))) = (was_busy, retry) {
+            tracing::warn!(%address, ?conn, "server lost before answering a read: retrying it");
+            self.dispatch(request).await?;
+            return Ok(Step::Continue);
         }
         let session_lives_there =
             self.state.txn == Some(conn) || (conn == Conn::Primary && self.state.pinned());
