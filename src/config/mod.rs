@@ -76,6 +76,11 @@ pub struct Config {
     /// Time a client has to send its startup packet and authenticate. Default 10 s.
     #[serde(default = "default_auth_timeout", with = "humantime_serde")]
     pub auth_timeout: Duration,
+    /// Time a write to a client may make no progress (the client reads nothing) before
+    /// its session ends and the server connection answering it is closed. Default 60 s;
+    /// `0s` = never.
+    #[serde(default = "default_client_write_timeout", with = "humantime_serde")]
+    pub client_write_timeout: Duration,
     /// Time running queries get to finish on shutdown before clients are cut off. Default 30 s.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -564,6 +569,9 @@ fn default_max_client_conn() -> usize {
 }
 fn default_auth_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_client_write_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
