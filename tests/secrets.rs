@@ -86,10 +86,8 @@ impl Secrets {
         ));
         self.list
             .push(("cancel secret (hex)".into(), format!("{:x}", secret as u32)));
-        self.list.push((
-            "cancel secret (HEX)".into(),
-            format!("{:X}", secret as u32),
-        ));
+        self.list
+            .push(("cancel secret (HEX)".into(), format!("{:X}", secret as u32)));
     }
 
     /// Fails, naming the secret and where it showed, if any appears in `text`.
@@ -214,7 +212,9 @@ impl Drop for Pgsplit {
 }
 
 fn conninfo(port: u16, user: &str, password: &str, db: &str) -> String {
-    format!("host=127.0.0.1 port={port} user={user} password={password} dbname={db} connect_timeout=5")
+    format!(
+        "host=127.0.0.1 port={port} user={user} password={password} dbname={db} connect_timeout=5"
+    )
 }
 
 async fn connect(port: u16, user: &str, password: &str, db: &str) -> Result<Client, String> {
@@ -298,7 +298,11 @@ async fn workload(
     }
     for user in [APP_USER, "scramuser", "md5user", "md5plain", "nosuchuser"] {
         let refused = connect(port, user, WRONG_PW, APP_DATABASE).await.err();
-        assert_eq!(refused.as_deref(), Some("28P01"), "{user} with a wrong password");
+        assert_eq!(
+            refused.as_deref(),
+            Some("28P01"),
+            "{user} with a wrong password"
+        );
     }
 
     // Trust login, and a cancel request with the key pgsplit handed out.
@@ -366,8 +370,14 @@ async fn workload(
     std::fs::write(config_file, text).expect("write config");
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while connect(port, "added", ADDED_PW, APP_DATABASE).await.is_err() {
-        assert!(Instant::now() < deadline, "the reload never admitted the new user");
+    while connect(port, "added", ADDED_PW, APP_DATABASE)
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the reload never admitted the new user"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -388,7 +398,9 @@ async fn workload(
         "SHOW CONFIG lists client_write_timeout:\n{shown}"
     );
     let (status, metrics) = http(
-        format!("127.0.0.1:{metrics_port}").parse().expect("address"),
+        format!("127.0.0.1:{metrics_port}")
+            .parse()
+            .expect("address"),
         "GET",
         "/metrics",
     )
@@ -411,11 +423,18 @@ async fn no_secret_shows_with_log_format(format: &str) {
     .expect("write config");
     let mut proxy = Pgsplit::start(&config_file, dir.path().join("pgsplit.log"));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while connect(port, APP_USER, APP_PASSWORD, APP_DATABASE).await.is_err() {
+    while connect(port, APP_USER, APP_PASSWORD, APP_DATABASE)
+        .await
+        .is_err()
+    {
         if let Ok(Some(status)) = proxy.child.try_wait() {
             panic!("pgsplit exited ({status}):\n{}", proxy.log());
         }
-        assert!(Instant::now() < deadline, "pgsplit never served:\n{}", proxy.log());
+        assert!(
+            Instant::now() < deadline,
+            "pgsplit never served:\n{}",
+            proxy.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let shown = workload(&proxy, port, metrics_port, &config_file, &mut secrets).await;

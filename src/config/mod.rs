@@ -56,6 +56,36 @@ pub enum ConfigError {
     },
 }
 
+/// A TOML error as one line: where it is and what is wrong, without the source line the
+/// parser would quote, and without the value when it is a password's (the parser echoes
+/// values it cannot take, and a mistyped password must not reach a log or a terminal).
+pub(crate) fn toml_error(e: &toml::de::Error, text: Option<&str>) -> String {
+    let message = e.message().trim_end();
+    let Some((text, span)) = text.zip(e.span()) else {
+        // No source: the error ends with the key (`…\nin `users.password``).
+        let full = e.to_string();
+        return match full.trim_end().rsplit_once("in `") {
+            Some((_, key)) if key.contains("password") => {
+                format!("`{key}: malformed (not shown: it is a password)")
+            }
+            _ => full.trim_end().replace('\n', " "),
+        };
+    };
+    let start = text.floor_char_boundary(span.start.min(text.len()));
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    if text[line_start..line_end].contains("password") {
+        format!("line {line}, column {column}: malformed (not shown: it is a password)")
+    } else {
+        format!(
+            "line {line}, column {column}: {}",
+            message.replace('\n', " ")
+        )
+    }
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -699,7 +729,7 @@ impl Settings {
     pub fn parse(text: &str) -> Result<Settings, ConfigError> {
         let raw: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: "config".into(),
-            message: e.to_string(),
+            message: toml_error(&e, Some(text)),
         })?;
         Settings::validate(raw)
     }

@@ -232,3 +232,28 @@ fn bad_access_rules_name_their_key() {
         }
     }
 }
+
+#[test]
+fn a_malformed_password_is_not_echoed_in_the_error() {
+    let nodes = "[[nodes]]\naddress = \"127.0.0.1:5432\"\n";
+    let cases = [
+        "[[users]]\nname = \"app\"\npassword = \"s3cr3t-unterminated\n",
+        "[[users]]\nname = \"app\"\npassword = 738196245\n",
+        "[[users]]\nname = \"app\"\npassword = \"x\"\nserver_password = 738196245\n",
+        "[monitor]\npassword = [\"s3cr3t-in-a-list\"]\n[[users]]\nname = \"app\"\npassword = \"x\"\n",
+    ];
+    for users in cases {
+        let text = format!("{nodes}{users}");
+        let e = Settings::parse(&text).expect_err("malformed").to_string();
+        assert!(
+            !e.contains("s3cr3t") && !e.contains("738196245"),
+            "{text}\nechoed: {e}"
+        );
+        assert!(e.contains("line "), "says where: {e}");
+    }
+    // Errors elsewhere still say what is wrong.
+    let e = Settings::parse(&format!("max_client_conn = \"many\"\n{MINIMAL}"))
+        .expect_err("malformed")
+        .to_string();
+    assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
+}
