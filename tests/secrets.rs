@@ -24,6 +24,7 @@ const MD5_PW: &str = "md5-only-client-pw";
 const MD5_PLAIN_PW: &str = "md5-plain-client-pw";
 const ADDED_PW: &str = "added-by-reload-pw";
 const WRONG_PW: &str = "wrong-guess-pw";
+const BROKEN_PW: &str = "broken-by-a-typo-pw";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -54,6 +55,7 @@ impl Secrets {
             ("md5 plaintext user's password", MD5_PLAIN_PW),
             ("password added by reload", ADDED_PW),
             ("wrong password tried", WRONG_PW),
+            ("password on a malformed line", BROKEN_PW),
         ]
         .iter()
         .map(|(name, s)| (name.to_string(), s.to_string()))
@@ -361,8 +363,20 @@ async fn workload(
         common::text(&tls)
     );
 
-    // Reloads: SIGHUP with a new user, and RELOAD in the console.
+    // Reloads: one rejected (a password line the parser cannot read), then SIGHUP with a
+    // new user, and RELOAD in the console.
     let mut text = std::fs::read_to_string(config_file).expect("read config");
+    let broken = format!("{text}\n[[users]]\nname = \"typo\"\npassword = \"{BROKEN_PW}\n");
+    std::fs::write(config_file, broken).expect("write config");
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains("reload rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "the broken reload was never rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     text.push_str(&format!(
         "\n[[users]]\nname = \"added\"\npassword = \"{ADDED_PW}\"\n\
          server_user = \"{APP_USER}\"\nserver_password = \"{APP_PASSWORD}\"\n"
