@@ -127,7 +127,7 @@ fn config(port: u16, metrics_port: u16, dir: &Path, format: &str, secrets: &Secr
     let (cert, key) = certificate(dir);
     let mut text = format!(
         "listen = \"127.0.0.1:{port}\"\nlog_level = \"trace\"\nlog_format = \"{format}\"\n\
-         admin_users = [\"{APP_USER}\"]\ntls_mode = \"allow\"\ntls_cert_file = \"{cert}\"\n\
+         client_write_timeout = \"1s\"\nadmin_users = [\"{APP_USER}\"]\ntls_mode = \"allow\"\ntls_cert_file = \"{cert}\"\n\
          tls_key_file = \"{key}\"\n\n\
          [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
          [monitor]\nuser = \"{MONITOR_USER}\"\npassword = \"{MONITOR_PASSWORD}\"\n\
@@ -338,6 +338,37 @@ async fn workload(
         .write_all(&raw::cancel_request(pid, secret.wrapping_add(1)))
         .await
         .expect("send a wrong CancelRequest");
+
+    // A client that stops reading its results is cut off, with a warning naming it.
+    let (mut stalled, _) = raw::login_with_key(
+        format!("127.0.0.1:{port}").parse().expect("address"),
+        "trustuser",
+    )
+    .await;
+    let peer = stalled.local_addr().expect("local address").to_string();
+    stalled
+        .write_all(&raw::query(
+            "SELECT repeat('x', 1000) FROM generate_series(1, 500000)",
+        ))
+        .await
+        .expect("send the query");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let warning = loop {
+        let log = proxy.log();
+        if let Some(line) = log.lines().find(|l| l.contains("client stopped reading")) {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warning about the stalled client"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        warning.contains("WARN") && warning.contains(&peer) && warning.contains("trustuser"),
+        "the warning names the client ({peer}) and its user: {warning}"
+    );
+    drop(stalled);
 
     // TLS with channel binding (SCRAM-SHA-256-PLUS), through psql.
     let tls = Command::new(cluster().pg_bin().join("psql"))
