@@ -27,11 +27,16 @@ fn rss() -> u64 {
     kib * 1024
 }
 
-/// Backends on the primary running the huge query (other than the one asking).
-fn huge_queries_on_primary() -> usize {
-    let sql = "SELECT count(*) FROM pg_stat_activity \
-               WHERE query LIKE '%generate_series(1, 2000000)%' AND pid <> pg_backend_pid()";
-    let out = cluster().sql(0, "postgres", sql).expect("pg_stat_activity");
+/// Backends on the primary running `query` (other than the one asking).
+fn running_on_primary(query: &str) -> usize {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE query LIKE '%{}%' AND pid <> pg_backend_pid()",
+        query.replace('\'', "''")
+    );
+    let out = cluster()
+        .sql(0, "postgres", &sql)
+        .expect("pg_stat_activity");
     out.trim()
         .parse()
         .unwrap_or_else(|_| panic!("count from pg_stat_activity: {out:?}"))
@@ -58,7 +63,7 @@ async fn a_client_that_never_reads_is_cut_off_and_its_server_connection_freed() 
     let gone_after = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         peak = peak.max(rss());
-        let running = huge_queries_on_primary();
+        let running = running_on_primary(HUGE);
         seen_running |= running > 0;
         if seen_running && running == 0 {
             break sent.elapsed();
@@ -103,7 +108,12 @@ async fn a_client_that_never_reads_is_cut_off_and_its_server_connection_freed() 
         drained.len()
     );
 
-    // max_pool_size = 1: the next client gets the primary only if that connection was freed.
+    next_client_is_served_on_the_primary(&proxy).await;
+}
+
+/// With max_pool_size = 1, a query on the primary runs only if the connection the
+/// stalled client held was freed.
+async fn next_client_is_served_on_the_primary(proxy: &TestProxy) {
     let next = proxy
         .connect_as(APP_USER, APP_PASSWORD, APP_DATABASE)
         .await
@@ -229,4 +239,101 @@ async fn a_client_trickling_its_scram_response_is_closed_at_auth_timeout_with_08
         "closed after {after:?}; auth_timeout is 1s"
     );
     bystander_is_served(&proxy).await;
+}
+
+/// A CA, and a certificate for `localhost` it signed, as PEM files in `dir`; returns the
+/// CA certificate (DER) for a client to trust.
+fn tls_files(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("server params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write certificate");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write key");
+    ca.der().clone()
+}
+
+#[tokio::test]
+async fn a_tls_client_that_never_reads_is_cut_off_and_its_server_connection_freed() {
+    use tokio::io::AsyncRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = tls_files(dir.path());
+    let top = format!(
+        "client_write_timeout = \"2s\"\ntls_mode = \"allow\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        dir.path().join("server.pem").display(),
+        dir.path().join("server.key").display()
+    );
+    let proxy = TestProxy::start_with(
+        &top,
+        &format!("[pool]\nmax_pool_size = 1\n{}", trust_user()),
+    )
+    .await;
+
+    let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .expect("SSLRequest");
+    assert_eq!(tcp.read_u8().await.expect("answer"), b'S');
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("trust the test CA");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(&raw::startup(&[("user", "trustuser"), ("database", "app")]))
+        .await
+        .expect("send startup");
+    async fn next_tag<S: AsyncRead + Unpin>(s: &mut S) -> u8 {
+        let tag = s.read_u8().await.expect("message type");
+        let len = s.read_i32().await.expect("message length");
+        let mut body = vec![0; (len as usize).saturating_sub(4)];
+        s.read_exact(&mut body).await.expect("message body");
+        tag
+    }
+    while next_tag(&mut tls).await != b'Z' {}
+
+    // Another query than the plain test's, so each counts only its own backend.
+    let query = "SELECT repeat('y', 1000) FROM generate_series(1, 2000000)";
+    tls.write_all(&raw::query(&format!("{ON_PRIMARY} {query}")))
+        .await
+        .expect("send the query");
+    tls.flush().await.expect("flush the query");
+    let sent = Instant::now();
+    let mut seen_running = false;
+    let gone_after = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let running = running_on_primary(query);
+        seen_running |= running > 0;
+        if seen_running && running == 0 {
+            break sent.elapsed();
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "the backend answering a TLS client that reads nothing still runs after {:?} \
+             (seen running: {seen_running})",
+            sent.elapsed()
+        );
+    };
+    println!("never-reading TLS client: backend gone {gone_after:?} after the query");
+    assert!(
+        gone_after >= Duration::from_secs(2),
+        "cut off after {gone_after:?}"
+    );
+
+    next_client_is_served_on_the_primary(&proxy).await;
+    drop(tls);
 }
