@@ -337,3 +337,49 @@ async fn a_tls_client_that_never_reads_is_cut_off_and_its_server_connection_free
     next_client_is_served_on_the_primary(&proxy).await;
     drop(tls);
 }
+
+#[tokio::test]
+async fn a_reloaded_client_write_timeout_applies_to_sessions_that_start_after_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pgsplit.toml");
+    let base = format!(
+        "{}\n{}",
+        pgsplit::demo::config_text(cluster(), "127.0.0.1:0"),
+        trust_user()
+    );
+    std::fs::write(&file, format!("client_write_timeout = \"0s\"\n{base}")).expect("config");
+    let proxy = TestProxy::start_reloadable(file.clone()).await;
+    std::fs::write(&file, format!("client_write_timeout = \"1s\"\n{base}")).expect("config");
+    let changes = proxy.reload().expect("reload");
+    assert!(
+        changes.iter().any(|c| c.contains("client_write_timeout")),
+        "{changes:?}"
+    );
+
+    let mut stalled = raw::login(proxy.addr, "trustuser").await;
+    let query = "SELECT repeat('z', 1000) FROM generate_series(1, 2000000)";
+    stalled
+        .write_all(&raw::query(&format!("{ON_PRIMARY} {query}")))
+        .await
+        .expect("send the query");
+    let sent = Instant::now();
+    let mut seen_running = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let running = running_on_primary(query);
+        seen_running |= running > 0;
+        if seen_running && running == 0 {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "client_write_timeout = 1s, reloaded, did not cut off a new session: \
+             its backend still runs after {:?}",
+            sent.elapsed()
+        );
+    }
+    println!(
+        "after a reload to 1s: backend gone {:?} after the query",
+        sent.elapsed()
+    );
+}
