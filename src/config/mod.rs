@@ -252,7 +252,7 @@ pub enum LogFormat {
 }
 
 /// Settings of the topology monitor.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     /// Role the monitor logs in as (needs `pg_monitor`). Default `monitor`.
@@ -568,7 +568,7 @@ pub struct NodeConfig {
 }
 
 /// One user clients may authenticate as.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// User name clients send in their startup packet.
@@ -583,6 +583,63 @@ pub struct UserConfig {
     pub server_user: Option<String>,
     /// Password for `server_user`. Default: `password` when it is plaintext.
     pub server_password: Option<String>,
+}
+
+/// How a password shows in `{:?}` output: never its value, so a struct printed into a
+/// log line cannot leak it; only whether one is set.
+pub(crate) fn redacted(password: &str) -> &'static str {
+    if password.is_empty() {
+        "(empty)"
+    } else {
+        "(redacted)"
+    }
+}
+
+// Debug by hand for the structs holding passwords (and, through them, `Config` and
+// `Settings`): a derived one would print them.
+impl std::fmt::Debug for MonitorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorConfig")
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .field("database", &self.database)
+            .field("lag_check_interval", &self.lag_check_interval)
+            .field("query_timeout", &self.query_timeout)
+            .field("max_lag_bytes", &self.max_lag_bytes)
+            .field("max_lag_time", &self.max_lag_time)
+            .field("readmit_lag_bytes", &self.readmit_lag_bytes)
+            .field("readmit_lag_time", &self.readmit_lag_time)
+            .field("readmit_after_polls", &self.readmit_after_polls)
+            .field("max_ban", &self.max_ban)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &redacted(&self.password))
+            .field("auth_method", &self.auth_method)
+            .field("server_user", &self.server_user)
+            .field(
+                "server_password",
+                &self.server_password.as_deref().map(redacted),
+            )
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("secret", &self.secret)
+            .field("server_user", &self.server_user)
+            .field("server_password", &redacted(&self.server_password))
+            .finish()
+    }
 }
 
 fn default_all() -> String {
@@ -665,7 +722,7 @@ fn default_weight() -> u32 {
 }
 
 /// A user ready for authentication: secrets derived once at load time.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct User {
     /// Client-facing name.
     pub name: String,

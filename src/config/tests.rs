@@ -257,3 +257,22 @@ fn a_malformed_password_is_not_echoed_in_the_error() {
         .to_string();
     assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
 }
+
+#[test]
+fn debug_output_of_the_configuration_shows_no_password() {
+    let verifier = postgres_protocol::password::scram_sha_256(b"pw");
+    let text = format!(
+        "[monitor]\npassword = \"monitor-s3cr3t\"\n\
+         [[nodes]]\naddress = \"127.0.0.1:5432\"\n\
+         [[users]]\nname = \"app\"\npassword = \"app-s3cr3t\"\n\
+         [[users]]\nname = \"v\"\npassword = \"{verifier}\"\nserver_password = \"server-s3cr3t\"\n"
+    );
+    let settings = Settings::parse(&text).unwrap();
+    let debug = format!("{settings:?}");
+    let keys = verifier.rsplit('$').next().unwrap();
+    assert!(
+        !debug.contains("s3cr3t") && !debug.contains(keys),
+        "{debug}"
+    );
+    assert!(debug.contains("(redacted)"), "{debug}");
+}
