@@ -197,7 +197,7 @@ async fn a_client_trickling_its_startup_packet_is_closed_at_auth_timeout() {
     // is complete: the connection is closed without a message.
     assert!(errors.is_empty(), "unexpected errors {errors:?}");
     assert!(
-        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
         "closed after {after:?}; auth_timeout is 1s"
     );
     bystander_is_served(&proxy).await;
@@ -235,7 +235,7 @@ async fn a_client_trickling_its_scram_response_is_closed_at_auth_timeout_with_08
     println!("SCRAM response trickled: closed after {after:?}, errors {errors:?}");
     assert_eq!(errors, ["08006"], "a FATAL error, then the close");
     assert!(
-        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
         "closed after {after:?}; auth_timeout is 1s"
     );
     bystander_is_served(&proxy).await;
