@@ -15,7 +15,7 @@ use crate::error::ProxyError;
 use crate::protocol::{encode, flush_to, read_cstr, BackendKey, ErrorFields, FrameReader};
 
 /// Who to log in as, where, and with which session parameters.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Login<'a> {
     /// Server address `host:port`.
     pub address: &'a str,
@@ -29,6 +29,20 @@ pub struct Login<'a> {
     pub params: &'a [(String, String)],
     /// TLS toward that server.
     pub tls: &'a ServerTls,
+}
+
+// By hand: a derived Debug would print the password.
+impl std::fmt::Debug for Login<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("address", &self.address)
+            .field("user", &self.user)
+            .field("password", &crate::config::redacted(self.password))
+            .field("database", &self.database)
+            .field("params", &self.params)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// Rows of a simple query as text, and the parameters it changed (ParameterStatus).

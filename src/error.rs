@@ -89,9 +89,27 @@ pub enum ProxyError {
     /// pgsplit is shutting down.
     #[error("terminating connection due to administrator command")]
     Shutdown,
+    /// The client read nothing of what pgsplit sent it for `client_write_timeout`.
+    #[error("{0}")]
+    ClientStalled(crate::tls::WriteStalled),
     /// A socket failed.
     #[error("connection failure: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ProxyError {
+    fn from(e: std::io::Error) -> Self {
+        // A stalled client write arrives as an io::Error, through the same `?` as any
+        // other socket failure; it is told apart by what it carries.
+        let stalled = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<crate::tls::WriteStalled>())
+            .copied();
+        match stalled {
+            Some(stalled) => ProxyError::ClientStalled(stalled),
+            None => ProxyError::Io(e),
+        }
+    }
 }
 
 impl ProxyError {
@@ -113,7 +131,7 @@ impl ProxyError {
             ProxyError::NoPrimary | ProxyError::ServerUnavailable { .. } => "08006",
             ProxyError::Server { fields, .. } => &fields.code,
             ProxyError::Shutdown => "57P01",
-            ProxyError::Io(_) => "08006",
+            ProxyError::ClientStalled(_) | ProxyError::Io(_) => "08006",
         }
     }
 

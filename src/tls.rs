@@ -3,17 +3,20 @@
 //! stream that is plain TCP or TLS after an SSLRequest; toward servers, libpq's `sslmode`
 //! meanings (`server_tls`) and the server stream.
 
+use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tokio_rustls::client::TlsStream as ClientTlsStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -127,18 +130,20 @@ impl ClientStream {
         }
     }
 
-    /// Separate read and write halves; plain TCP splits without a lock.
-    pub fn split(self) -> (ClientRead, ClientWrite) {
-        match self {
+    /// Separate read and write halves; plain TCP splits without a lock. Writes that make
+    /// no progress for `write_timeout` fail (`Duration::ZERO`: never).
+    pub fn split(self, write_timeout: Duration) -> (ClientRead, ClientWrite) {
+        let (read, write) = match self {
             ClientStream::Plain(s) => {
                 let (r, w) = s.into_split();
-                (ClientRead::Plain(r), ClientWrite::Plain(w))
+                (ClientRead::Plain(r), ClientSink::Plain(w))
             }
             ClientStream::Tls(s) => {
                 let (r, w) = tokio::io::split(*s);
-                (ClientRead::Tls(r), ClientWrite::Tls(w))
+                (ClientRead::Tls(r), ClientSink::Tls(w))
             }
-        }
+        };
+        (read, StallGuard::new(write, write_timeout))
     }
 }
 
@@ -210,12 +215,94 @@ pub enum ClientRead {
     Tls(ReadHalf<TlsStream<TcpStream>>),
 }
 
-/// The writing half of a [`ClientStream`].
-pub enum ClientWrite {
+/// The writing half of a [`ClientStream`], cut off when the client stops reading.
+pub type ClientWrite = StallGuard<ClientSink>;
+
+/// The writing half of a [`ClientStream`] itself.
+pub enum ClientSink {
     /// Plain TCP.
     Plain(OwnedWriteHalf),
     /// TLS.
     Tls(WriteHalf<TlsStream<TcpStream>>),
+}
+
+/// Why a client write failed: the client read nothing for this long
+/// (`client_write_timeout`). Carried inside the `io::Error` (kind `TimedOut`), so that
+/// [`crate::error::ProxyError`] can tell it from a server's or the kernel's timeout.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client read nothing for {0:?} (client_write_timeout)")]
+pub struct WriteStalled(pub Duration);
+
+/// A writer whose writes fail once they have made no progress for a time limit, so a
+/// session whose client stops reading ends instead of holding its server connection
+/// forever. The timer exists only while a write waits: writes that complete at once
+/// (nearly all) register nothing.
+pub struct StallGuard<W> {
+    inner: W,
+    /// `None`: writes may wait forever.
+    limit: Option<Duration>,
+    /// Armed by the first write that had to wait, dropped at the next progress. Once it
+    /// fired it stays, so later waiting writes fail at once instead of waiting again.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<W> StallGuard<W> {
+    /// Guards `inner` with `limit` (`Duration::ZERO`: no limit).
+    pub fn new(inner: W, limit: Duration) -> StallGuard<W> {
+        StallGuard {
+            inner,
+            limit: (!limit.is_zero()).then_some(limit),
+            timer: None,
+        }
+    }
+
+    /// Passes on a result of the inner writer: readiness is progress and disarms the
+    /// timer; waiting arms it, and fails once it has fired.
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.timer = None;
+            return polled;
+        }
+        let Some(limit) = self.limit else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            WriteStalled(limit),
+        )))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for StallGuard<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.guard(cx, polled)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.guard(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.guard(cx, polled)
+    }
 }
 
 /// AsyncRead / AsyncWrite for an enum whose two variants wrap plain and TLS streams.
@@ -267,7 +354,7 @@ macro_rules! either_io {
 either_io!(read ClientStream);
 either_io!(write ClientStream);
 either_io!(read ClientRead);
-either_io!(write ClientWrite);
+either_io!(write ClientSink);
 either_io!(read ServerRead);
 either_io!(write ServerWrite);
 
@@ -503,6 +590,72 @@ mod verify {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const LIMIT: Duration = Duration::from_millis(200);
+
+    #[tokio::test]
+    async fn a_write_nobody_reads_fails_after_the_limit_and_later_ones_at_once() {
+        // A 64-byte pipe whose reading end is kept but never read.
+        let (_reader, writer) = tokio::io::duplex(64);
+        let mut guarded = StallGuard::new(writer, LIMIT);
+        let started = tokio::time::Instant::now();
+        let e = guarded.write_all(&[0; 1024]).await.expect_err("stalled");
+        assert!(
+            started.elapsed() >= LIMIT,
+            "failed after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let e = crate::error::ProxyError::from(e);
+        assert!(
+            matches!(
+                e,
+                crate::error::ProxyError::ClientStalled(WriteStalled(LIMIT))
+            ),
+            "{e:?}"
+        );
+        let again = tokio::time::Instant::now();
+        guarded
+            .write_all(&[0; 1024])
+            .await
+            .expect_err("still stalled");
+        assert!(
+            again.elapsed() < LIMIT,
+            "waited again: {:?}",
+            again.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_that_keeps_reading_is_never_cut_off() {
+        let (mut reader, writer) = tokio::io::duplex(64);
+        let drain = tokio::spawn(async move {
+            let mut buf = [0; 64];
+            let mut total = 0;
+            while total < 1024 {
+                tokio::time::sleep(LIMIT / 4).await;
+                total += reader.read(&mut buf).await.expect("read");
+            }
+            total
+        });
+        let mut guarded = StallGuard::new(writer, LIMIT);
+        let started = tokio::time::Instant::now();
+        guarded
+            .write_all(&[0; 1024])
+            .await
+            .expect("a reader that keeps reading");
+        assert!(started.elapsed() > LIMIT * 2, "the writes did wait, in all");
+        assert_eq!(drain.await.expect("reader"), 1024);
+    }
+
+    #[tokio::test]
+    async fn a_zero_limit_lets_a_write_wait_forever() {
+        let (_reader, writer) = tokio::io::duplex(64);
+        let mut guarded = StallGuard::new(writer, Duration::ZERO);
+        let waited = tokio::time::timeout(LIMIT * 2, guarded.write_all(&[0; 1024])).await;
+        assert!(waited.is_err(), "the write ended: {waited:?}");
+    }
 
     fn certificate(cn: Option<&str>) -> Vec<u8> {
         let key = rcgen::KeyPair::generate().expect("key");

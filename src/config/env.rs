@@ -76,6 +76,7 @@ pub(crate) const KEYS: &[Key] = &[
     top("listen", Str),
     top("max_client_conn", Int),
     top("auth_timeout", Duration),
+    top("client_write_timeout", Duration),
     top("shutdown_timeout", Duration),
     top("idle_in_transaction_timeout", Duration),
     top("connect_timeout", Duration),

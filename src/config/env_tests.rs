@@ -522,3 +522,25 @@ fn access_rules_come_from_indexed_variables_only() {
         "{err}"
     );
 }
+
+#[test]
+fn a_malformed_password_in_a_file_under_variables_is_not_echoed() {
+    for users in [
+        "[[users]]\nname = \"app\"\npassword = 738196245\n",
+        "[[users]]\nname = \"app\"\npassword = \"s3cr3t-unterminated\n",
+    ] {
+        let file = temp_config(&format!("[[nodes]]\naddress = \"127.0.0.1:5432\"\n{users}"));
+        let e = source(
+            Some(file.path().to_path_buf()),
+            &[("PGSPLIT_MAX_CLIENT_CONN", "5")],
+        )
+        .load()
+        .expect_err("malformed")
+        .to_string();
+        assert!(
+            !e.contains("s3cr3t") && !e.contains("738196245"),
+            "{users}\nechoed: {e}"
+        );
+        assert!(e.contains("password"), "names the key: {e}");
+    }
+}

@@ -56,6 +56,36 @@ pub enum ConfigError {
     },
 }
 
+/// A TOML error as one line: where it is and what is wrong, without the source line the
+/// parser would quote, and without the value when it is a password's (the parser echoes
+/// values it cannot take, and a mistyped password must not reach a log or a terminal).
+pub(crate) fn toml_error(e: &toml::de::Error, text: Option<&str>) -> String {
+    let message = e.message().trim_end();
+    let Some((text, span)) = text.zip(e.span()) else {
+        // No source: the error ends with the key (`…\nin `users.password``).
+        let full = e.to_string();
+        return match full.trim_end().rsplit_once("in `") {
+            Some((_, key)) if key.contains("password") => {
+                format!("`{key}: malformed (not shown: it is a password)")
+            }
+            _ => full.trim_end().replace('\n', " "),
+        };
+    };
+    let start = text.floor_char_boundary(span.start.min(text.len()));
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    if text[line_start..line_end].contains("password") {
+        format!("line {line}, column {column}: malformed (not shown: it is a password)")
+    } else {
+        format!(
+            "line {line}, column {column}: {}",
+            message.replace('\n', " ")
+        )
+    }
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -76,6 +106,11 @@ pub struct Config {
     /// Time a client has to send its startup packet and authenticate. Default 10 s.
     #[serde(default = "default_auth_timeout", with = "humantime_serde")]
     pub auth_timeout: Duration,
+    /// Time a write to a client may make no progress (the client reads nothing) before
+    /// its session ends and the server connection answering it is closed. Default 60 s;
+    /// `0s` = never.
+    #[serde(default = "default_client_write_timeout", with = "humantime_serde")]
+    pub client_write_timeout: Duration,
     /// Time running queries get to finish on shutdown before clients are cut off. Default 30 s.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -221,7 +256,7 @@ pub enum LogFormat {
 }
 
 /// Settings of the topology monitor.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     /// Role the monitor logs in as (needs `pg_monitor`). Default `monitor`.
@@ -538,7 +573,7 @@ pub struct NodeConfig {
 }
 
 /// One user clients may authenticate as.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// User name clients send in their startup packet.
@@ -555,6 +590,63 @@ pub struct UserConfig {
     pub server_password: Option<String>,
 }
 
+/// How a password shows in `{:?}` output: never its value, so a struct printed into a
+/// log line cannot leak it; only whether one is set.
+pub(crate) fn redacted(password: &str) -> &'static str {
+    if password.is_empty() {
+        "(empty)"
+    } else {
+        "(redacted)"
+    }
+}
+
+// Debug by hand for the structs holding passwords (and, through them, `Config` and
+// `Settings`): a derived one would print them.
+impl std::fmt::Debug for MonitorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorConfig")
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .field("database", &self.database)
+            .field("lag_check_interval", &self.lag_check_interval)
+            .field("query_timeout", &self.query_timeout)
+            .field("max_lag_bytes", &self.max_lag_bytes)
+            .field("max_lag_time", &self.max_lag_time)
+            .field("readmit_lag_bytes", &self.readmit_lag_bytes)
+            .field("readmit_lag_time", &self.readmit_lag_time)
+            .field("readmit_after_polls", &self.readmit_after_polls)
+            .field("max_ban", &self.max_ban)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &redacted(&self.password))
+            .field("auth_method", &self.auth_method)
+            .field("server_user", &self.server_user)
+            .field(
+                "server_password",
+                &self.server_password.as_deref().map(redacted),
+            )
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("secret", &self.secret)
+            .field("server_user", &self.server_user)
+            .field("server_password", &redacted(&self.server_password))
+            .finish()
+    }
+}
+
 fn default_all() -> String {
     "all".into()
 }
@@ -569,6 +661,9 @@ fn default_max_client_conn() -> usize {
 }
 fn default_auth_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_client_write_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
@@ -632,7 +727,7 @@ fn default_weight() -> u32 {
 }
 
 /// A user ready for authentication: secrets derived once at load time.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct User {
     /// Client-facing name.
     pub name: String,
@@ -696,7 +791,7 @@ impl Settings {
     pub fn parse(text: &str) -> Result<Settings, ConfigError> {
         let raw: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: "config".into(),
-            message: e.to_string(),
+            message: toml_error(&e, Some(text)),
         })?;
         Settings::validate(raw)
     }

@@ -76,7 +76,7 @@ impl ConfigSource {
                 })?;
                 toml::from_str::<Table>(&text).map_err(|e| ConfigError::Parse {
                     path: path.display().to_string(),
-                    message: e.to_string(),
+                    message: super::toml_error(&e, Some(&text)),
                 })?
             }
             None => Table::new(),
@@ -92,8 +92,7 @@ impl ConfigSource {
         }
         let raw: Config = table.try_into().map_err(|e| ConfigError::Parse {
             path: self.describe(),
-            // One line: `invalid type …` then `in `pool.max_pool_size``.
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: super::toml_error(&e, None),
         })?;
         Settings::validate(raw).map_err(|e| match e {
             ConfigError::Invalid { key, message } => match origins.var_for(&key) {

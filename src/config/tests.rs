@@ -232,3 +232,47 @@ fn bad_access_rules_name_their_key() {
         }
     }
 }
+
+#[test]
+fn a_malformed_password_is_not_echoed_in_the_error() {
+    let nodes = "[[nodes]]\naddress = \"127.0.0.1:5432\"\n";
+    let cases = [
+        "[[users]]\nname = \"app\"\npassword = \"s3cr3t-unterminated\n",
+        "[[users]]\nname = \"app\"\npassword = 738196245\n",
+        "[[users]]\nname = \"app\"\npassword = \"x\"\nserver_password = 738196245\n",
+        "[monitor]\npassword = [\"s3cr3t-in-a-list\"]\n[[users]]\nname = \"app\"\npassword = \"x\"\n",
+    ];
+    for users in cases {
+        let text = format!("{nodes}{users}");
+        let e = Settings::parse(&text).expect_err("malformed").to_string();
+        assert!(
+            !e.contains("s3cr3t") && !e.contains("738196245"),
+            "{text}\nechoed: {e}"
+        );
+        assert!(e.contains("line "), "says where: {e}");
+    }
+    // Errors elsewhere still say what is wrong.
+    let e = Settings::parse(&format!("max_client_conn = \"many\"\n{MINIMAL}"))
+        .expect_err("malformed")
+        .to_string();
+    assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn debug_output_of_the_configuration_shows_no_password() {
+    let verifier = postgres_protocol::password::scram_sha_256(b"pw");
+    let text = format!(
+        "[monitor]\npassword = \"monitor-s3cr3t\"\n\
+         [[nodes]]\naddress = \"127.0.0.1:5432\"\n\
+         [[users]]\nname = \"app\"\npassword = \"app-s3cr3t\"\n\
+         [[users]]\nname = \"v\"\npassword = \"{verifier}\"\nserver_password = \"server-s3cr3t\"\n"
+    );
+    let settings = Settings::parse(&text).unwrap();
+    let debug = format!("{settings:?}");
+    let keys = verifier.rsplit('$').next().unwrap();
+    assert!(
+        !debug.contains("s3cr3t") && !debug.contains(keys),
+        "{debug}"
+    );
+    assert!(debug.contains("(redacted)"), "{debug}");
+}

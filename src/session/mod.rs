@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -57,24 +56,35 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
     let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);
     let mut phase = shared.phase.subscribe();
-    let deadline = tokio::time::Instant::now() + shared.settings.load().raw.auth_timeout;
+    let (deadline, write_timeout) = {
+        let settings = shared.settings.load();
+        let raw = &settings.raw;
+        (
+            tokio::time::Instant::now() + raw.auth_timeout,
+            raw.client_write_timeout,
+        )
+    };
     let negotiated = tokio::time::timeout_at(
         deadline,
         Box::pin(negotiate(ClientStream::Plain(tcp), &shared)),
     )
     .await;
-    let (mut stream, packet, tls) = match negotiated {
+    let (stream, packet, tls) = match negotiated {
         Ok(Ok(Some(negotiated))) => negotiated,
         // A cancel request, done; or a client that never sent a startup packet.
         Ok(Ok(None)) | Err(_) => return,
-        Ok(Err((e, Some(mut stream)))) => return report(&mut stream, &peer, e).await,
+        Ok(Err((e, Some(stream)))) => {
+            let (_, mut write) = stream.split(write_timeout);
+            return report(&mut write, &peer, e).await;
+        }
         Ok(Err((e, None))) => {
             tracing::info!(%peer, error = %e, "TLS handshake failed");
             return;
         }
     };
     if shared.settings.load().raw.tls_mode == TlsMode::Require && !stream.is_tls() {
-        return report(&mut stream, &peer, ProxyError::TlsRequired).await;
+        let (_, mut write) = stream.split(write_timeout);
+        return report(&mut write, &peer, ProxyError::TlsRequired).await;
     }
     // Read before the split: the access rules' `cert` method needs the client's certificate.
     let client = Client {
@@ -82,7 +92,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
         cert_name: stream.peer_common_name(),
         channel_binding: tls.as_deref().and_then(|t| t.cert_pem.as_deref()),
     };
-    let (read, mut write) = stream.split();
+    let (read, mut write) = stream.split(write_timeout);
     let started = tokio::time::timeout_at(
         deadline,
         // Boxed: the login's state is large and short-lived; an idle session should not
@@ -101,9 +111,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
         Ok(Ok(Login::Client(ready))) => *ready,
         Ok(Ok(Login::Admin(reader, user))) => {
             if let Err(e) = crate::admin::serve(reader, write, &shared, &user, &mut phase).await {
-                if !e.is_disconnect() {
-                    tracing::info!(%peer, %user, error = %e, "admin console session ended with an error");
-                }
+                log_end(&peer, &user, &e);
             }
             drop(permit);
             return;
@@ -145,19 +153,32 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
             );
             relay.run(&mut phase).await
         }
-        Err(e) => Err(ProxyError::Io(e)),
+        Err(e) => Err(e.into()),
     };
     shared.cancels.remove(key);
     if let Err(e) = result {
-        if !e.is_disconnect() {
-            tracing::info!(%peer, %user, error = %e, "session ended with an error");
-        }
+        log_end(&peer, &user, &e);
     }
     drop(permit);
 }
 
-async fn report<W: AsyncWrite + Unpin>(write: &mut W, peer: &str, e: ProxyError) {
+/// Logs why a logged-in session ended, unless the client simply left.
+fn log_end(peer: &str, user: &str, e: &ProxyError) {
+    match e {
+        ProxyError::ClientStalled(_) => {
+            tracing::warn!(%peer, %user, error = %e, "client stopped reading: session ended, the server connection answering it closed")
+        }
+        e if e.is_disconnect() => {}
+        e => tracing::info!(%peer, %user, error = %e, "session ended with an error"),
+    }
+}
+
+async fn report(write: &mut ClientWrite, peer: &str, e: ProxyError) {
     if e.is_disconnect() {
+        return;
+    }
+    if let ProxyError::ClientStalled(_) = e {
+        tracing::warn!(%peer, error = %e, "client stopped reading during login: connection closed");
         return;
     }
     tracing::info!(%peer, sqlstate = e.sqlstate(), error = %e, "client refused");

@@ -595,6 +595,11 @@ impl<'a> Relay<'a> {
         }
         self.shared.stats.set_connected(false);
         self.cancel.point_at(None);
+        if let Err(ProxyError::ClientStalled(_)) = result {
+            // Closing the connection stops its server only at its next write; a query
+            // still computing is stopped now.
+            self.cancel_running().await;
+        }
         for conn in [Conn::Primary, Conn::Standby] {
             self.return_connection(conn);
         }
