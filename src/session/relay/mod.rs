@@ -785,7 +785,12 @@ impl<'a> Relay<'a> {
             b'Q' => self.dispatch(Request::Query(frame)).await?,
             b'F' => self.dispatch(Request::Function(frame)).await?,
             b'P' | b'B' | b'D' | b'E' | b'C' => return self.join_batch(frame),
-            b'H' | b'S' | b'd' | b'c' | b'f' if self.copying().is_some() => {
+            // A Query or FunctionCall inside COPY FROM STDIN goes to the server too: it
+            // ends the COPY with an error there, as with PostgreSQL alone. Held back like a
+            // pipelined query instead, it would wait for the COPY's ReadyForQuery, which
+            // waits for data the client never sends: both ends and the pooled connection
+            // stuck for good (found by tests/hostile.rs).
+            b'H' | b'S' | b'd' | b'c' | b'f' | b'Q' | b'F' if self.copying().is_some() => {
                 let conn = self.copying().unwrap_or(Conn::Primary);
                 let slot = self.slot(conn);
                 if matches!(frame.tag, b'c' | b'f') {
@@ -928,6 +933,20 @@ impl<'a> Relay<'a> {
 
     /// Sends a request that was held, once nothing is in flight any more.
     async fn release_held(&mut self) -> Result<(), ProxyError> {
+        // A Query or FunctionCall sent right behind a COPY FROM STDIN was held before the
+        // server said CopyInResponse; held any longer it waits for the COPY's end, which
+        // waits for data behind it. It goes to the server now, which ends the COPY with an
+        // error as PostgreSQL alone would.
+        if let Some(conn) = self.copying() {
+            let in_copy = |r: &mut Request| matches!(r, Request::Query(_) | Request::Function(_));
+            if let Some(Request::Query(frame) | Request::Function(frame)) =
+                self.held.take_if(in_copy)
+            {
+                let slot = self.slot(conn);
+                tally::received(slot, frame.raw.len());
+                return write_to(slot, &frame.raw).await;
+            }
+        }
         if self.primary.pending == 0 && self.standby.pending == 0 {
             if let Some(held) = self.held.take() {
                 self.dispatch(held).await?;
