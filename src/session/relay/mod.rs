@@ -782,9 +782,6 @@ impl<'a> Relay<'a> {
         }
         match frame.tag {
             b'X' => return Ok(Step::Done),
-            b'Q' => self.dispatch(Request::Query(frame)).await?,
-            b'F' => self.dispatch(Request::Function(frame)).await?,
-            b'P' | b'B' | b'D' | b'E' | b'C' => return self.join_batch(frame),
             // A Query or FunctionCall inside COPY FROM STDIN goes to the server too: it
             // ends the COPY with an error there, as with PostgreSQL alone. Held back like a
             // pipelined query instead, it would wait for the COPY's ReadyForQuery, which
@@ -800,6 +797,9 @@ impl<'a> Relay<'a> {
                 tally::received(slot, frame.raw.len());
                 write_to(slot, &frame.raw).await?;
             }
+            b'Q' => self.dispatch(Request::Query(frame)).await?,
+            b'F' => self.dispatch(Request::Function(frame)).await?,
+            b'P' | b'B' | b'D' | b'E' | b'C' => return self.join_batch(frame),
             b'S' if self.awaiting_sync().is_some() => {
                 let conn = self.awaiting_sync().unwrap_or(Conn::Primary);
                 let slot = self.slot(conn);
@@ -840,7 +840,12 @@ impl<'a> Relay<'a> {
     /// (settings, deferred BEGIN, re-prepares) in front of a request, never inside another
     /// answer. The batches of a Flush chain go out at once, to the chain's connection.
     async fn dispatch(&mut self, request: Request) -> Result<(), ProxyError> {
-        let continues_chain = self.sticky.is_some() && matches!(request, Request::Batch { .. });
+        // A Query or FunctionCall after a Flush chain goes to the chain's connection and
+        // ends the chain there, as PostgreSQL runs it (or skips it after the chain's
+        // error). Held instead, it would wait for a Sync that only it could be followed
+        // by, and the client would no longer be read: not even its leaving seen
+        // (found by tests/hostile.rs).
+        let continues_chain = self.sticky.is_some();
         if !continues_chain
             && (self.primary.pending > 0 || self.standby.pending > 0 || self.sticky.is_some())
         {
@@ -1004,15 +1009,22 @@ impl<'a> Relay<'a> {
             Request::Query(frame) => {
                 let text = query_text(frame.body());
                 let class = self.classify(text);
-                let plan = self
-                    .state
-                    .plan_query(&class, text, class.statements == 1, open);
+                let plan = match self.sticky {
+                    Some(conn) => Plan::Send(conn),
+                    None => self
+                        .state
+                        .plan_query(&class, text, class.statements == 1, open),
+                };
                 (plan, class)
             }
             // A FunctionCall names a function by OID only: the primary, or the open transaction.
             Request::Function(_) => {
                 let class = Classification::primary();
-                (self.state.plan_batch(&class, open, true), Arc::new(class))
+                let plan = match self.sticky {
+                    Some(conn) => Plan::Send(conn),
+                    None => self.state.plan_batch(&class, open, true),
+                };
+                (plan, Arc::new(class))
             }
             Request::Batch {
                 class, sync, ops, ..
@@ -1325,6 +1337,8 @@ impl<'a> Relay<'a> {
         }
         let sent = match request {
             Request::Query(frame) | Request::Function(frame) => {
+                // Its ReadyForQuery ends a Flush chain as a Sync would.
+                self.sticky = None;
                 let slot = self.slot(conn);
                 slot.pending += 1;
                 slot.syncs_sent += 1;
