@@ -179,6 +179,38 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Resolves when the peer closes its end (`Ok`) or the socket fails, while the caller
+    /// is not taking frames: bytes that arrive meanwhile are kept for `next`, up to about
+    /// `limit`; with that much buffered it waits for good, so a peer that keeps sending
+    /// is held back by TCP rather than by memory.
+    pub async fn closed(&mut self, limit: usize) -> Result<(), ProxyError> {
+        loop {
+            if self.buf.len() >= limit {
+                return std::future::pending().await;
+            }
+            if self.buf.capacity() - self.buf.len() < self.chunk / 2 {
+                self.buf.reserve(self.growth());
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next frame when `reading`; otherwise `None` once the peer has closed (see
+    /// [`FrameReader::closed`]), so one select branch serves both.
+    pub async fn next_or_closed(
+        &mut self,
+        reading: bool,
+        limit: usize,
+    ) -> Result<Option<Frame>, ProxyError> {
+        if reading {
+            self.next().await
+        } else {
+            self.closed(limit).await.map(|()| None)
+        }
+    }
+
     /// The largest message it accepts (`max_message_size` when it was made).
     pub fn max_len(&self) -> usize {
         self.max_len
@@ -559,6 +591,22 @@ mod tests {
         assert_eq!(err.sqlstate(), "08P01");
         let negative = [b'Q', 0, 0, 0, 2];
         assert!(FrameReader::new(&negative[..], 1024).next().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn closed_sees_the_peer_leave_and_keeps_what_came_before() {
+        let mut data = BytesMut::new();
+        encode::query(&mut data, "SELECT 1");
+        let mut reader = FrameReader::with_chunk(&data[..], 1024, 16);
+        reader.closed(1024).await.unwrap();
+        assert_eq!(reader.next().await.unwrap().map(|f| f.tag), Some(b'Q'));
+        assert!(reader.next().await.unwrap().is_none());
+
+        // Past the limit it reads no further: the peer is left to TCP's flow control.
+        let mut reader = FrameReader::with_chunk(&data[..], 1024, 4);
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(50), reader.closed(4));
+        assert!(wait.await.is_err(), "waits once the limit is buffered");
+        assert!(reader.buf.len() < data.len());
     }
 
     #[test]

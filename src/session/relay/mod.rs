@@ -244,6 +244,9 @@ enum Op {
 
 /// The next lifecycle phase, and the receiver to wait for the one after; `Closing` when
 /// the sender is gone (then never again).
+/// Bytes read ahead of a held request while watching for the client leaving.
+const HELD_READ_AHEAD: usize = 64 * 1024;
+
 async fn next_phase(rx: Option<watch::Receiver<Phase>>) -> (Phase, Option<watch::Receiver<Phase>>) {
     let Some(mut rx) = rx else {
         return std::future::pending().await;
@@ -566,7 +569,11 @@ impl<'a> Relay<'a> {
                 biased;
                 frame = next_frame(&mut self.primary.conn) => self.on_server_frame(Conn::Primary, frame).await,
                 frame = next_frame(&mut self.standby.conn) => self.on_server_frame(Conn::Standby, frame).await,
-                frame = self.client.next(), if accept_client => {
+                // While a request is held no frames are taken, but the client's leaving
+                // is still seen (as `None`): else a server that owes nothing (a COPY
+                // waiting for data, a request PostgreSQL skips until Sync) would keep the
+                // session and its pooled connection for good (found by tests/hostile.rs).
+                frame = self.client.next_or_closed(accept_client, HELD_READ_AHEAD) => {
                     self.client_frames += 1;
                     match frame {
                         // Most extended-protocol messages only join their batch: no boxed
