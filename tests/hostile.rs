@@ -557,3 +557,46 @@ async fn a_query_after_a_flush_chain_is_answered() {
         "T D C Z(I)"
     );
 }
+
+#[tokio::test]
+async fn a_client_leaving_while_a_request_is_held_frees_its_server_connection() {
+    let proxy = TestProxy::start_with("", &trust_user()).await;
+    let mut s = raw::login(proxy.addr, "trustuser").await;
+    // A failing Execute before a Flush: PostgreSQL now skips everything until a Sync, so
+    // the Query behind it is never answered and the next Query is held in pgsplit.
+    let mut wire = raw::parse("", "SELECT 1/0");
+    wire.extend(raw::bind("", "", &[]));
+    wire.extend(raw::execute(""));
+    wire.extend(raw::flush());
+    wire.extend(raw::query("SELECT 1"));
+    wire.extend(raw::query("SELECT 2"));
+    s.write_all(&wire).await.unwrap();
+    assert_eq!(
+        raw::next_error(&mut s).await.as_deref(),
+        Some("22012"),
+        "division by zero"
+    );
+    drop(s);
+    // The session ends and its server connection stops being in use.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let busy: usize = proxy.pools().iter().map(|p| p.open - p.idle).sum();
+        if busy == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{busy} server connections still in use 10 s after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = proxy.connect().await;
+    assert_eq!(
+        client
+            .query_one("SELECT 6", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        6
+    );
+}
