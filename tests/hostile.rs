@@ -342,12 +342,14 @@ async fn run_one(addr: std::net::SocketAddr, wire: Vec<u8>, seed: u64) -> Result
     }
 }
 
-fn rss_kb() -> u64 {
+/// A memory figure of this process (pgsplit runs in it) from /proc: `VmRSS:` resident
+/// now, `VmHWM:` the peak so far.
+fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
@@ -374,7 +376,7 @@ async fn mutated_message_sequences_get_an_error_or_a_close_and_harm_no_one_else(
         let row = bystander.query_one("SELECT $1::int", &[&i]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), i);
     }
-    let rss_before = rss_kb();
+    let rss_before = status_kb("VmRSS:");
     let started = Instant::now();
 
     // The bystander queries throughout; any failure or wrong answer is kept.
@@ -442,7 +444,7 @@ async fn mutated_message_sequences_get_an_error_or_a_close_and_harm_no_one_else(
     let elapsed = started.elapsed();
     done.store(true, Ordering::SeqCst);
     let bystander_queries = watcher.await.expect("bystander task");
-    let rss_after = rss_kb();
+    let (rss_after, peak) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
 
     // The workers are done: take the results out of their locks.
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
@@ -450,7 +452,7 @@ async fn mutated_message_sequences_get_an_error_or_a_close_and_harm_no_one_else(
     let sent: usize = outcomes.values().sum::<usize>() + failures.len();
     println!(
         "{sent} mutated sequences in {elapsed:.1?} ({CONCURRENCY} at once, seed {seed}); \
-         RSS {rss_before} kB -> {rss_after} kB; bystander (queries, slowest): {bystander_queries:?}"
+         RSS {rss_before} kB -> {rss_after} kB (peak {peak} kB); bystander (queries, slowest): {bystander_queries:?}"
     );
     println!("mutations: {:?}", mutations.lock().unwrap());
     for (o, n) in outcomes.iter() {
@@ -471,6 +473,10 @@ async fn mutated_message_sequences_get_an_error_or_a_close_and_harm_no_one_else(
     assert!(
         growth < RSS_GROWTH_LIMIT_KB,
         "resident memory grew by {growth} kB ({rss_before} -> {rss_after})"
+    );
+    assert!(
+        peak.saturating_sub(rss_before) < RSS_GROWTH_LIMIT_KB,
+        "resident memory peaked at {peak} kB, from {rss_before} kB"
     );
     // And pgsplit still serves new clients.
     let client = proxy.connect().await;

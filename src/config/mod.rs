@@ -649,6 +649,7 @@ impl std::fmt::Debug for UserConfig {
                 "server_password",
                 &self.server_password.as_deref().map(redacted),
             )
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -661,6 +662,7 @@ impl std::fmt::Debug for User {
             .field("secret", &self.secret)
             .field("server_user", &self.server_user)
             .field("server_password", &redacted(&self.server_password))
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }

@@ -242,11 +242,11 @@ enum Op {
     Close(Option<String>),
 }
 
-/// The next lifecycle phase, and the receiver to wait for the one after; `Closing` when
-/// the sender is gone (then never again).
 /// Bytes read ahead of a held request while watching for the client leaving.
 const HELD_READ_AHEAD: usize = 64 * 1024;
 
+/// The next lifecycle phase, and the receiver to wait for the one after; `Closing` when
+/// the sender is gone (then never again).
 async fn next_phase(rx: Option<watch::Receiver<Phase>>) -> (Phase, Option<watch::Receiver<Phase>>) {
     let Some(mut rx) = rx else {
         return std::future::pending().await;
