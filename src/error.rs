@@ -25,6 +25,13 @@ pub enum ProxyError {
     /// `max_client_conn` clients are already connected.
     #[error("sorry, too many clients already")]
     TooManyClients,
+    /// The user's connection limit (`max_user_connections` or its own `max_connections`)
+    /// is reached.
+    #[error("too many connections for role \"{0}\"")]
+    TooManyForRole(String),
+    /// The database's connection limit (`max_db_connections`) is reached.
+    #[error("too many connections for database \"{0}\"")]
+    TooManyForDatabase(String),
     /// No pooled server connection became free in time.
     #[error("no connection to server {addr} became free within checkout_timeout ({waited:?}; max_pool_size is {size})")]
     CheckoutTimeout {
@@ -127,7 +134,10 @@ impl ProxyError {
             | ProxyError::MethodUnavailable { .. } => "28000",
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::AuthTimeout => "08006",
-            ProxyError::TooManyClients | ProxyError::CheckoutTimeout { .. } => "53300",
+            ProxyError::TooManyClients
+            | ProxyError::TooManyForRole(_)
+            | ProxyError::TooManyForDatabase(_)
+            | ProxyError::CheckoutTimeout { .. } => "53300",
             ProxyError::NoPrimary | ProxyError::ServerUnavailable { .. } => "08006",
             ProxyError::Server { fields, .. } => &fields.code,
             ProxyError::Shutdown => "57P01",

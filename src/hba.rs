@@ -351,6 +351,7 @@ mod tests {
             secret: Secret::from_config(name, password, method).unwrap(),
             server_user: name.into(),
             server_password: String::new(),
+            max_connections: 0,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod hba;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod pool;

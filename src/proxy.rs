@@ -164,6 +164,8 @@ pub struct Shared {
     pub publisher: Arc<Publisher>,
     /// Clients admitted at once (`max_client_conn`).
     pub clients: Limit,
+    /// Clients logged in per user and per database, for their connection limits.
+    pub logins: Arc<crate::limits::Logins>,
     /// Set when the admin console asks the process to shut down.
     pub shutdown_requested: watch::Sender<bool>,
     /// Cancel keys.
@@ -247,6 +249,7 @@ pub async fn start_with(settings: Settings, sources: Sources) -> std::io::Result
         topology,
         publisher,
         clients,
+        logins: Arc::default(),
         shutdown_requested: watch::channel(false).0,
         cancels: CancelRegistry::default(),
         phase,

@@ -121,9 +121,24 @@ pub struct Config {
     /// Time to open a server connection, including its authentication. Default 5 s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Largest protocol message accepted from a client or server, in bytes. Default 64 MiB.
+    /// Largest protocol message accepted from a client or server, in bytes, length field
+    /// included. Default 1073741822, PostgreSQL's own limit (PQ_LARGE_MESSAGE_LIMIT):
+    /// buffers grow with the bytes that arrive, not with a message's announced length.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
+    /// Largest startup packet accepted, in bytes; a longer one gets 08P01. Default 10000,
+    /// PostgreSQL's MAX_STARTUP_PACKET_LENGTH.
+    #[serde(default = "default_max_startup_packet_size")]
+    pub max_startup_packet_size: usize,
+    /// Most clients logged in at once as one user (0: no limit, the default); more get
+    /// 53300 after authenticating, as with PostgreSQL's role connection limit. A user's own
+    /// `max_connections` overrides it.
+    #[serde(default)]
+    pub max_user_connections: usize,
+    /// Most clients connected at once to one database (0: no limit, the default); more
+    /// get 53300 after authenticating.
+    #[serde(default)]
+    pub max_db_connections: usize,
     /// TLS toward clients: `disable` (default), `allow` (TLS when the client asks) or
     /// `require` (plaintext clients are refused).
     #[serde(default)]
@@ -588,6 +603,9 @@ pub struct UserConfig {
     pub server_user: Option<String>,
     /// Password for `server_user`. Default: `password` when it is plaintext.
     pub server_password: Option<String>,
+    /// Most clients logged in at once as this user (0: no limit); default: the top-level
+    /// `max_user_connections`.
+    pub max_connections: Option<usize>,
 }
 
 /// How a password shows in `{:?}` output: never its value, so a struct printed into a
@@ -631,6 +649,7 @@ impl std::fmt::Debug for UserConfig {
                 "server_password",
                 &self.server_password.as_deref().map(redacted),
             )
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -643,6 +662,7 @@ impl std::fmt::Debug for User {
             .field("secret", &self.secret)
             .field("server_user", &self.server_user)
             .field("server_password", &redacted(&self.server_password))
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -672,7 +692,11 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_max_message_size() -> usize {
-    64 << 20
+    // PostgreSQL's PQ_LARGE_MESSAGE_LIMIT: MaxAllocSize (1 GiB - 1) minus 1.
+    (1 << 30) - 2
+}
+fn default_max_startup_packet_size() -> usize {
+    crate::protocol::MAX_STARTUP_PACKET
 }
 fn default_monitor_user() -> String {
     "monitor".into()
@@ -739,6 +763,8 @@ pub struct User {
     pub server_user: String,
     /// Password on the servers.
     pub server_password: String,
+    /// Most clients logged in as this user at once; 0: no limit.
+    pub max_connections: usize,
 }
 
 /// A node with its name resolved.
@@ -812,6 +838,20 @@ impl Settings {
         }
         if raw.max_message_size < 1024 {
             return Err(invalid("max_message_size", "must be at least 1024 bytes"));
+        }
+        // The length field is a signed 32-bit integer: a larger limit could never bind.
+        if raw.max_message_size > i32::MAX as usize {
+            return Err(invalid(
+                "max_message_size",
+                format!("must be at most {} bytes", i32::MAX),
+            ));
+        }
+        // A StartupMessage naming a user and a database needs a few dozen bytes.
+        if !(64..=i32::MAX as usize).contains(&raw.max_startup_packet_size) {
+            return Err(invalid(
+                "max_startup_packet_size",
+                format!("must be between 64 and {} bytes", i32::MAX),
+            ));
         }
         for (key, value) in [
             ("auth_timeout", raw.auth_timeout),
@@ -949,6 +989,7 @@ impl Settings {
                 secret,
                 server_user: u.server_user.clone().unwrap_or_else(|| u.name.clone()),
                 server_password,
+                max_connections: u.max_connections.unwrap_or(raw.max_user_connections),
             });
         }
         let hba = hba_rules(&raw, &users)?;

@@ -21,6 +21,28 @@ fn minimal_config_gets_defaults() {
         (app.server_user.as_str(), app.server_password.as_str()),
         ("app", "secret")
     );
+    // PostgreSQL's own limits; connection limits off.
+    assert_eq!(s.raw.max_message_size, 1_073_741_822);
+    assert_eq!(s.raw.max_startup_packet_size, 10_000);
+    assert_eq!(
+        (s.raw.max_user_connections, s.raw.max_db_connections),
+        (0, 0)
+    );
+    assert_eq!(app.max_connections, 0);
+}
+
+#[test]
+fn a_users_max_connections_overrides_max_user_connections() {
+    // Top-level keys go before the first table.
+    let users = MINIMAL.replacen(
+        "[[users]]",
+        "[[users]]\nname = \"ops\"\npassword = \"x\"\nmax_connections = 1\n\n[[users]]",
+        1,
+    );
+    let text = format!("max_user_connections = 5\n{users}");
+    let s = Settings::parse(&text).unwrap();
+    assert_eq!(s.user("ops").map(|u| u.max_connections), Some(1));
+    assert_eq!(s.user("app").map(|u| u.max_connections), Some(5));
 }
 
 #[test]
@@ -35,6 +57,8 @@ fn invalid_values_name_their_key() {
     let cases = [
         ("listen = \"nowhere\"\n", "listen"),
         ("max_client_conn = 0\n", "max_client_conn"),
+        ("max_message_size = 4294967296\n", "max_message_size"),
+        ("max_startup_packet_size = 16\n", "max_startup_packet_size"),
         ("auth_timeout = \"0s\"\n", "auth_timeout"),
         (
             "[monitor]\nlag_check_interval = \"0ms\"\n",

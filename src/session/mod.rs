@@ -17,6 +17,7 @@ use crate::auth::authenticate_client;
 use crate::backend::send_cancel;
 use crate::config::TlsMode;
 use crate::error::ProxyError;
+use crate::limits::Slot;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
 use crate::proxy::{ClientInfo, Phase, Shared};
@@ -26,8 +27,15 @@ use relay::Relay;
 use state::{guc_sync_sql, startup_gucs, Conn, Gucs};
 
 /// An authenticated client, its first server connection (which one, and on which node),
-/// its startup parameters and the settings they make.
-type Handshake = (FrameReader<ClientRead>, (Conn, Lease, usize), Startup, Gucs);
+/// its startup parameters, the settings they make, and its place under the user and
+/// database connection limits (held for the session's life).
+type Handshake = (
+    FrameReader<ClientRead>,
+    (Conn, Lease, usize),
+    Startup,
+    Gucs,
+    Slot,
+);
 
 /// Where a login leads.
 enum Login {
@@ -107,7 +115,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
         )),
     )
     .await;
-    let (client, (conn, server, node), startup, defaults) = match started {
+    let (client, (conn, server, node), startup, defaults, slot) = match started {
         Ok(Ok(Login::Client(ready))) => *ready,
         Ok(Ok(Login::Admin(reader, user))) => {
             if let Err(e) = crate::admin::serve(reader, write, &shared, &user, &mut phase).await {
@@ -159,7 +167,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
     if let Err(e) = result {
         log_end(&peer, &user, &e);
     }
-    drop(permit);
+    drop((slot, permit));
 }
 
 /// Logs why a logged-in session ended, unless the client simply left.
@@ -203,8 +211,9 @@ async fn negotiate(
 ) -> Result<Option<Negotiated>, (ProxyError, Option<ClientStream>)> {
     let mut tls = None;
     let mut ssl_asked = false;
+    let max_packet = shared.settings.load().raw.max_startup_packet_size;
     loop {
-        let request = match read_startup(&mut stream).await {
+        let request = match read_startup(&mut stream, max_packet).await {
             Ok(request) => request,
             Err(e) => return Err((e, Some(stream))),
         };
@@ -312,6 +321,12 @@ async fn handshake(
         }
         return Ok(Login::Admin(reader, startup.user));
     }
+    // After authentication, as PostgreSQL checks role and database connection limits; the
+    // admin console above is exempt, as superusers are, so an operator can always look.
+    let slot = shared.logins.admit(
+        (&startup.user, user.max_connections),
+        (&startup.database, settings.raw.max_db_connections),
+    )?;
     let mut startup = startup;
     startup.server_login = (user.server_user.clone(), user.server_password.clone());
 
@@ -369,6 +384,7 @@ async fn handshake(
         (conn, server, node),
         startup,
         defaults,
+        slot,
     ))))
 }
 

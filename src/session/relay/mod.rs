@@ -242,6 +242,9 @@ enum Op {
     Close(Option<String>),
 }
 
+/// Bytes read ahead of a held request while watching for the client leaving.
+const HELD_READ_AHEAD: usize = 64 * 1024;
+
 /// The next lifecycle phase, and the receiver to wait for the one after; `Closing` when
 /// the sender is gone (then never again).
 async fn next_phase(rx: Option<watch::Receiver<Phase>>) -> (Phase, Option<watch::Receiver<Phase>>) {
@@ -566,7 +569,11 @@ impl<'a> Relay<'a> {
                 biased;
                 frame = next_frame(&mut self.primary.conn) => self.on_server_frame(Conn::Primary, frame).await,
                 frame = next_frame(&mut self.standby.conn) => self.on_server_frame(Conn::Standby, frame).await,
-                frame = self.client.next(), if accept_client => {
+                // While a request is held no frames are taken, but the client's leaving
+                // is still seen (as `None`): else a server that owes nothing (a COPY
+                // waiting for data, a request PostgreSQL skips until Sync) would keep the
+                // session and its pooled connection for good (found by tests/hostile.rs).
+                frame = self.client.next_or_closed(accept_client, HELD_READ_AHEAD) => {
                     self.client_frames += 1;
                     match frame {
                         // Most extended-protocol messages only join their batch: no boxed
@@ -782,10 +789,12 @@ impl<'a> Relay<'a> {
         }
         match frame.tag {
             b'X' => return Ok(Step::Done),
-            b'Q' => self.dispatch(Request::Query(frame)).await?,
-            b'F' => self.dispatch(Request::Function(frame)).await?,
-            b'P' | b'B' | b'D' | b'E' | b'C' => return self.join_batch(frame),
-            b'H' | b'S' | b'd' | b'c' | b'f' if self.copying().is_some() => {
+            // A Query or FunctionCall inside COPY FROM STDIN goes to the server too: it
+            // ends the COPY with an error there, as with PostgreSQL alone. Held back like a
+            // pipelined query instead, it would wait for the COPY's ReadyForQuery, which
+            // waits for data the client never sends: both ends and the pooled connection
+            // stuck for good (found by tests/hostile.rs).
+            b'H' | b'S' | b'd' | b'c' | b'f' | b'Q' | b'F' if self.copying().is_some() => {
                 let conn = self.copying().unwrap_or(Conn::Primary);
                 let slot = self.slot(conn);
                 if matches!(frame.tag, b'c' | b'f') {
@@ -795,6 +804,9 @@ impl<'a> Relay<'a> {
                 tally::received(slot, frame.raw.len());
                 write_to(slot, &frame.raw).await?;
             }
+            b'Q' => self.dispatch(Request::Query(frame)).await?,
+            b'F' => self.dispatch(Request::Function(frame)).await?,
+            b'P' | b'B' | b'D' | b'E' | b'C' => return self.join_batch(frame),
             b'S' if self.awaiting_sync().is_some() => {
                 let conn = self.awaiting_sync().unwrap_or(Conn::Primary);
                 let slot = self.slot(conn);
@@ -835,7 +847,12 @@ impl<'a> Relay<'a> {
     /// (settings, deferred BEGIN, re-prepares) in front of a request, never inside another
     /// answer. The batches of a Flush chain go out at once, to the chain's connection.
     async fn dispatch(&mut self, request: Request) -> Result<(), ProxyError> {
-        let continues_chain = self.sticky.is_some() && matches!(request, Request::Batch { .. });
+        // A Query or FunctionCall after a Flush chain goes to the chain's connection and
+        // ends the chain there, as PostgreSQL runs it (or skips it after the chain's
+        // error). Held instead, it would wait for a Sync that only it could be followed
+        // by, and the client would no longer be read: not even its leaving seen
+        // (found by tests/hostile.rs).
+        let continues_chain = self.sticky.is_some();
         if !continues_chain
             && (self.primary.pending > 0 || self.standby.pending > 0 || self.sticky.is_some())
         {
@@ -928,6 +945,20 @@ impl<'a> Relay<'a> {
 
     /// Sends a request that was held, once nothing is in flight any more.
     async fn release_held(&mut self) -> Result<(), ProxyError> {
+        // A Query or FunctionCall sent right behind a COPY FROM STDIN was held before the
+        // server said CopyInResponse; held any longer it waits for the COPY's end, which
+        // waits for data behind it. It goes to the server now, which ends the COPY with an
+        // error as PostgreSQL alone would.
+        if let Some(conn) = self.copying() {
+            let in_copy = |r: &mut Request| matches!(r, Request::Query(_) | Request::Function(_));
+            if let Some(Request::Query(frame) | Request::Function(frame)) =
+                self.held.take_if(in_copy)
+            {
+                let slot = self.slot(conn);
+                tally::received(slot, frame.raw.len());
+                return write_to(slot, &frame.raw).await;
+            }
+        }
         if self.primary.pending == 0 && self.standby.pending == 0 {
             if let Some(held) = self.held.take() {
                 self.dispatch(held).await?;
@@ -985,15 +1016,22 @@ impl<'a> Relay<'a> {
             Request::Query(frame) => {
                 let text = query_text(frame.body());
                 let class = self.classify(text);
-                let plan = self
-                    .state
-                    .plan_query(&class, text, class.statements == 1, open);
+                let plan = match self.sticky {
+                    Some(conn) => Plan::Send(conn),
+                    None => self
+                        .state
+                        .plan_query(&class, text, class.statements == 1, open),
+                };
                 (plan, class)
             }
             // A FunctionCall names a function by OID only: the primary, or the open transaction.
             Request::Function(_) => {
                 let class = Classification::primary();
-                (self.state.plan_batch(&class, open, true), Arc::new(class))
+                let plan = match self.sticky {
+                    Some(conn) => Plan::Send(conn),
+                    None => self.state.plan_batch(&class, open, true),
+                };
+                (plan, Arc::new(class))
             }
             Request::Batch {
                 class, sync, ops, ..
@@ -1306,6 +1344,8 @@ impl<'a> Relay<'a> {
         }
         let sent = match request {
             Request::Query(frame) | Request::Function(frame) => {
+                // Its ReadyForQuery ends a Flush chain as a Sync would.
+                self.sticky = None;
                 let slot = self.slot(conn);
                 slot.pending += 1;
                 slot.syncs_sent += 1;
