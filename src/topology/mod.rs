@@ -170,6 +170,9 @@ pub type SharedTopology = Arc<ArcSwap<Topology>>;
 pub enum Outcome {
     /// The node was checked: its answer, or why the check failed.
     Checked(Result<Probe, String>),
+    /// The check's query got no answer within `query_timeout` on an open connection: the
+    /// node is frozen, or only busy.
+    TimedOut(String),
     /// The node is banned and its ban has not run out, so it was left alone.
     Skipped,
 }
@@ -297,7 +300,13 @@ pub fn advance(
                 eligible: false,
                 ..before.clone()
             },
-            Outcome::Checked(Err(reason)) => {
+            Outcome::Checked(Err(reason)) | Outcome::TimedOut(reason) => {
+                // A primary that is only slow to answer one check keeps its role, so a
+                // busy moment does not refuse writes; a second failure in a row (or any
+                // other failure) takes it away, and new writes then fail fast.
+                let slow_primary = matches!(outcome, Outcome::TimedOut(_))
+                    && before.role == Role::Primary
+                    && before.ban.is_none();
                 let ban =
                     health::after_failure(before.ban.as_ref(), reason.clone(), now, &rules.backoff);
                 events.push(Event::Banned {
@@ -307,7 +316,11 @@ pub fn advance(
                     length: ban.until.saturating_duration_since(now),
                 });
                 NodeState {
-                    role: Role::Unknown,
+                    role: if slow_primary {
+                        Role::Primary
+                    } else {
+                        Role::Unknown
+                    },
                     error: Some(reason.clone()),
                     lsn: None,
                     lag_bytes: None,
@@ -481,7 +494,7 @@ impl Monitor {
                         *conn = None;
                         Outcome::Skipped
                     } else if health::due(before.ban.as_ref(), now) {
-                        Outcome::Checked(probe::check(&before.node, conn, settings).await)
+                        probe::check(&before.node, conn, settings).await
                     } else {
                         Outcome::Skipped
                     }

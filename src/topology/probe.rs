@@ -7,6 +7,7 @@ use crate::backend::{Login, ServerConn};
 use crate::config::{Node, Settings};
 
 use super::lsn::Lsn;
+use super::Outcome;
 
 /// Role and WAL positions in one round trip. The current LSN only exists outside
 /// recovery (the function errors on a standby), hence the CASE. The age of the last
@@ -56,18 +57,16 @@ pub struct Probe {
 /// retried once on a fresh one: a connection dropped by the server (idle timeout,
 /// `pg_terminate_backend`) says nothing about the node, and banning the primary for it
 /// would refuse writes for no reason.
-pub async fn check(
-    node: &Node,
-    conn: &mut Option<ServerConn>,
-    settings: &Settings,
-) -> Result<Probe, String> {
+pub async fn check(node: &Node, conn: &mut Option<ServerConn>, settings: &Settings) -> Outcome {
     let reused = conn.is_some();
-    let first = check_once(node, conn, settings).await;
-    match first {
-        Err(Failure::Broken(_)) if reused => check_once(node, conn, settings)
-            .await
-            .map_err(Failure::into_message),
-        other => other.map_err(Failure::into_message),
+    let result = match check_once(node, conn, settings).await {
+        Err(Failure::Broken(_)) if reused => check_once(node, conn, settings).await,
+        other => other,
+    };
+    match result {
+        Ok(probe) => Outcome::Checked(Ok(probe)),
+        Err(Failure::Broken(message)) => Outcome::Checked(Err(message)),
+        Err(Failure::TimedOut(message)) => Outcome::TimedOut(message),
     }
 }
 
@@ -76,14 +75,6 @@ pub async fn check(
 enum Failure {
     Broken(String),
     TimedOut(String),
-}
-
-impl Failure {
-    fn into_message(self) -> String {
-        match self {
-            Failure::Broken(m) | Failure::TimedOut(m) => m,
-        }
-    }
 }
 
 async fn check_once(

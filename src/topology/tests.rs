@@ -327,3 +327,42 @@ fn replayed_since_compares_a_fresh_enough_primary_sample() {
     }
     assert!(!three_unknown().replayed_since(1, t0), "nothing known yet");
 }
+
+#[test]
+fn a_primary_keeps_its_role_through_one_slow_check_only() {
+    let t0 = Instant::now();
+    let healthy = vec![
+        primary_probe(t0, 5000, &[("s1", None), ("s2", None)]),
+        standby_probe(t0, 5000, None),
+        standby_probe(t0, 5000, None),
+    ];
+    let (up, _) = advance(&three_unknown(), healthy, t0, &rules());
+    let slow = || Outcome::TimedOut("check query timed out after 1s".into());
+    let standbys = |at| vec![standby_probe(at, 5000, None), standby_probe(at, 5000, None)];
+    let poll = |before: &Topology, primary: Outcome, at: Instant| {
+        let mut outcomes = vec![primary];
+        outcomes.extend(standbys(at));
+        advance(before, outcomes, at, &rules()).0
+    };
+    // Case: (what the primary's checks answer in a row, its role after each).
+    let t1 = t0 + MS(100);
+    let t2 = t1 + MS(100);
+    let once = poll(&up, slow(), t1);
+    assert_eq!(
+        once.primary_index(),
+        Some(0),
+        "one slow check: still primary"
+    );
+    assert!(!once.nodes[0].eligible, "but no reads while in doubt");
+    let twice = poll(&once, slow(), t2);
+    assert_eq!(twice.primary_index(), None, "two in a row: no primary");
+    let refused = poll(&up, failed("connection refused"), t1);
+    assert_eq!(
+        refused.primary_index(),
+        None,
+        "a refused connection: no primary"
+    );
+    let recovered = poll(&once, primary_probe(t2, 5100, &[]), t2);
+    assert_eq!(recovered.primary_index(), Some(0));
+    assert!(recovered.nodes[0].ban.is_none());
+}

@@ -13,7 +13,7 @@ use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, Severity};
 use crate::session::state::Conn;
-use crate::topology::Role;
+use crate::topology::{Role, Topology};
 
 impl Relay<'_> {
     /// Opens the connection a plan needs; a standby that cannot be reached is skipped
@@ -55,7 +55,7 @@ impl Relay<'_> {
         let mut exclude = avoided.clone();
         // Without a primary no standby can be shown to have replayed the client's write:
         // reads stay available instead (see `standby_has_my_writes`).
-        if let (Some(since), Some(_)) = (self.written_at, topology.primary_index()) {
+        if let (Some(since), true) = (self.written_at, primary_answers(&topology)) {
             exclude
                 .extend((0..topology.nodes.len()).filter(|i| !topology.replayed_since(*i, since)));
         }
@@ -114,14 +114,14 @@ impl Relay<'_> {
     /// Read-your-writes: whether a standby may serve this client's next read. After a
     /// write commits, only a standby that has replayed the primary's WAL position sampled
     /// after that commit may; until one has, reads go to the primary. While no primary
-    /// exists (stopped, frozen, not yet promoted) that cannot be shown either way, and a
+    /// answers (stopped, frozen, not yet promoted) that cannot be shown either way, and a
     /// read that waited for the primary would fail: it goes to a standby.
     pub(super) fn standby_has_my_writes(&mut self) -> bool {
         let Some(since) = self.written_at else {
             return true;
         };
         let topology = self.shared.topology.load_full();
-        if topology.primary_index().is_none() {
+        if !primary_answers(&topology) {
             return true;
         }
         let fresh = match &self.standby.conn {
@@ -261,4 +261,10 @@ impl Relay<'_> {
         let _ = flush_to(&mut self.client_out, &mut out).await;
         Err(gone)
     }
+}
+
+/// Whether a primary exists and answered its last check: only then can a standby be
+/// shown to have replayed a client's write, and only then is the primary worth a read.
+fn primary_answers(topology: &Topology) -> bool {
+    topology.primary().is_some_and(|p| p.ban.is_none())
 }
