@@ -88,17 +88,6 @@ async fn until(
     }
 }
 
-/// Runs blocking cluster control (signals, pg_ctl) off the async workers.
-async fn control<T: Send + 'static>(
-    cluster: &Arc<Cluster>,
-    f: impl FnOnce(&Cluster) -> T + Send + 'static,
-) -> T {
-    let cluster = Arc::clone(cluster);
-    tokio::task::spawn_blocking(move || f(&cluster))
-        .await
-        .expect("cluster control task")
-}
-
 /// `pgbench -S` through pgsplit, in the background.
 struct Bench {
     child: tokio::process::Child,
@@ -389,40 +378,92 @@ fn assert_reads_never_failed(bench: &BenchResult, seen: &Seen) {
     );
 }
 
+/// A fault scenario under way: its own cluster and pgsplit, `pgbench -S` and the probe
+/// running since `t0`, and the other scenarios kept waiting.
+struct Scenario {
+    _one: tokio::sync::MutexGuard<'static, ()>,
+    cluster: Arc<Cluster>,
+    proxy: TestProxy,
+    t0: Instant,
+    bench: Bench,
+    probe: Probe,
+}
+
+impl Scenario {
+    /// Starts `seconds` of pgbench and the probe, and lets them run 3 s before the fault.
+    async fn start(seconds: u64) -> Scenario {
+        let one = SERIAL.lock().await;
+        let (cluster, proxy) = cluster_under("").await;
+        let t0 = Instant::now();
+        let bench = Bench::start(cluster.pg_bin(), proxy.addr.port(), seconds);
+        let probe = Probe::start(proxy.addr.port(), 4, t0);
+        sleep(Duration::from_secs(3)).await;
+        Scenario {
+            _one: one,
+            cluster: Arc::new(cluster),
+            proxy,
+            t0,
+            bench,
+            probe,
+        }
+    }
+
+    /// Time since the load started.
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// Runs blocking cluster control (signals, pg_ctl) off the async workers.
+    async fn control(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Cluster) -> Result<(), pgsplit::cluster::ClusterError> + Send + 'static,
+    ) {
+        let cluster = Arc::clone(&self.cluster);
+        tokio::task::spawn_blocking(move || f(&cluster))
+            .await
+            .expect("cluster control task")
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+
+    /// How long until pgsplit's topology shows `ready` (at most `limit`).
+    async fn until(&self, limit: u64, what: &str, ready: impl Fn(&Topology) -> bool) -> Duration {
+        until(&self.proxy, Duration::from_secs(limit), what, ready).await
+    }
+
+    /// Waits for pgbench and stops the probe: what both saw.
+    async fn finish(self) -> (BenchResult, Seen) {
+        let bench = self.bench.finish().await;
+        (bench, self.probe.finish().await)
+    }
+}
+
+/// Asserts that the probe's writes failed only with `codes`.
+fn assert_writes_failed_only_with(seen: &Seen, codes: &[&str]) {
+    let failed: Vec<String> = seen.errors(Op::Write).into_keys().collect();
+    assert!(
+        failed
+            .iter()
+            .all(|c| codes.iter().any(|want| c.starts_with(want))),
+        "writes failed with {failed:?}, not only {codes:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_a_standby_killed_and_restarted() {
-    let _one = SERIAL.lock().await;
-    let (cluster, proxy) = cluster_under("").await;
-    let cluster = Arc::new(cluster);
-    let t0 = Instant::now();
-    let bench = Bench::start(cluster.pg_bin(), proxy.addr.port(), 16);
-    let probe = Probe::start(proxy.addr.port(), 4, t0);
-    sleep(Duration::from_secs(3)).await;
-
-    control(&cluster, |c| c.stop(1, StopMode::Kill))
-        .await
-        .expect("SIGKILL standby1");
-    let out = until(
-        &proxy,
-        Duration::from_secs(10),
-        "standby1 out of rotation",
-        |t| !t.nodes[1].eligible,
-    )
-    .await;
+    let s = Scenario::start(16).await;
+    s.control("SIGKILL standby1", |c| c.stop(1, StopMode::Kill))
+        .await;
+    let out = s
+        .until(10, "standby1 out of rotation", |t| !t.nodes[1].eligible)
+        .await;
     sleep(Duration::from_secs(4)).await;
-    control(&cluster, |c| c.start_node(1))
-        .await
-        .expect("restart standby1");
-    let back = until(
-        &proxy,
-        Duration::from_secs(30),
-        "standby1 re-admitted",
-        |t| t.nodes[1].eligible,
-    )
-    .await;
+    s.control("restart standby1", |c| c.start_node(1)).await;
+    let back = s
+        .until(30, "standby1 re-admitted", |t| t.nodes[1].eligible)
+        .await;
 
-    let bench = bench.finish().await;
-    let seen = probe.finish().await;
+    let (bench, seen) = s.finish().await;
     report(
         "standby SIGKILL + restart",
         &bench,
@@ -433,48 +474,24 @@ async fn reads_survive_a_standby_killed_and_restarted() {
         ],
     );
     assert_reads_never_failed(&bench, &seen);
-    assert!(
-        seen.errors(Op::Write).is_empty(),
-        "writes failed while the primary was up: {:?}",
-        seen.errors(Op::Write)
-    );
+    assert_writes_failed_only_with(&seen, &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_not_held_by_a_standby_frozen_for_fifteen_seconds() {
-    let _one = SERIAL.lock().await;
-    let (cluster, proxy) = cluster_under("").await;
-    let cluster = Arc::new(cluster);
-    let t0 = Instant::now();
-    let bench = Bench::start(cluster.pg_bin(), proxy.addr.port(), 25);
-    let probe = Probe::start(proxy.addr.port(), 4, t0);
-    sleep(Duration::from_secs(3)).await;
-
-    control(&cluster, |c| c.freeze(1))
-        .await
-        .expect("SIGSTOP standby1");
+    let s = Scenario::start(25).await;
+    s.control("SIGSTOP standby1", |c| c.freeze(1)).await;
     let frozen_at = Instant::now();
-    let banned = until(
-        &proxy,
-        Duration::from_secs(10),
-        "frozen standby1 banned",
-        |t| !t.nodes[1].eligible,
-    )
-    .await;
+    let banned = s
+        .until(10, "frozen standby1 banned", |t| !t.nodes[1].eligible)
+        .await;
     sleep(Duration::from_secs(15).saturating_sub(frozen_at.elapsed())).await;
-    control(&cluster, |c| c.thaw(1))
-        .await
-        .expect("SIGCONT standby1");
-    let back = until(
-        &proxy,
-        Duration::from_secs(30),
-        "thawed standby1 re-admitted",
-        |t| t.nodes[1].eligible,
-    )
-    .await;
+    s.control("SIGCONT standby1", |c| c.thaw(1)).await;
+    let back = s
+        .until(30, "thawed standby1 re-admitted", |t| t.nodes[1].eligible)
+        .await;
 
-    let bench = bench.finish().await;
-    let seen = probe.finish().await;
+    let (bench, seen) = s.finish().await;
     report(
         "standby SIGSTOP 15 s",
         &bench,
@@ -485,11 +502,7 @@ async fn reads_are_not_held_by_a_standby_frozen_for_fifteen_seconds() {
         ],
     );
     assert_reads_never_failed(&bench, &seen);
-    assert!(
-        seen.errors(Op::Write).is_empty(),
-        "{:?}",
-        seen.errors(Op::Write)
-    );
+    assert_writes_failed_only_with(&seen, &[]);
     // A read caught on the frozen node waits for the ban, not for the thaw.
     assert!(
         seen.slowest(Op::Read) < Duration::from_secs(10),
@@ -500,38 +513,20 @@ async fn reads_are_not_held_by_a_standby_frozen_for_fifteen_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_leave_a_standby_whose_replay_is_paused_and_come_back_after() {
-    let _one = SERIAL.lock().await;
-    let (cluster, proxy) = cluster_under("").await;
-    let cluster = Arc::new(cluster);
-    let t0 = Instant::now();
-    let bench = Bench::start(cluster.pg_bin(), proxy.addr.port(), 16);
-    let probe = Probe::start(proxy.addr.port(), 4, t0);
+    let s = Scenario::start(16).await;
+    s.control("pause replay", |c| c.pause_replay(1)).await;
+    let excluded = s
+        .until(15, "paused standby1 excluded for lag", |t| {
+            !t.nodes[1].eligible && t.nodes[1].role == Role::Standby
+        })
+        .await;
     sleep(Duration::from_secs(3)).await;
+    s.control("resume replay", |c| c.resume_replay(1)).await;
+    let back = s
+        .until(15, "standby1 re-admitted", |t| t.nodes[1].eligible)
+        .await;
 
-    control(&cluster, |c| c.pause_replay(1))
-        .await
-        .expect("pause replay");
-    let excluded = until(
-        &proxy,
-        Duration::from_secs(15),
-        "paused standby1 excluded for lag",
-        |t| !t.nodes[1].eligible && t.nodes[1].role == Role::Standby,
-    )
-    .await;
-    sleep(Duration::from_secs(3)).await;
-    control(&cluster, |c| c.resume_replay(1))
-        .await
-        .expect("resume replay");
-    let back = until(
-        &proxy,
-        Duration::from_secs(15),
-        "standby1 re-admitted",
-        |t| t.nodes[1].eligible,
-    )
-    .await;
-
-    let bench = bench.finish().await;
-    let seen = probe.finish().await;
+    let (bench, seen) = s.finish().await;
     report(
         "replay paused 3 s past exclusion",
         &bench,
@@ -542,44 +537,27 @@ async fn reads_leave_a_standby_whose_replay_is_paused_and_come_back_after() {
         ],
     );
     assert_reads_never_failed(&bench, &seen);
-    assert!(
-        seen.errors(Op::Write).is_empty(),
-        "{:?}",
-        seen.errors(Op::Write)
-    );
+    assert_writes_failed_only_with(&seen, &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_fail_fast_only_until_a_promoted_standby_takes_over() {
-    let _one = SERIAL.lock().await;
-    let (cluster, proxy) = cluster_under("").await;
-    let cluster = Arc::new(cluster);
-    let t0 = Instant::now();
-    let bench = Bench::start(cluster.pg_bin(), proxy.addr.port(), 16);
-    let probe = Probe::start(proxy.addr.port(), 4, t0);
-    sleep(Duration::from_secs(3)).await;
-
+    let s = Scenario::start(16).await;
     // A failover manager's delay: the primary is gone for two seconds before promotion.
-    control(&cluster, |c| c.stop(0, StopMode::Immediate))
-        .await
-        .expect("stop the primary");
-    let stopped = t0.elapsed();
+    s.control("stop the primary", |c| c.stop(0, StopMode::Immediate))
+        .await;
+    let stopped = s.now();
     sleep(Duration::from_secs(2)).await;
-    control(&cluster, |c| c.promote(1))
-        .await
-        .expect("promote standby1");
-    let promoted = t0.elapsed();
-    let followed = until(
-        &proxy,
-        Duration::from_secs(15),
-        "standby1 seen as primary",
-        |t| t.primary_index() == Some(1),
-    )
-    .await;
+    s.control("promote standby1", |c| c.promote(1)).await;
+    let promoted = s.now();
+    let followed = s
+        .until(15, "standby1 seen as primary", |t| {
+            t.primary_index() == Some(1)
+        })
+        .await;
     sleep(Duration::from_secs(4)).await;
 
-    let bench = bench.finish().await;
-    let seen = probe.finish().await;
+    let (bench, seen) = s.finish().await;
     let first_write = seen
         .succeeded_after(Op::Write, promoted)
         .expect("a write succeeded after the promotion");
@@ -594,53 +572,35 @@ async fn writes_fail_fast_only_until_a_promoted_standby_takes_over() {
         ],
     );
     assert_reads_never_failed(&bench, &seen);
-    let codes: Vec<String> = seen.errors(Op::Write).into_keys().collect();
-    assert!(
-        codes.iter().all(|c| c == "08006" || c.starts_with("57P0")),
-        "writes failed with {codes:?}, not only 08006 (no primary) or the stopping \
-         server's own 57P0x"
-    );
-    let (from, to) = seen.outage(Op::Write).unwrap_or_default();
-    assert!(
-        seen.outage(Op::Write).is_none() || (from + Duration::from_millis(500) >= stopped && to <= promoted + followed + Duration::from_secs(2)),
-        "writes failed outside the window without a primary ({from:?}..{to:?}; stopped {stopped:?}, promoted {promoted:?})"
-    );
+    // No primary (08006), or the stopping server's own refusal (57P0x).
+    assert_writes_failed_only_with(&seen, &["08006", "57P0"]);
+    if let Some((from, to)) = seen.outage(Op::Write) {
+        assert!(
+            from + Duration::from_millis(500) >= stopped
+                && to <= promoted + followed + Duration::from_secs(2),
+            "writes failed outside the window without a primary ({from:?}..{to:?}; \
+             stopped {stopped:?}, promoted {promoted:?})"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_primary_fails_writes_fast_and_reads_go_on() {
-    let _one = SERIAL.lock().await;
-    let (cluster, proxy) = cluster_under("").await;
-    let cluster = Arc::new(cluster);
-    let t0 = Instant::now();
-    let bench = Bench::start(cluster.pg_bin(), proxy.addr.port(), 20);
-    let probe = Probe::start(proxy.addr.port(), 4, t0);
+    let s = Scenario::start(20).await;
+    s.control("SIGSTOP the primary", |c| c.freeze(0)).await;
+    let frozen = Instant::now();
+    let noticed = s
+        .until(10, "frozen primary banned", |t| t.primary_index().is_none())
+        .await;
+    sleep(Duration::from_secs(10).saturating_sub(frozen.elapsed())).await;
+    s.control("SIGCONT the primary", |c| c.thaw(0)).await;
+    let thawed = s.now();
+    let back = s
+        .until(15, "primary back", |t| t.primary_index() == Some(0))
+        .await;
     sleep(Duration::from_secs(3)).await;
 
-    control(&cluster, |c| c.freeze(0))
-        .await
-        .expect("SIGSTOP the primary");
-    let frozen = t0.elapsed();
-    let noticed = until(
-        &proxy,
-        Duration::from_secs(10),
-        "frozen primary banned",
-        |t| t.primary_index().is_none(),
-    )
-    .await;
-    sleep(Duration::from_secs(10).saturating_sub(t0.elapsed() - frozen)).await;
-    control(&cluster, |c| c.thaw(0))
-        .await
-        .expect("SIGCONT the primary");
-    let thawed = t0.elapsed();
-    let back = until(&proxy, Duration::from_secs(15), "primary back", |t| {
-        t.primary_index() == Some(0)
-    })
-    .await;
-    sleep(Duration::from_secs(3)).await;
-
-    let bench = bench.finish().await;
-    let seen = probe.finish().await;
+    let (bench, seen) = s.finish().await;
     let first_write = seen
         .succeeded_after(Op::Write, thawed)
         .expect("a write succeeded after the thaw");
@@ -655,13 +615,9 @@ async fn a_frozen_primary_fails_writes_fast_and_reads_go_on() {
         ],
     );
     assert_reads_never_failed(&bench, &seen);
-    let codes: Vec<String> = seen.errors(Op::Write).into_keys().collect();
-    assert!(
-        codes.iter().all(|c| c == "08006"),
-        "writes failed with {codes:?}, not only 08006"
-    );
-    // A write caught on the frozen primary is failed once the node fails its checks,
-    // not held until it thaws.
+    assert_writes_failed_only_with(&seen, &["08006"]);
+    // A write caught on the frozen primary is failed once the node fails its checks (or
+    // a new connection's connect_timeout runs out), not held until it thaws.
     assert!(
         seen.slowest(Op::Write) < Duration::from_secs(8),
         "a write waited {:?} on the frozen primary",
