@@ -19,12 +19,6 @@ fn message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-async fn still_serves(proxy: &TestProxy) {
-    let client = proxy.connect().await;
-    let row = client.query_one("SELECT 'still here'::text", &[]).await;
-    assert_eq!(row.unwrap().get::<_, &str>(0), "still here");
-}
-
 /// Connects until it succeeds: a departed client's slot comes back once its session
 /// has ended, which is a moment after the socket closes.
 async fn connects_again(proxy: &TestProxy, user: &str, password: &str) -> tokio_postgres::Client {
@@ -84,7 +78,7 @@ async fn a_startup_packet_over_postgresqls_limit_gets_08p01_and_one_at_it_logs_i
 
     let row = bystander.query_one("SELECT 7", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 7);
-    still_serves(&proxy).await;
+    proxy.still_serves().await;
 }
 
 #[tokio::test]
@@ -122,7 +116,7 @@ async fn a_message_over_max_message_size_ends_only_that_session_with_08p01() {
 
     let row = bystander.query_one("SELECT 8", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 8);
-    still_serves(&proxy).await;
+    proxy.still_serves().await;
 }
 
 #[tokio::test]

@@ -19,15 +19,6 @@ server_user = "app"
 server_password = "pgsplit-app-pw"
 "#;
 
-async fn still_serves(proxy: &TestProxy) {
-    let client = proxy.connect().await;
-    let row = client
-        .query_one("SELECT 'still here'::text", &[])
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, &str>(0), "still here");
-}
-
 #[tokio::test]
 async fn malformed_startup_packets_get_a_protocol_error_and_others_are_still_served() {
     let proxy = TestProxy::start().await;
@@ -56,7 +47,7 @@ async fn malformed_startup_packets_get_a_protocol_error_and_others_are_still_ser
             "connection closed after the error"
         );
     }
-    still_serves(&proxy).await;
+    proxy.still_serves().await;
 }
 
 #[tokio::test]
@@ -72,7 +63,7 @@ async fn a_message_with_an_absurd_length_ends_only_that_session() {
     assert!(read_message(&mut stream).await.is_none());
     let row = bystander.query_one("SELECT 7", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 7);
-    still_serves(&proxy).await;
+    proxy.still_serves().await;
 }
 
 #[tokio::test]
@@ -97,7 +88,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_auth_timeout() {
         Some("08006"),
         "a client that never answers the password request"
     );
-    still_serves(&proxy).await;
+    proxy.still_serves().await;
 }
 
 #[tokio::test]

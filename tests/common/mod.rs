@@ -99,6 +99,17 @@ impl TestProxy {
         Ok(client)
     }
 
+    /// Asserts that a new client still gets an answer: whatever a test did to others,
+    /// pgsplit goes on serving.
+    pub async fn still_serves(&self) {
+        let client = self.connect().await;
+        let row = client
+            .query_one("SELECT 'still here'::text", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, &str>(0), "still here");
+    }
+
     /// Runs a PostgreSQL client program (psql, pgbench) from the cluster's bin dir against the proxy.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
         self.run_with(cluster().pg_bin(), program, args)
