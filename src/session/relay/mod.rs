@@ -26,6 +26,7 @@ use crate::protocol::{encode, flush_to, read_cstr, BackendKey, Frame, FrameReade
 use crate::proxy::{CancelTarget, ClientEntry, Phase, Shared};
 use crate::stats::Decision;
 use crate::tls::{ClientRead, ClientWrite};
+use crate::topology::Role;
 use tally::Answering;
 use wire::{closed_statement, is_fatal, next_frame, query_text, statement_named, write_to};
 
@@ -330,6 +331,8 @@ pub struct Relay<'a> {
     client_frames: u64,
     /// `client_frames` when a tick first saw the client idle in its transaction, and when.
     idle_mark: Option<(u64, Instant)>,
+    /// The request being dispatched is a retry: it is not retried again.
+    retried: bool,
 }
 
 enum Step {
@@ -412,6 +415,7 @@ impl<'a> Relay<'a> {
             .filter(|t| !t.is_zero()),
             client_frames: 0,
             idle_mark: None,
+            retried: false,
         }
     }
 
@@ -508,10 +512,18 @@ impl<'a> Relay<'a> {
             if slot.silent_ticks() < 2 {
                 continue;
             }
-            let Some(ban) = topology.nodes.get(slot.node).and_then(|n| n.ban.as_ref()) else {
+            let Some(node) = topology.nodes.get(slot.node) else {
                 continue;
             };
-            let needed = if slot.retry.is_some() { 1 } else { 2 };
+            let Some(ban) = node.ban.as_ref() else {
+                continue;
+            };
+            // A primary that kept its role through one slow check is busy, not gone.
+            let needed = if slot.retry.is_some() && node.role != Role::Primary {
+                1
+            } else {
+                2
+            };
             if ban.failures >= needed {
                 let why = format!(
                     "the server stopped answering and fails its health checks ({})",
@@ -1179,8 +1191,10 @@ impl<'a> Relay<'a> {
             }
         };
         let mid_chain = self.sticky.is_some();
-        let for_my_writes =
-            conn == Conn::Standby && self.state.txn.is_none() && !self.standby_has_my_writes();
+        let for_my_writes = conn == Conn::Standby
+            && !mid_chain
+            && self.state.txn.is_none()
+            && !self.standby_has_my_writes();
         let conn = if for_my_writes {
             self.primary_read = Some(self.why_not_my_writes());
             Conn::Primary
@@ -1192,11 +1206,17 @@ impl<'a> Relay<'a> {
         } else {
             match self.ensure_open(conn, class.route).await {
                 // The primary went away before the monitor noticed: a read that only went
-                // there for read-your-writes is served by a standby rather than failed.
-                Err(e) if for_my_writes && reached_no_server(&e) => {
+                // there for read-your-writes is served by a standby rather than failed
+                // (this read only: the guarantee holds again for the next one).
+                Err(e)
+                    if for_my_writes
+                        && (e.is_unreachable() || matches!(e, ProxyError::NoPrimary)) =>
+                {
                     tracing::warn!(error = %e, "primary unreachable for a read-your-writes read; reading from a standby");
-                    self.written_at = None;
-                    self.ensure_open(Conn::Standby, class.route).await?
+                    let written_at = self.written_at.take();
+                    let opened = self.ensure_open(Conn::Standby, class.route).await;
+                    self.written_at = written_at;
+                    opened?
                 }
                 result => result?,
             }
@@ -1205,8 +1225,11 @@ impl<'a> Relay<'a> {
             self.wrote = true;
         }
         // An autocommit read can run again elsewhere until its answer starts: nothing
-        // of it reached the client, and running it twice changes nothing.
-        let retryable = begin.is_none()
+        // of it reached the client, and running it twice changes nothing. Not the end of
+        // a Flush chain (its earlier statements would be lost), and only once.
+        let retryable = !mid_chain
+            && !self.retried
+            && begin.is_none()
             && self.state.txn.is_none()
             && !self.state.holds(conn)
             && class.route <= Route::Standby

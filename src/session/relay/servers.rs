@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::tally::why_primary;
 use super::{Relay, Slot, Step, AVOID_FAILED_STANDBY};
+use crate::backend::send_cancel;
 use crate::balance::{pick_read, ReadTarget, Strategy};
 use crate::classify::Route;
 use crate::error::ProxyError;
@@ -217,9 +218,23 @@ impl Relay<'_> {
         let node = slot.node;
         let was_busy = slot.pending > 0;
         let retry = slot.retry.take();
+        let key = slot.conn.as_ref().map(|c| c.server.key);
         *slot = Slot::empty();
-        if self.sticky == Some(conn) {
+        // Statements of a Flush chain ran here, answered without a Sync yet: they are
+        // lost with the connection, and the client must hear so.
+        let chained = self.sticky == Some(conn);
+        if chained {
             self.sticky = None;
+        }
+        if let (Some(key), Some(_), true) = (key, &why, was_busy) {
+            // Given up on, not closed by the server: its query may still run there.
+            let timeout = self.shared.settings.load().raw.connect_timeout;
+            let at = address.clone();
+            tokio::spawn(async move {
+                if let Err(e) = send_cancel(&at, key, timeout).await {
+                    tracing::debug!(address = %at, error = %e, "could not cancel on a server given up on");
+                }
+            });
         }
         if conn == Conn::Standby {
             self.shared.stats.release(node);
@@ -228,11 +243,18 @@ impl Relay<'_> {
         }
         if let (true, Some((request, _))) = (was_busy, retry) {
             tracing::warn!(%address, ?conn, "server lost before answering a read: retrying it");
-            self.dispatch(request).await?;
+            self.retried = true;
+            let sent = self.dispatch(request).await;
+            self.retried = false;
+            sent?;
+            // A request held behind the read goes out once nothing is in flight: also
+            // when the retry itself could not reach a server and was answered here.
+            self.release_held().await?;
             return Ok(Step::Continue);
         }
         let session_lives_there =
             self.state.txn == Some(conn) || (conn == Conn::Primary && self.state.pinned());
+        let was_busy = was_busy || chained;
         if !was_busy && !session_lives_there {
             tracing::info!(%address, ?conn, "idle server connection closed; another is opened on demand");
             self.release_held().await?;
@@ -247,7 +269,12 @@ impl Relay<'_> {
                 None => format!("the standby at {address} closed the connection during the read"),
             };
             encode::error(&mut out, Severity::Error, "08006", &reason);
-            encode::ready_for_query(&mut out, self.client_status());
+            if chained {
+                // The client's Sync is still to come; it gets the ReadyForQuery.
+                self.skip_to_sync = true;
+            } else {
+                encode::ready_for_query(&mut out, self.client_status());
+            }
             flush_to(&mut self.client_out, &mut out).await?;
             self.release_held().await?;
             return Ok(Step::Continue);
