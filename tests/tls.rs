@@ -353,17 +353,22 @@ async fn new_certificate_files_serve_new_connections_after_a_reload() {
     );
 }
 
+/// TLS required, with client certificates checked against the test CA in `dir`.
+fn verify_client_config(dir: &std::path::Path) -> String {
+    format!(
+        "tls_mode = \"require\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
+         verify_client = true\ntls_ca_file = \"{}\"",
+        dir.join("server.pem").display(),
+        dir.join("server.key").display(),
+        dir.join("ca.pem").display()
+    )
+}
+
 #[tokio::test]
 async fn verify_client_admits_only_clients_with_a_certificate_from_the_ca() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
-    let top = format!(
-        "tls_mode = \"require\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
-         verify_client = true\ntls_ca_file = \"{}\"",
-        dir.path().join("server.pem").display(),
-        dir.path().join("server.key").display(),
-        dir.path().join("ca.pem").display()
-    );
+    let top = verify_client_config(dir.path());
     let proxy = TestProxy::start_with(&top, "").await;
     let with_cert = format!(
         "host=localhost sslmode=verify-full sslcert={} sslkey={}",
@@ -388,13 +393,7 @@ async fn verify_client_admits_only_clients_with_a_certificate_from_the_ca() {
 async fn a_cert_access_rule_admits_the_user_its_certificate_names_without_a_password() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
-    let top = format!(
-        "tls_mode = \"require\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
-         verify_client = true\ntls_ca_file = \"{}\"",
-        dir.path().join("server.pem").display(),
-        dir.path().join("server.key").display(),
-        dir.path().join("ca.pem").display()
-    );
+    let top = verify_client_config(dir.path());
     let tables = format!(
         "[[users]]\nname = \"other\"\npassword = \"other-pw\"\nserver_user = \"{APP_USER}\"\n\
          server_password = \"{APP_PASSWORD}\"\n[[hba]]\nmethod = \"cert\"\n"
