@@ -45,9 +45,6 @@ impl std::fmt::Debug for Login<'_> {
     }
 }
 
-/// Rows of a simple query as text, and the parameters it changed (ParameterStatus).
-pub type QueryReport = (Vec<Vec<Option<String>>>, Vec<(String, String)>);
-
 /// An authenticated server connection, ready for queries.
 pub struct ServerConn {
     /// Frames from the server.
@@ -162,21 +159,17 @@ impl ServerConn {
         }
     }
 
-    /// Runs one simple query and returns its rows as text; an ErrorResponse becomes an error.
+    /// Runs one simple query and returns its rows as text; an ErrorResponse becomes an
+    /// error. Every ParameterStatus it causes is noted: whatever runs here (a client's
+    /// rollback, a reset), `params` stays what the server says.
     pub async fn simple_query(
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, ProxyError> {
-        Ok(self.query_reporting(sql).await?.0)
-    }
-
-    /// Runs one simple query; returns its rows and the ParameterStatus changes it caused.
-    pub async fn query_reporting(&mut self, sql: &str) -> Result<QueryReport, ProxyError> {
         let mut out = BytesMut::new();
         encode::query(&mut out, sql);
         flush_to(&mut self.writer, &mut out).await?;
         let mut rows = Vec::new();
-        let mut reported = Vec::new();
         let mut error = None;
         loop {
             let frame = self
@@ -189,7 +182,7 @@ impl ServerConn {
                 b'S' => {
                     let mut body = frame.body();
                     if let (Some(k), Some(v)) = (read_cstr(&mut body), read_cstr(&mut body)) {
-                        reported.push((k, v));
+                        self.note_parameter(&k, &v);
                     }
                 }
                 b'E' => {
@@ -198,7 +191,7 @@ impl ServerConn {
                         raw: frame.raw,
                     })
                 }
-                b'Z' => return error.map_or(Ok((rows, reported)), Err),
+                b'Z' => return error.map_or(Ok(rows), Err),
                 _ => {}
             }
         }

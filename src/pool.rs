@@ -145,10 +145,7 @@ impl Lease {
                 if rollback {
                     self.server.simple_query("ROLLBACK").await?;
                 }
-                let (_, reported) = self.server.query_reporting("DISCARD ALL").await?;
-                for (name, value) in reported {
-                    self.server.note_parameter(&name, &value);
-                }
+                self.server.simple_query("DISCARD ALL").await?;
                 Ok::<_, ProxyError>(())
             };
             match tokio::time::timeout(timeout, reset).await {

@@ -397,10 +397,7 @@ async fn take_settings(server: &mut Lease, wanted: &Gucs) -> Result<(), ProxyErr
     };
     server.gucs = None;
     server.unnamed = None;
-    let (_, reported) = server.server.query_reporting(&sql).await?;
-    for (name, value) in reported {
-        server.server.note_parameter(&name, &value);
-    }
+    server.server.simple_query(&sql).await?;
     server.gucs = Some(wanted.clone());
     Ok(())
 }

@@ -471,6 +471,12 @@ pub mod raw {
         }
     }
 
+    /// Sends `bytes` and reads the answer up to and including ReadyForQuery.
+    pub async fn reply_of(stream: &mut TcpStream, bytes: &[u8]) -> Reply {
+        stream.write_all(bytes).await.expect("send");
+        reply(stream).await
+    }
+
     fn data_row(body: &[u8]) -> Vec<Option<String>> {
         let n = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
         let mut at = 2;
