@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,18 +41,21 @@ pub struct Pooled {
     pub statements: ServerStatements,
     /// Which client Parse its unnamed statement came from.
     pub unnamed: Option<u64>,
+    /// The process id pgsplit gave the client it serves (or served last); 0 for none.
+    pub serving: Arc<AtomicI32>,
     created: Instant,
     idle_since: Instant,
 }
 
 impl Pooled {
-    fn new(server: ServerConn) -> Pooled {
+    fn new(server: ServerConn, serving: Arc<AtomicI32>) -> Pooled {
         let now = Instant::now();
         Pooled {
             server,
             gucs: Some(Gucs::new()),
             statements: ServerStatements::default(),
             unnamed: None,
+            serving,
             created: now,
             idle_since: now,
         }
@@ -218,6 +221,30 @@ impl Limit {
     }
 }
 
+/// The client each open server connection serves, by server address and backend pid: a
+/// notification names the backend that sent it, and a client of pgsplit knows its
+/// notifier by the pid pgsplit gave it, never by a pooled backend's.
+#[derive(Default)]
+pub struct Backends {
+    by_pid: Mutex<HashMap<(String, i32), Arc<AtomicI32>>>,
+}
+
+impl Backends {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Arc<AtomicI32>>> {
+        self.by_pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pid pgsplit gave the client that backend `pid` at `address` serves (or
+    /// served last), if it is one of pgsplit's connections and has served anyone.
+    pub fn client_pid(&self, address: &str, pid: i32) -> Option<i32> {
+        let serving = self
+            .lock()
+            .get(&(address.to_owned(), pid))?
+            .load(Ordering::Relaxed);
+        (serving != 0).then_some(serving)
+    }
+}
+
 /// Checkouts of every pool together, for `/metrics`.
 #[derive(Default)]
 pub struct Checkouts {
@@ -252,6 +279,7 @@ pub struct Pool {
     waiting: AtomicUsize,
     retired: std::sync::atomic::AtomicBool,
     checkouts: Arc<Checkouts>,
+    backends: Arc<Backends>,
 }
 
 /// An idle pooled connection, for the admin console.
@@ -299,6 +327,9 @@ impl Pool {
 
     fn closed(&self, conn: Box<Pooled>) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        self.backends
+            .lock()
+            .remove(&(self.key.address.clone(), conn.server.key.pid));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(conn.server.terminate());
         }
@@ -323,7 +354,12 @@ impl Pool {
         let raw = &settings.raw;
         let server = ServerConn::connect(&login, raw.connect_timeout, raw.max_message_size).await?;
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Box::new(Pooled::new(server)))
+        let serving = Arc::new(AtomicI32::new(0));
+        self.backends.lock().insert(
+            (self.key.address.clone(), server.key.pid),
+            Arc::clone(&serving),
+        );
+        Ok(Box::new(Pooled::new(server, serving)))
     }
 
     /// A connection for one client, within `checkout_timeout`.
@@ -470,6 +506,7 @@ pub struct Pools {
     settings: SharedSettings,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     checkouts: Arc<Checkouts>,
+    backends: Arc<Backends>,
 }
 
 impl Pools {
@@ -479,6 +516,7 @@ impl Pools {
             settings,
             pools: Mutex::new(HashMap::new()),
             checkouts: Arc::default(),
+            backends: Arc::default(),
         }
     }
 
@@ -494,6 +532,11 @@ impl Pools {
     /// Checkouts of every pool so far.
     pub fn checkouts(&self) -> &Checkouts {
         &self.checkouts
+    }
+
+    /// Which client each open server connection serves.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
     }
 
     /// The pool for a server, role and database.
@@ -515,6 +558,7 @@ impl Pools {
                 waiting: AtomicUsize::new(0),
                 retired: false.into(),
                 checkouts: Arc::clone(&self.checkouts),
+                backends: Arc::clone(&self.backends),
             })
         });
         let mut known = pool.password.lock().unwrap_or_else(|e| e.into_inner());

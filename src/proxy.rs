@@ -75,6 +75,8 @@ pub struct ClientInfo {
 pub struct ClientEntry {
     /// Who the client is.
     pub info: Arc<ClientInfo>,
+    /// The process id pgsplit told it (the pid of its cancel key).
+    pub pid: i32,
     target: Mutex<Option<CancelTarget>>,
 }
 
@@ -101,16 +103,19 @@ impl CancelRegistry {
     /// Hands out a fresh random key for a client, pointing at no server yet.
     pub fn register(&self, info: ClientInfo) -> (BackendKey, Arc<ClientEntry>) {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = Arc::new(ClientEntry {
-            info: Arc::new(info),
-            target: Mutex::new(None),
-        });
+        let info = Arc::new(info);
         loop {
+            // Never 0, which stands for no client in `Pooled::serving`.
             let key = BackendKey {
-                pid: rand::random::<i32>() & i32::MAX,
+                pid: (rand::random::<i32>() & i32::MAX).max(1),
                 secret: rand::random(),
             };
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(key) {
+                let entry = Arc::new(ClientEntry {
+                    info: Arc::clone(&info),
+                    pid: key.pid,
+                    target: Mutex::new(None),
+                });
                 slot.insert(Arc::clone(&entry));
                 return (key, entry);
             }

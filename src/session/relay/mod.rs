@@ -1354,7 +1354,11 @@ impl<'a> Relay<'a> {
         self.last = Some(conn);
         let server_key = self.slot(conn).conn.as_ref().map(|c| c.server.key);
         if server_key.is_some() && server_key != self.cancel_points_at {
+            let pid = self.cancel.pid;
             if let Some(lease) = self.slot(conn).conn.as_ref() {
+                lease
+                    .serving
+                    .store(pid, std::sync::atomic::Ordering::Relaxed);
                 let target = CancelTarget {
                     address: lease.server.address.clone(),
                     key: lease.server.key,
@@ -1574,6 +1578,9 @@ impl<'a> Relay<'a> {
                 }
                 _ => {}
             }
+            let notifier = (frame.tag == b'A')
+                .then(|| self.notifier_pid(conn, frame.body()))
+                .flatten();
             let slot = self.slot(conn);
             slot.retry = None;
             let mut sent = frame.raw.len();
@@ -1582,7 +1589,11 @@ impl<'a> Relay<'a> {
                 sent += early.len();
                 self.to_client.extend_from_slice(&early);
             }
+            let at = self.to_client.len();
             self.to_client.extend_from_slice(&frame.raw);
+            if let Some(pid) = notifier {
+                self.to_client[at + 5..at + 9].copy_from_slice(&pid.to_be_bytes());
+            }
             let shared = self.shared;
             tally::sent(self.slot(conn), sent, ready, &shared.stats);
         }
@@ -1590,6 +1601,24 @@ impl<'a> Relay<'a> {
             self.injected_error.get_or_insert((conn, error));
         }
         injected_done
+    }
+
+    /// The pid a NotificationResponse should name: the one pgsplit gave the notifying
+    /// client, when a server connection of pgsplit's sent it.
+    fn notifier_pid(&self, conn: Conn, body: &[u8]) -> Option<i32> {
+        let pid = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+        let slot = match conn {
+            Conn::Primary => &self.primary,
+            Conn::Standby => &self.standby,
+        };
+        let lease = slot.conn.as_ref()?;
+        if lease.server.key.pid == pid {
+            return Some(self.cancel.pid);
+        }
+        self.shared
+            .pools
+            .backends()
+            .client_pid(&lease.server.address, pid)
     }
 
     async fn on_phase(&mut self, phase: Phase) -> Result<Step, ProxyError> {
