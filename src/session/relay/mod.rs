@@ -103,6 +103,9 @@ struct Slot {
     early: BytesMut,
     /// The client request being answered here, counted at its ReadyForQuery.
     answering: Option<Answering>,
+    /// The client was sent the server's FATAL error: the server closes next, and the
+    /// client already knows why.
+    told_fatal: bool,
     /// Messages received from the server, so the watchdog can tell silence from progress.
     heard: u64,
     /// `heard` at the watchdog's last tick, and how many ticks in a row it stayed there
@@ -129,6 +132,7 @@ impl Slot {
             retry: None,
             early: BytesMut::new(),
             answering: None,
+            told_fatal: false,
             heard: 0,
             silence: (0, 0),
         }
@@ -1560,6 +1564,7 @@ impl<'a> Relay<'a> {
                 // CopyFail or the server's error, which is sent as part of that batch.
                 b'G' => slot.copy_in = true,
                 b'E' => {
+                    slot.told_fatal = is_fatal(frame.body());
                     if slot.copy_in && slot.last_synced {
                         slot.awaits_sync = true;
                     }

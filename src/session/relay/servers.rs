@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::AsyncWriteExt;
+
 use super::tally::why_primary;
 use super::{Relay, Slot, Step, AVOID_FAILED_STANDBY};
 use crate::backend::send_cancel;
@@ -219,6 +221,7 @@ impl Relay<'_> {
         let was_busy = slot.pending > 0;
         let retry = slot.retry.take();
         let key = slot.conn.as_ref().map(|c| c.server.key);
+        let told_fatal = slot.told_fatal;
         *slot = Slot::empty();
         // Statements of a Flush chain ran here, answered without a Sync yet: they are
         // lost with the connection, and the client must hear so.
@@ -278,6 +281,16 @@ impl Relay<'_> {
             flush_to(&mut self.client_out, &mut out).await?;
             self.release_held().await?;
             return Ok(Step::Continue);
+        }
+        if told_fatal {
+            // The server said why it ended the session (pg_terminate_backend, a
+            // shutdown): the client's session ends as it would directly, without a
+            // second, misleading error.
+            tracing::info!(%address, ?conn, "server ended the session with a FATAL error");
+            let mut out = std::mem::take(&mut self.to_client);
+            let _ = flush_to(&mut self.client_out, &mut out).await;
+            let _ = self.client_out.shutdown().await;
+            return Ok(Step::Done);
         }
         let gone = ProxyError::ServerUnavailable {
             addr: address,
