@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::wire::{encode_close_statement, write_to};
+use super::wire::{encode_close_statement, statement_named, write_to};
 use super::{InFlight, Op, ParseOf, Relay, Swallow};
 use crate::error::ProxyError;
 use crate::pool::Lease;
@@ -15,7 +15,7 @@ use crate::session::state::{guc_sync_sql, Conn, Target};
 /// A name no statement has: a client's Close of its statement becomes a Close of this,
 /// which the server answers with CloseComplete without touching statements other
 /// clients share.
-const NO_STATEMENT: &str = "__pgsplit_closed";
+pub(super) const NO_STATEMENT: &str = "__pgsplit_closed";
 
 /// One batch as written to a server: messages pgsplit adds go first, then the client's.
 struct Outgoing<'a> {
@@ -29,6 +29,8 @@ struct Outgoing<'a> {
     body_parses: Vec<(ParseOf, bool)>,
     front_closes: Vec<bool>,
     body_closes: Vec<bool>,
+    /// The first statement named that the client does not have.
+    unknown: Option<String>,
 }
 
 impl Outgoing<'_> {
@@ -99,7 +101,12 @@ impl Outgoing<'_> {
                     Target::Unnamed { .. } => self.body.extend_from_slice(&frame.raw),
                 }
             }
-            Op::Unknown(frame) => rename_statement(&frame, NO_STATEMENT, &mut self.body),
+            Op::Unknown(frame) => {
+                if self.unknown.is_none() {
+                    self.unknown = statement_named(&frame);
+                }
+                rename_statement(&frame, NO_STATEMENT, &mut self.body)
+            }
             Op::Close(Some(_)) => {
                 encode_close_statement(&mut self.body, NO_STATEMENT);
                 self.body_closes.push(false);
@@ -174,6 +181,7 @@ impl Relay<'_> {
             body_parses: Vec::new(),
             front_closes: Vec::new(),
             body_closes: Vec::new(),
+            unknown: None,
         };
         for op in ops {
             out.add(op);
@@ -185,8 +193,12 @@ impl Relay<'_> {
             body_parses,
             front_closes,
             body_closes,
+            unknown,
             ..
         } = out;
+        if unknown.is_some() {
+            slot.unknown = unknown;
+        }
         for (what, ours) in front_parses.into_iter().chain(body_parses) {
             slot.parses.push_back(InFlight {
                 sync: batch,

@@ -28,7 +28,9 @@ use crate::stats::Decision;
 use crate::tls::{ClientRead, ClientWrite};
 use crate::topology::Role;
 use tally::Answering;
-use wire::{closed_statement, is_fatal, next_frame, query_text, statement_named, write_to};
+use wire::{
+    closed_statement, is_fatal, next_frame, query_text, rename_in_error, statement_named, write_to,
+};
 
 mod inject;
 mod servers;
@@ -103,6 +105,9 @@ struct Slot {
     early: BytesMut,
     /// The client request being answered here, counted at its ReadyForQuery.
     answering: Option<Answering>,
+    /// A statement the client named but never prepared, sent under pgsplit's name for
+    /// no statement: the server's error names it as the client did.
+    unknown: Option<String>,
     /// The client was sent the server's FATAL error: the server closes next, and the
     /// client already knows why.
     told_fatal: bool,
@@ -132,6 +137,7 @@ impl Slot {
             retry: None,
             early: BytesMut::new(),
             answering: None,
+            unknown: None,
             told_fatal: false,
             heard: 0,
             silence: (0, 0),
@@ -1588,6 +1594,10 @@ impl<'a> Relay<'a> {
                 .flatten();
             let slot = self.slot(conn);
             slot.retry = None;
+            let unknown = match frame.tag {
+                b'E' | b'Z' => slot.unknown.take(),
+                _ => None,
+            };
             let mut sent = frame.raw.len();
             if !slot.early.is_empty() {
                 let early = slot.early.split();
@@ -1595,7 +1605,18 @@ impl<'a> Relay<'a> {
                 self.to_client.extend_from_slice(&early);
             }
             let at = self.to_client.len();
-            self.to_client.extend_from_slice(&frame.raw);
+            match unknown.filter(|_| frame.tag == b'E') {
+                Some(name) => {
+                    let renamed = rename_in_error(
+                        &frame.raw,
+                        inject::NO_STATEMENT,
+                        &name,
+                        &mut self.to_client,
+                    );
+                    sent = sent - frame.raw.len() + renamed;
+                }
+                None => self.to_client.extend_from_slice(&frame.raw),
+            }
             if let Some(pid) = notifier {
                 self.to_client[at + 5..at + 9].copy_from_slice(&pid.to_be_bytes());
             }

@@ -73,3 +73,21 @@ pub(super) fn encode_close_statement(out: &mut BytesMut, name: &str) {
     out.put_slice(name.as_bytes());
     out.put_u8(0);
 }
+
+/// An ErrorResponse with every mention of `ours` (a name pgsplit uses on the servers)
+/// replaced by `client`'s, appended to `out`; returns its length.
+pub(super) fn rename_in_error(raw: &[u8], ours: &str, client: &str, out: &mut BytesMut) -> usize {
+    let body = raw.get(5..).unwrap_or_default();
+    let mut renamed = Vec::with_capacity(body.len() + client.len());
+    let mut rest = body;
+    while let Some(at) = rest.windows(ours.len()).position(|w| w == ours.as_bytes()) {
+        renamed.extend_from_slice(&rest[..at]);
+        renamed.extend_from_slice(client.as_bytes());
+        rest = &rest[at + ours.len()..];
+    }
+    renamed.extend_from_slice(rest);
+    out.put_u8(b'E');
+    out.put_i32((4 + renamed.len()) as i32);
+    out.put_slice(&renamed);
+    5 + renamed.len()
+}
