@@ -707,19 +707,27 @@ impl<'a> Relay<'a> {
 
     /// At a request's ReadyForQuery: what it released happened if it succeeded outside a
     /// transaction, or once its transaction commits; a failure or rollback undid it (the
-    /// temp table, the LISTEN, the prepared statement is still there).
+    /// temp table, the LISTEN is still there). DEALLOCATE is the exception: prepared
+    /// statements are not transactional, so it happened once it succeeded, whatever its
+    /// transaction does later.
     fn settle_releases(&mut self, conn: Conn, status: u8, was_in_txn: bool) {
-        let releases = std::mem::take(&mut self.releasing);
+        let (mut done, releases): (Vec<_>, Vec<_>) = std::mem::take(&mut self.releasing)
+            .into_iter()
+            .map(|e| (conn, e))
+            .partition(|(_, e)| matches!(e, Effect::Deallocate { .. }));
+        let releases = releases.into_iter().map(|(_, e)| e).collect::<Vec<_>>();
         let succeeded = !self.request_failed;
         self.request_failed = false;
-        let mut done = Vec::new();
+        if !succeeded || status == b'E' {
+            done.clear();
+        }
         match status {
             b'I' => {
                 let committed = !was_in_txn || self.committed;
                 if was_in_txn {
                     let txn = std::mem::take(&mut self.txn_releases);
                     if committed {
-                        done = txn;
+                        done.extend(txn);
                     }
                 }
                 if succeeded && committed {
