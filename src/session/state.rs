@@ -142,6 +142,12 @@ impl RoutingState {
         self.pins.iter().any(|(_, c)| *c == conn)
     }
 
+    /// Whether the session did something on `conn` pgsplit could not track (a
+    /// `set_config` with bound parameters, say): no RESET ALL may run there.
+    pub fn holds_untracked(&self, conn: Conn) -> bool {
+        self.pins.contains(&(PinKey::Unknown, conn))
+    }
+
     /// Whether the session keeps `conn` between transactions: its pins, and SQL
     /// PREPAREd statements, live there.
     pub fn holds(&self, conn: Conn) -> bool {

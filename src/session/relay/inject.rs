@@ -10,7 +10,7 @@ use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::prepared::Statement;
 use crate::protocol::{encode, read_cstr, Frame};
-use crate::session::state::{guc_sync_sql, Conn, Target};
+use crate::session::state::{guc_sync_sql, Conn, Gucs, Target};
 
 /// A name no statement has: a client's Close of its statement becomes a Close of this,
 /// which the server answers with CloseComplete without touching statements other
@@ -226,6 +226,9 @@ impl Relay<'_> {
     /// client; true when it sent statements for that (their answer is still to come).
     pub(super) async fn sync_settings(&mut self, conn: Conn) -> Result<bool, ProxyError> {
         let wanted = &self.state.gucs;
+        // Settings made there untracked would be lost to a sync that starts over: what
+        // the session wants is set again instead, over whatever the server has.
+        let start_over = !self.state.holds_untracked(conn);
         let slot = match conn {
             Conn::Primary => &mut self.primary,
             Conn::Standby => &mut self.standby,
@@ -236,7 +239,12 @@ impl Relay<'_> {
         if lease.gucs.as_ref() == Some(wanted) {
             return Ok(false);
         }
-        let sql = guc_sync_sql(lease.gucs.as_ref(), wanted);
+        let nothing = Gucs::new();
+        let applied = match &lease.gucs {
+            None if !start_over => Some(&nothing),
+            applied => applied.as_ref(),
+        };
+        let sql = guc_sync_sql(applied, wanted);
         lease.gucs = Some(wanted.clone());
         match sql {
             Some(sql) => {

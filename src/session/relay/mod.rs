@@ -105,6 +105,9 @@ struct Slot {
     early: BytesMut,
     /// The client request being answered here, counted at its ReadyForQuery.
     answering: Option<Answering>,
+    /// The settings applied here before the open transaction (`None`: unknown), which
+    /// its rollback returns to.
+    applied_before: Option<Gucs>,
     /// A statement the client named but never prepared, sent under pgsplit's name for
     /// no statement: the server's error names it as the client did.
     unknown: Option<String>,
@@ -137,6 +140,7 @@ impl Slot {
             retry: None,
             early: BytesMut::new(),
             answering: None,
+            applied_before: None,
             unknown: None,
             told_fatal: false,
             heard: 0,
@@ -1344,6 +1348,8 @@ impl<'a> Relay<'a> {
         self.tally_request(conn, &class, &request);
         if self.state.txn.is_none() {
             self.gucs_before.clone_from(&self.state.gucs);
+            let slot = self.slot(conn);
+            slot.applied_before = slot.conn.as_ref().and_then(|c| c.gucs.clone());
         }
         self.committed = false;
         self.request_failed = false;
@@ -1553,10 +1559,13 @@ impl<'a> Relay<'a> {
                     if was_in_txn && status == b'I' && !self.committed {
                         // The server undid the transaction's SETs; so does the session.
                         self.state.gucs.clone_from(&self.gucs_before);
-                        // The server's own settings went back to where they were before the
-                        // transaction; not known here, so the next sync starts over.
-                        if let Some(lease) = self.slot(conn).conn.as_mut() {
-                            lease.gucs = None;
+                        // So did the server's own settings: a sync starting over with RESET
+                        // ALL would also undo what the session set untracked (set_config
+                        // with bound parameters) before the transaction.
+                        let slot = self.slot(conn);
+                        let before = slot.applied_before.take();
+                        if let Some(lease) = slot.conn.as_mut() {
+                            lease.gucs = before;
                         }
                     }
                     if conn == Conn::Primary && status == b'I' && self.wrote {
