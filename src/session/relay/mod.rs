@@ -257,6 +257,12 @@ enum Op {
     Close(Option<String>),
 }
 
+/// How long messages the client sent without Sync or Flush wait for more before they go
+/// to a server anyway, when it is not yet known which one (libpq's pipeline mode sends
+/// statements and waits for an error that PostgreSQL sends at once). Messages arriving
+/// apart, as some drivers write them, are not split over servers by a shorter pause.
+const UNSYNCED_WAIT: Duration = Duration::from_millis(5);
+
 /// Bytes read ahead of a held request while watching for the client leaving.
 const HELD_READ_AHEAD: usize = 64 * 1024;
 
@@ -298,8 +304,8 @@ pub struct Relay<'a> {
     transaction_pooling: bool,
     /// Whether this client is counted as holding a connection for a pin.
     counted_pinned: bool,
-    /// A request waiting for the other connection to finish answering.
-    held: Option<Request>,
+    /// Requests waiting for the connections to finish answering, in the client's order.
+    held: VecDeque<Request>,
     /// Connection of the last request (COPY data follows it).
     last: Option<Conn>,
     /// After a failed request that did not end with Sync, client messages are dropped
@@ -347,6 +353,10 @@ pub struct Relay<'a> {
     idle_mark: Option<(u64, Instant)>,
     /// The request being dispatched is a retry: it is not retried again.
     retried: bool,
+    /// Fires when the client has left extended-protocol messages without Sync or Flush
+    /// for [`UNSYNCED_WAIT`]: they go to the server then, as PostgreSQL runs them.
+    quiet: Pin<Box<Sleep>>,
+    quiet_armed: bool,
 }
 
 enum Step {
@@ -404,7 +414,7 @@ impl<'a> Relay<'a> {
             sticky: None,
             transaction_pooling: shared.settings.load().raw.pool.mode == PoolMode::Transaction,
             counted_pinned: false,
-            held: None,
+            held: VecDeque::new(),
             last: None,
             skip_to_sync: false,
             gucs_before: Gucs::new(),
@@ -430,6 +440,8 @@ impl<'a> Relay<'a> {
             client_frames: 0,
             idle_mark: None,
             retried: false,
+            quiet: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            quiet_armed: false,
         }
     }
 
@@ -466,7 +478,7 @@ impl<'a> Relay<'a> {
         self.primary.pending > 0
             || self.standby.pending > 0
             || !self.batch.is_empty()
-            || self.held.is_some()
+            || !self.held.is_empty()
             || self.sticky.is_some()
             || self.copying().is_some()
             || self.awaiting_sync().is_some()
@@ -585,7 +597,7 @@ impl<'a> Relay<'a> {
         let mut phase_change = Box::pin(next_phase(Some(phase.clone())));
         let result = loop {
             self.count_active();
-            let accept_client = self.held.is_none();
+            let accept_client = self.held.is_empty();
             let watching = self.watching();
             // Handlers are boxed so the session's own future stays small while it waits:
             // an idle client costs its sockets and buffers, not the largest handler's state.
@@ -604,10 +616,19 @@ impl<'a> Relay<'a> {
                     match frame {
                         // Most extended-protocol messages only join their batch: no boxed
                         // handler (an allocation and a copy of its large future) for them.
-                        Ok(Some(frame)) if self.joins_batch(&frame) => self.join_batch(frame),
+                        Ok(Some(frame)) if self.joins_batch(&frame) => match self.join_batch(frame) {
+                            Ok(Step::Continue) if !self.client.has_buffered() => {
+                                Box::pin(self.on_client_pause()).await
+                            }
+                            step => step,
+                        },
                         frame => Box::pin(self.on_client_frame(frame)).await,
                     }
                 },
+                () = &mut self.quiet, if self.quiet_armed => {
+                    self.quiet_armed = false;
+                    Box::pin(self.send_unsynced()).await.map(|()| Step::Continue)
+                }
                 (now, next) = &mut phase_change => {
                     phase_change = Box::pin(next_phase(next));
                     Box::pin(self.on_phase(now)).await
@@ -838,8 +859,16 @@ impl<'a> Relay<'a> {
                 tally::received(slot, frame.raw.len());
                 write_to(slot, &frame.raw).await?;
             }
-            b'Q' => self.dispatch(Request::Query(frame)).await?,
-            b'F' => self.dispatch(Request::Function(frame)).await?,
+            // Messages before them without a Sync run first, as PostgreSQL runs them in
+            // the order sent (pgjdbc's autosave sends BEGIN so, then a SAVEPOINT query).
+            b'Q' => {
+                self.send_unsynced().await?;
+                self.dispatch(Request::Query(frame)).await?
+            }
+            b'F' => {
+                self.send_unsynced().await?;
+                self.dispatch(Request::Function(frame)).await?
+            }
             b'P' | b'B' | b'D' | b'E' | b'C' => return self.join_batch(frame),
             b'S' if self.awaiting_sync().is_some() => {
                 let conn = self.awaiting_sync().unwrap_or(Conn::Primary);
@@ -865,6 +894,7 @@ impl<'a> Relay<'a> {
             }
             // COPY data and anything else belongs to the connection of the last request.
             _ => {
+                self.send_unsynced().await?;
                 let conn = self.last.unwrap_or(Conn::Primary);
                 tally::received(self.slot(conn), frame.raw.len());
                 if let Some(lease) = self.slot(conn).conn.as_mut() {
@@ -874,6 +904,40 @@ impl<'a> Relay<'a> {
             }
         }
         Ok(Step::Continue)
+    }
+
+    /// The client paused after messages without Sync or Flush: PostgreSQL would run them
+    /// now, and send an error at once. Where they run is known inside a transaction or
+    /// a chain; otherwise they wait [`UNSYNCED_WAIT`] for more first.
+    async fn on_client_pause(&mut self) -> Result<Step, ProxyError> {
+        if self.state.txn.is_some() || self.sticky.is_some() {
+            self.send_unsynced().await?;
+        } else {
+            self.quiet
+                .as_mut()
+                .reset(tokio::time::Instant::now() + UNSYNCED_WAIT);
+            self.quiet_armed = true;
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Sends the extended-protocol messages received since the last Sync or Flush, as
+    /// the start of a chain (the server answers them at the next Sync, Flush or error).
+    async fn send_unsynced(&mut self) -> Result<(), ProxyError> {
+        self.quiet_armed = false;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let bytes = std::mem::take(&mut self.batch_bytes);
+        let frames = std::mem::take(&mut self.batch);
+        let (ops, class) = self.resolve_batch(frames);
+        self.dispatch(Request::Batch {
+            ops,
+            class: Arc::new(class),
+            sync: false,
+            bytes,
+        })
+        .await
     }
 
     /// Sends a request, or holds it while an earlier one is still being answered: one
@@ -890,7 +954,7 @@ impl<'a> Relay<'a> {
         if !continues_chain
             && (self.primary.pending > 0 || self.standby.pending > 0 || self.sticky.is_some())
         {
-            self.held = Some(request);
+            self.held.push_back(request);
             return Ok(());
         }
         if self.answer_locally(&request).await? {
@@ -986,15 +1050,18 @@ impl<'a> Relay<'a> {
         if let Some(conn) = self.copying() {
             let in_copy = |r: &mut Request| matches!(r, Request::Query(_) | Request::Function(_));
             if let Some(Request::Query(frame) | Request::Function(frame)) =
-                self.held.take_if(in_copy)
+                self.held.pop_front_if(in_copy)
             {
                 let slot = self.slot(conn);
                 tally::received(slot, frame.raw.len());
                 return write_to(slot, &frame.raw).await;
             }
         }
-        if self.primary.pending == 0 && self.standby.pending == 0 {
-            if let Some(held) = self.held.take() {
+        // In order, each once it can go out (the batches of a chain go out together).
+        while !self.held.is_empty()
+            && (self.sticky.is_some() || (self.primary.pending == 0 && self.standby.pending == 0))
+        {
+            if let Some(held) = self.held.pop_front() {
                 self.dispatch(held).await?;
             }
         }
@@ -1460,7 +1527,7 @@ impl<'a> Relay<'a> {
             if frame.tag == b'Z' {
                 self.release_idle_connections();
             }
-            if self.held.is_some() {
+            if !self.held.is_empty() {
                 Box::pin(self.release_held()).await?;
             }
             if self.draining && self.idle() {
