@@ -72,11 +72,19 @@ pub fn encode_parse(name: &str, text_and_types: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// The statements one server connection holds, with a use counter for LRU eviction.
+/// The statements one server connection holds, with a use counter for LRU eviction and
+/// the result shape each was described with there, once known.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    held: HashMap<u64, u64>,
+    held: HashMap<u64, Held>,
     clock: u64,
+}
+
+#[derive(Debug)]
+struct Held {
+    used: u64,
+    /// RowDescription or NoData of a Describe of it on this connection.
+    shape: Option<Bytes>,
 }
 
 impl ServerStatements {
@@ -84,8 +92,8 @@ impl ServerStatements {
     pub fn touch(&mut self, id: u64) -> bool {
         self.clock += 1;
         match self.held.get_mut(&id) {
-            Some(used) => {
-                *used = self.clock;
+            Some(held) => {
+                held.used = self.clock;
                 true
             }
             None => false,
@@ -96,14 +104,20 @@ impl ServerStatements {
     /// close so at most `capacity` stay, never one of `keep`.
     pub fn insert(&mut self, id: u64, capacity: usize, keep: &[u64]) -> Vec<u64> {
         self.clock += 1;
-        self.held.insert(id, self.clock);
+        self.held.insert(
+            id,
+            Held {
+                used: self.clock,
+                shape: None,
+            },
+        );
         let mut evicted = Vec::new();
         while self.held.len() > capacity {
             let victim = self
                 .held
                 .iter()
                 .filter(|(k, _)| !keep.contains(k) && **k != id)
-                .min_by_key(|(_, used)| **used)
+                .min_by_key(|(_, held)| held.used)
                 .map(|(k, _)| *k);
             match victim {
                 Some(k) => {
@@ -114,6 +128,19 @@ impl ServerStatements {
             }
         }
         evicted
+    }
+
+    /// The result shape statement `id` was described with here, if it is held and was.
+    pub fn shape(&self, id: u64) -> Option<&Bytes> {
+        self.held.get(&id)?.shape.as_ref()
+    }
+
+    /// Records the shape a Describe of statement `id` returned here (`None`: prepared
+    /// anew, not described yet).
+    pub fn set_shape(&mut self, id: u64, shape: Option<Bytes>) {
+        if let Some(held) = self.held.get_mut(&id) {
+            held.shape = shape;
+        }
     }
 
     /// Forgets a statement the server did not create after all.
@@ -134,6 +161,45 @@ impl ServerStatements {
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
+    }
+}
+
+/// Whether two statement descriptions (RowDescription or NoData messages) give the same
+/// result shape: the same columns, by name, type and type modifier, in the same order.
+/// PostgreSQL refuses to run a prepared statement whose shape changed (0A000); a client
+/// told one shape must never get rows of another.
+pub fn same_shape(a: &[u8], b: &[u8]) -> bool {
+    fn columns(message: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+        let (&tag, rest) = message.split_first()?;
+        if tag == b'n' {
+            return Some(Vec::new());
+        }
+        if tag != b'T' {
+            return None;
+        }
+        let body = rest.get(4..)?;
+        let count = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
+        let mut at = 2;
+        let mut columns = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let name_len = body.get(at..)?.iter().position(|b| *b == 0)?;
+            let name = &body[at..at + name_len];
+            at += name_len + 1;
+            // Table OID (4), column number (2), then type OID (4), size (2), modifier (4).
+            let fields = body.get(at..at + 18)?;
+            columns.push((name, &fields[6..16]));
+            at += 18;
+        }
+        Some(columns)
+    }
+    match (columns(a), columns(b)) {
+        (Some(a), Some(b)) => {
+            a.iter()
+                .zip(&b)
+                .all(|((na, ta), (nb, tb))| na == nb && ta[..4] == tb[..4] && ta[6..] == tb[6..])
+                && a.len() == b.len()
+        }
+        _ => false,
     }
 }
 
@@ -160,6 +226,99 @@ mod tests {
             i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize,
             a.parse.len() - 1
         );
+    }
+
+    /// A RowDescription of (name, type OID, type modifier) columns, from table `table`.
+    fn row_description(table: u32, columns: &[(&str, u32, i32)]) -> Vec<u8> {
+        let mut body = (columns.len() as u16).to_be_bytes().to_vec();
+        for (i, (name, oid, modifier)) in columns.iter().enumerate() {
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&table.to_be_bytes());
+            body.extend_from_slice(&(i as u16 + 1).to_be_bytes());
+            body.extend_from_slice(&oid.to_be_bytes());
+            body.extend_from_slice(&4i16.to_be_bytes());
+            body.extend_from_slice(&modifier.to_be_bytes());
+            body.extend_from_slice(&0i16.to_be_bytes());
+        }
+        let mut message = vec![b'T'];
+        message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        message.extend(body);
+        message
+    }
+
+    #[test]
+    fn shapes_compare_by_column_names_types_and_modifiers() {
+        let int = row_description(1, &[("a", 23, -1), ("b", 23, -1)]);
+        let no_data = b"n\0\0\0\x04".to_vec();
+        let cases: &[(&str, Vec<u8>, Vec<u8>, bool)] = &[
+            ("identical", int.clone(), int.clone(), true),
+            (
+                "another table OID (recreated)",
+                int.clone(),
+                row_description(2, &[("a", 23, -1), ("b", 23, -1)]),
+                true,
+            ),
+            (
+                "a column's type changed",
+                int.clone(),
+                row_description(1, &[("a", 23, -1), ("b", 700, -1)]),
+                false,
+            ),
+            (
+                "a type modifier changed",
+                row_description(1, &[("v", 1043, 14)]),
+                row_description(1, &[("v", 1043, 24)]),
+                false,
+            ),
+            (
+                "a column renamed",
+                int.clone(),
+                row_description(1, &[("a", 23, -1), ("c", 23, -1)]),
+                false,
+            ),
+            (
+                "a column added",
+                int.clone(),
+                row_description(1, &[("a", 23, -1), ("b", 23, -1), ("c", 23, -1)]),
+                false,
+            ),
+            ("no data both", no_data.clone(), no_data.clone(), true),
+            ("rows against no data", int.clone(), no_data.clone(), false),
+            (
+                "truncated",
+                int.clone(),
+                int[..int.len() - 3].to_vec(),
+                false,
+            ),
+            (
+                "not a description",
+                int.clone(),
+                b"Z\0\0\0\x05I".to_vec(),
+                false,
+            ),
+        ];
+        for (case, a, b, same) in cases {
+            assert_eq!(same_shape(a, b), *same, "{case}");
+            assert_eq!(same_shape(b, a), *same, "{case}, the other way");
+        }
+    }
+
+    #[test]
+    fn a_statement_prepared_again_has_no_known_shape() {
+        let mut held = ServerStatements::default();
+        held.insert(1, 10, &[]);
+        assert_eq!(held.shape(1), None);
+        held.set_shape(1, Some(Bytes::from_static(b"n\0\0\0\x04")));
+        assert!(held.shape(1).is_some());
+        held.insert(1, 10, &[]);
+        assert_eq!(
+            held.shape(1),
+            None,
+            "prepared again: its shape is to be described"
+        );
+        held.set_shape(2, Some(Bytes::from_static(b"n\0\0\0\x04")));
+        assert_eq!(held.shape(2), None, "not held");
     }
 
     #[test]

@@ -461,6 +461,21 @@ pub mod encode {
         with_len(out, b'Q', |b| cstr(b, sql));
     }
 
+    /// A simple Query as a frame, for a request pgsplit makes in a client's place.
+    pub fn query_frame(sql: &str) -> Frame {
+        let mut out = BytesMut::new();
+        query(&mut out, sql);
+        Frame {
+            tag: b'Q',
+            raw: out.freeze(),
+        }
+    }
+
+    /// Sync.
+    pub fn sync(out: &mut BytesMut) {
+        with_len(out, b'S', |_| {});
+    }
+
     /// Terminate.
     pub fn terminate(out: &mut BytesMut) {
         with_len(out, b'X', |_| {});

@@ -46,6 +46,20 @@ pub struct Prepared {
     pub class: Arc<Classification>,
     /// What it is on the servers.
     pub target: Target,
+    /// The result shape (RowDescription or NoData) the client was told when it described
+    /// the statement, if it did.
+    pub shape: Option<bytes::Bytes>,
+}
+
+impl Prepared {
+    /// A statement just parsed, not described yet.
+    pub fn new(class: Arc<Classification>, target: Target) -> Prepared {
+        Prepared {
+            class,
+            target,
+            shape: None,
+        }
+    }
 }
 
 /// A client statement as the servers hold it.
@@ -1031,13 +1045,13 @@ mod tests {
         let mut s = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
         s.statements.insert(
             "s1".into(),
-            Prepared {
-                class: Arc::new(c(Route::Standby, vec![])),
-                target: Target::Unnamed {
+            Prepared::new(
+                Arc::new(c(Route::Standby, vec![])),
+                Target::Unnamed {
                     parse: bytes::Bytes::new(),
                     id: 1,
                 },
-            },
+            ),
         );
         let dealloc = c(
             Route::Any,

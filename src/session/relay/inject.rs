@@ -4,11 +4,13 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::wire::{encode_close_statement, statement_named, write_to};
-use super::{InFlight, Op, ParseOf, Relay, Swallow};
+use std::sync::Arc;
+
+use super::wire::{encode_close_statement, encode_describe_statement, statement_named, write_to};
+use super::{InFlight, Op, ParseOf, Relay, Request, Shapes, Slot, Swallow};
 use crate::error::ProxyError;
 use crate::pool::Lease;
-use crate::prepared::Statement;
+use crate::prepared::{same_shape, Statement};
 use crate::protocol::{encode, read_cstr, Frame};
 use crate::session::state::{guc_sync_sql, Conn, Gucs, Target};
 
@@ -31,6 +33,8 @@ struct Outgoing<'a> {
     body_closes: Vec<bool>,
     /// The first statement named that the client does not have.
     unknown: Option<String>,
+    /// Named statements described, with the client's name for each the client described.
+    describes: Vec<(u64, Option<String>)>,
 }
 
 impl Outgoing<'_> {
@@ -89,13 +93,17 @@ impl Outgoing<'_> {
                 encode_close_statement(&mut self.body, &statement.name);
                 self.body_closes.push(true);
                 self.body.extend_from_slice(&statement.parse);
+                self.lease.statements.set_shape(statement.id, None);
                 self.body_parses
                     .push((ParseOf::Named(statement.id, Some(name)), false));
             }
-            Op::Uses(frame, target) => {
+            Op::Uses(frame, target, _) => {
                 self.ensure(&target);
                 match &target {
                     Target::Named(statement) => {
+                        if frame.tag == b'D' {
+                            self.describes.push((statement.id, statement_named(&frame)));
+                        }
                         rename_statement(&frame, &statement.name, &mut self.body)
                     }
                     Target::Unnamed { .. } => self.body.extend_from_slice(&frame.raw),
@@ -141,7 +149,104 @@ fn rename_statement(frame: &Frame, name: &str, out: &mut BytesMut) {
     out.put_slice(body);
 }
 
+impl<'a> Outgoing<'a> {
+    fn new(lease: &'a mut Lease, capacity: usize, used: Vec<u64>, size: usize) -> Self {
+        Outgoing {
+            lease,
+            capacity,
+            used,
+            front: BytesMut::new(),
+            body: BytesMut::with_capacity(size),
+            front_parses: Vec::new(),
+            body_parses: Vec::new(),
+            front_closes: Vec::new(),
+            body_closes: Vec::new(),
+            unknown: None,
+            describes: Vec::new(),
+        }
+    }
+
+    /// The bytes to write, and the replies they will get, in flight in `batch` (the
+    /// connection's next ReadyForQuery).
+    fn finish(self, batch: u64) -> Written {
+        let Outgoing {
+            mut front,
+            body,
+            front_parses,
+            body_parses,
+            front_closes,
+            body_closes,
+            unknown,
+            describes,
+            ..
+        } = self;
+        let in_flight = |what, ours| InFlight {
+            sync: batch,
+            ours,
+            what,
+        };
+        front.extend_from_slice(&body);
+        Written {
+            bytes: front,
+            parses: front_parses
+                .into_iter()
+                .chain(body_parses)
+                .map(|(what, ours)| in_flight(what, ours))
+                .collect(),
+            closes: front_closes
+                .into_iter()
+                .chain(body_closes)
+                .map(|ours| InFlight {
+                    sync: batch,
+                    ours,
+                    what: (),
+                })
+                .collect(),
+            describes: describes
+                .into_iter()
+                .map(|what| InFlight {
+                    sync: batch,
+                    ours: what.1.is_none(),
+                    what,
+                })
+                .collect(),
+            unknown,
+        }
+    }
+}
+
+/// A batch ready to write, with what its replies answer.
+struct Written {
+    bytes: BytesMut,
+    parses: Vec<InFlight<ParseOf>>,
+    closes: Vec<InFlight<()>>,
+    describes: Vec<InFlight<(u64, Option<String>)>>,
+    unknown: Option<String>,
+}
+
+impl Written {
+    /// Records the replies as expected on `slot`; the bytes to write there.
+    fn expect_on(self, slot: &mut Slot) -> BytesMut {
+        if self.unknown.is_some() {
+            slot.unknown = self.unknown;
+        }
+        slot.parses.extend(self.parses);
+        slot.closes.extend(self.closes);
+        slot.describes.extend(self.describes);
+        self.bytes
+    }
+}
+
 impl Relay<'_> {
+    fn statement_cache_size(&self) -> usize {
+        self.shared
+            .settings
+            .load()
+            .raw
+            .pool
+            .prepared_statements_cache_size
+    }
+
     /// Forwards a batch with its statements renamed to their server-side names; a
     /// statement the connection lacks is parsed first, in the same write, and the replies
     /// to what pgsplit added are dropped, so the client sees exactly its own answers.
@@ -151,13 +256,7 @@ impl Relay<'_> {
         ops: Vec<Op>,
         sync: bool,
     ) -> Result<(), ProxyError> {
-        let capacity = self
-            .shared
-            .settings
-            .load()
-            .raw
-            .pool
-            .prepared_statements_cache_size;
+        let capacity = self.statement_cache_size();
         let slot = self.slot(conn);
         let batch = slot.syncs_sent;
         let Some(lease) = slot.conn.as_mut() else {
@@ -167,59 +266,82 @@ impl Relay<'_> {
             .iter()
             .filter_map(|op| match op {
                 Op::Parse(_, s) => Some(s.id),
-                Op::Uses(_, Target::Named(s)) => Some(s.id),
+                Op::Uses(_, Target::Named(s), _) => Some(s.id),
                 _ => None,
             })
             .collect();
-        let mut out = Outgoing {
-            lease,
-            capacity,
-            used,
-            front: BytesMut::new(),
-            body: BytesMut::with_capacity(ops.len() * 32),
-            front_parses: Vec::new(),
-            body_parses: Vec::new(),
-            front_closes: Vec::new(),
-            body_closes: Vec::new(),
-            unknown: None,
-        };
+        let mut out = Outgoing::new(lease, capacity, used, ops.len() * 32);
         for op in ops {
             out.add(op);
         }
-        let Outgoing {
-            mut front,
-            body,
-            front_parses,
-            body_parses,
-            front_closes,
-            body_closes,
-            unknown,
-            ..
-        } = out;
-        if unknown.is_some() {
-            slot.unknown = unknown;
-        }
-        for (what, ours) in front_parses.into_iter().chain(body_parses) {
-            slot.parses.push_back(InFlight {
-                sync: batch,
-                ours,
-                what,
-            });
-        }
-        for ours in front_closes.into_iter().chain(body_closes) {
-            slot.closes.push_back(InFlight {
-                sync: batch,
-                ours,
-                what: (),
-            });
-        }
+        let bytes = out.finish(batch).expect_on(slot);
         slot.last_synced = sync;
         if sync {
             slot.pending += 1;
             slot.syncs_sent += 1;
         }
-        front.extend_from_slice(&body);
-        write_to(slot, &front).await
+        write_to(slot, &bytes).await
+    }
+
+    /// Whether the statements a synced batch binds have here the shape the client was
+    /// told; unknown for those not described on this connection.
+    pub(super) fn check_shapes(&mut self, conn: Conn, request: &Request) -> Shapes {
+        let Request::Batch {
+            ops, sync: true, ..
+        } = request
+        else {
+            return Shapes::Same;
+        };
+        let Some(lease) = self.slot(conn).conn.as_ref() else {
+            return Shapes::Same;
+        };
+        let mut unknown = Vec::new();
+        for op in ops {
+            let Op::Uses(frame, Target::Named(statement), Some(told)) = op else {
+                continue;
+            };
+            if frame.tag != b'B' {
+                continue;
+            }
+            match lease.statements.shape(statement.id) {
+                Some(shape) if same_shape(shape, told) => {}
+                Some(_) => return Shapes::Changed,
+                None => unknown.push(Arc::clone(statement)),
+            }
+        }
+        if unknown.is_empty() {
+            Shapes::Same
+        } else {
+            Shapes::Unknown(unknown)
+        }
+    }
+
+    /// Prepares (where missing) and describes statements on a connection, answered at a
+    /// Sync of pgsplit's own: their shapes there are recorded as the replies arrive.
+    pub(super) async fn describe_first(
+        &mut self,
+        conn: Conn,
+        statements: Vec<Arc<Statement>>,
+    ) -> Result<(), ProxyError> {
+        let capacity = self.statement_cache_size();
+        let slot = self.slot(conn);
+        let batch = slot.syncs_sent;
+        let Some(lease) = slot.conn.as_mut() else {
+            return Err(ProxyError::NoPrimary);
+        };
+        let used = statements.iter().map(|s| s.id).collect();
+        let mut out = Outgoing::new(lease, capacity, used, 64);
+        for statement in statements {
+            out.ensure(&Target::Named(Arc::clone(&statement)));
+            out.describes.push((statement.id, None));
+            encode_describe_statement(&mut out.front, &statement.name);
+        }
+        let mut bytes = out.finish(batch).expect_on(slot);
+        encode::sync(&mut bytes);
+        slot.swallow.push_back(Swallow::UntilReady);
+        slot.pending += 1;
+        slot.syncs_sent += 1;
+        write_to(slot, &bytes).await
     }
 
     /// Brings a connection's settings in line with the session's before it serves the

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Sleep;
@@ -84,6 +84,12 @@ struct Slot {
     /// Client statements whose Parse failed: (client name, statement id).
     failed_parses: Vec<(String, u64)>,
     closes: VecDeque<InFlight<()>>,
+    /// Describes of named statements in flight: the statement, and the client's name
+    /// for it when the client asked.
+    describes: VecDeque<InFlight<(u64, Option<String>)>>,
+    /// The Describe whose ParameterDescription just arrived: its RowDescription or
+    /// NoData comes next.
+    describing: Option<(u64, Option<String>)>,
     /// ReadyForQuery answers asked for and received, numbering the batches in flight.
     syncs_sent: u64,
     syncs_seen: u64,
@@ -131,6 +137,8 @@ impl Slot {
             parses: VecDeque::new(),
             failed_parses: Vec::new(),
             closes: VecDeque::new(),
+            describes: VecDeque::new(),
+            describing: None,
             syncs_sent: 0,
             syncs_seen: 0,
             copy_in: false,
@@ -199,6 +207,10 @@ impl Slot {
                 while self.closes.front().is_some_and(|c| c.sync == batch) {
                     self.closes.pop_front();
                 }
+                while self.describes.front().is_some_and(|d| d.sync == batch) {
+                    self.describes.pop_front();
+                }
+                self.describing = None;
                 self.syncs_seen += 1;
                 false
             }
@@ -215,12 +227,16 @@ impl Slot {
     }
 }
 
-/// A request waiting for the settings sync sent ahead of it.
+/// A request waiting for what pgsplit sent ahead of it: the settings sync, or a Describe
+/// of statements whose shape the client was told ([`AfterSync::described`]).
 struct AfterSync {
     conn: Conn,
     begin: Option<String>,
     class: Arc<Classification>,
     request: Request,
+    /// Its statements' shapes were asked for: the request goes out even if that failed
+    /// (the server then reports the error to the client itself).
+    described: bool,
 }
 
 /// A unit of client work that goes to one server connection.
@@ -247,8 +263,9 @@ enum Op {
     ParseUnnamed(Frame, u64),
     /// Parse of a named statement (the client's name, and the statement the servers know).
     Parse(String, Arc<Statement>),
-    /// Bind, or Describe of a statement, naming a client statement.
-    Uses(Frame, Target),
+    /// Bind, or Describe of a statement, naming a client statement; for a Bind, the result
+    /// shape the client was told of it, if it was.
+    Uses(Frame, Target, Option<Bytes>),
     /// Bind or Describe naming a statement the client does not have: it must fail as
     /// PostgreSQL would (26000), never find another client's statement on a pooled
     /// connection.
@@ -262,6 +279,21 @@ enum Op {
 /// statements and waits for an error that PostgreSQL sends at once). Messages arriving
 /// apart, as some drivers write them, are not split over servers by a shorter pause.
 const UNSYNCED_WAIT: Duration = Duration::from_millis(5);
+
+/// What PostgreSQL raises when a prepared statement's result shape changed, run where a
+/// statement the client described now has another shape, so that the error, and the
+/// failed transaction, come from the server as they would directly.
+const SHAPE_CHANGED: &str = "DO $pgsplit$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
+    MESSAGE = 'cached plan must not change result type'; END$pgsplit$";
+
+/// Whether the statements a request binds have, on the connection that runs it, the
+/// result shape the client was told.
+enum Shapes {
+    Same,
+    Changed,
+    /// Not described there yet.
+    Unknown(Vec<Arc<Statement>>),
+}
 
 /// Bytes read ahead of a held request while watching for the client leaving.
 const HELD_READ_AHEAD: usize = 64 * 1024;
@@ -1085,7 +1117,7 @@ impl<'a> Relay<'a> {
             Request::Query(_) => true,
             Request::Batch { ops, .. } => {
                 ops.iter()
-                    .filter(|op| matches!(op, Op::Uses(f, _) if f.tag == b'B'))
+                    .filter(|op| matches!(op, Op::Uses(f, ..) if f.tag == b'B'))
                     .count()
                     == 1
             }
@@ -1138,7 +1170,7 @@ impl<'a> Relay<'a> {
                 class, sync, ops, ..
             } => {
                 let executes = ops.iter().any(|op| match op {
-                    Op::Uses(f, _) | Op::Unknown(f) | Op::Forward(f) => f.tag == b'B',
+                    Op::Uses(f, ..) | Op::Unknown(f) | Op::Forward(f) => f.tag == b'B',
                     _ => false,
                 });
                 let plan = match self.sticky {
@@ -1191,7 +1223,7 @@ impl<'a> Relay<'a> {
                         };
                         self.state
                             .statements
-                            .insert(name, Prepared { class, target });
+                            .insert(name, Prepared::new(class, target));
                         Op::ParseUnnamed(frame, id)
                     } else {
                         // A name in use is replaced (PostgreSQL would refuse it with 42P05).
@@ -1199,18 +1231,21 @@ impl<'a> Relay<'a> {
                         let target = Target::Named(Arc::clone(&statement));
                         self.state
                             .statements
-                            .insert(name.clone(), Prepared { class, target });
+                            .insert(name.clone(), Prepared::new(class, target));
                         Op::Parse(name, statement)
                     }
                 }
                 b'B' | b'D' => match statement_named(&frame) {
                     Some(name) => match self.state.statements.get(&name) {
                         Some(p) => {
-                            if frame.tag == b'B' {
+                            let told = if frame.tag == b'B' {
                                 combined.join(&p.class);
                                 combined.effects.extend(p.class.effects.iter().cloned());
-                            }
-                            Op::Uses(frame, p.target.clone())
+                                p.shape.clone()
+                            } else {
+                                None
+                            };
+                            Op::Uses(frame, p.target.clone(), told)
                         }
                         // SQL PREPAREd: on the connection that holds it.
                         None if self.state.sql_prepared.contains_key(&name) => {
@@ -1340,10 +1375,11 @@ impl<'a> Relay<'a> {
                 begin,
                 class,
                 request,
+                described: false,
             });
             return Ok(());
         }
-        self.send_request(conn, begin, class, request).await
+        self.send_request(conn, begin, class, request, false).await
     }
 
     /// The settings sync ahead of a request answered: send the request; when the sync
@@ -1351,6 +1387,16 @@ impl<'a> Relay<'a> {
     /// primary instead, anything else gets the error.
     async fn after_settings(&mut self, waiting: AfterSync) -> Result<(), ProxyError> {
         match self.injected_error.take() {
+            Some(_) if waiting.described => {
+                let AfterSync {
+                    conn,
+                    begin,
+                    class,
+                    request,
+                    ..
+                } = waiting;
+                self.send_request(conn, begin, class, request, true).await
+            }
             Some(_)
                 if waiting.conn == Conn::Standby
                     && self.state.txn.is_none()
@@ -1395,23 +1441,47 @@ impl<'a> Relay<'a> {
                     begin,
                     class,
                     request,
+                    described,
                 } = waiting;
-                self.send_request(conn, begin, class, request).await
+                self.send_request(conn, begin, class, request, described)
+                    .await
             }
         }
     }
 
-    /// Sends a planned request on an open, settings-synced connection.
+    /// Sends a planned request on an open, settings-synced connection. A statement whose
+    /// shape the client was told runs only where it still has that shape: where that is
+    /// not known yet it is described first (`described` once it was), and where it
+    /// differs the client gets PostgreSQL's 0A000, so its driver prepares it again.
     async fn send_request(
         &mut self,
         conn: Conn,
         begin: Option<String>,
         class: Arc<Classification>,
         request: Request,
+        described: bool,
     ) -> Result<(), ProxyError> {
         if let Some(begin) = begin {
             self.inject_query(conn, &begin).await?;
         }
+        let (class, request) = match self.check_shapes(conn, &request) {
+            Shapes::Unknown(statements) if !described => {
+                self.describe_first(conn, statements).await?;
+                self.after_sync = Some(AfterSync {
+                    conn,
+                    begin: None,
+                    class,
+                    request,
+                    described: true,
+                });
+                return Ok(());
+            }
+            Shapes::Changed => (
+                Arc::new(Classification::any()),
+                Request::Query(encode::query_frame(SHAPE_CHANGED)),
+            ),
+            Shapes::Unknown(_) | Shapes::Same => (class, request),
+        };
         self.tally_request(conn, &class, &request);
         if self.state.txn.is_none() {
             self.gucs_before.clone_from(&self.state.gucs);
@@ -1557,6 +1627,30 @@ impl<'a> Relay<'a> {
             }
         }
         slot.heard += 1;
+        match frame.tag {
+            b't' => {
+                let batch = slot.syncs_seen;
+                slot.describing = slot
+                    .describes
+                    .pop_front()
+                    .filter(|d| d.sync == batch)
+                    .map(|d| d.what);
+            }
+            b'T' | b'n' => {
+                if let Some((id, client)) = slot.describing.take() {
+                    if let Some(lease) = slot.conn.as_mut() {
+                        lease.statements.set_shape(id, Some(frame.raw.clone()));
+                    }
+                    if let Some(p) = client.and_then(|name| self.state.statements.get_mut(&name)) {
+                        if matches!(&p.target, Target::Named(s) if s.id == id) {
+                            p.shape = Some(frame.raw.clone());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let slot = self.slot(conn);
         let ours = slot.track_reply(frame.tag);
         if !slot.failed_parses.is_empty() {
             // PostgreSQL creates no statement when its Parse fails.
