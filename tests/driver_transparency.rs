@@ -393,23 +393,65 @@ async fn a_statement_whose_result_type_changed_is_refused_never_read_in_the_old_
 }
 
 #[tokio::test]
-async fn a_flush_after_copy_is_answered() {
-    su_app("CREATE TABLE IF NOT EXISTS dt_copy (id int PRIMARY KEY); GRANT ALL ON dt_copy TO app; TRUNCATE dt_copy");
-    let proxy = pooled_proxy("max_pool_size = 2").await;
+async fn a_copy_sent_whole_before_copy_in_response_reports_its_error_and_a_flush_after_it_is_answered(
+) {
+    su_app("CREATE TABLE IF NOT EXISTS dt_copy2 (id int PRIMARY KEY); GRANT ALL ON dt_copy2 TO app; TRUNCATE dt_copy2; INSERT INTO dt_copy2 VALUES (1)");
+    let proxy = common::TestProxy::start_with("", &common::pool::trust_user()).await;
     let mut s = raw::login(proxy.addr, "trustuser").await;
-    s.write_all(&query("COPY dt_copy FROM STDIN"))
+    // asyncpg's copy_records_to_table: the table's columns described with a Flush, then
+    // the COPY as a simple query.
+    s.write_all(
+        &[
+            parse("intro", "SELECT * FROM dt_copy2 LIMIT 1"),
+            describe(b'S', "intro"),
+            flush(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), read_message(&mut s)).await {
+            Ok(Some(m)) => got.push(m),
+            other => panic!("no answer to the Flush after {}: {other:?}", tags(&got)),
+        }
+    }
+    assert_eq!(tags(&got), "1 t T");
+    // In binary, as asyncpg sends it.
+    let binary = |ids: &[i32]| {
+        let mut data = b"PGCOPY\n\xff\r\n\0".to_vec();
+        data.extend_from_slice(&[0; 8]);
+        for id in ids {
+            data.extend_from_slice(&1i16.to_be_bytes());
+            data.extend_from_slice(&4i32.to_be_bytes());
+            data.extend_from_slice(&id.to_be_bytes());
+        }
+        data.extend_from_slice(&(-1i16).to_be_bytes());
+        data
+    };
+    for (rows, answer) in [(vec![2, 3], "G C Z(I)"), (vec![1], "G E(23505) Z(I)")] {
+        // asyncpg sends the data without waiting for CopyInResponse.
+        s.write_all(
+            &[
+                query("COPY dt_copy2 FROM STDIN (FORMAT binary)"),
+                raw::message(b'd', &binary(&rows)),
+                raw::message(b'c', &[]),
+            ]
+            .concat(),
+        )
         .await
         .unwrap();
-    let started = raw::read_message(&mut s).await.map(|m| m.0);
-    assert_eq!(started, Some(b'G'));
-    s.write_all(&[raw::message(b'd', b"1\n2\n"), raw::message(b'c', &[])].concat())
-        .await
-        .unwrap();
-    assert_eq!(tags(&raw::read_until_ready(&mut s).await), "C Z(I)");
+        assert_eq!(
+            tags(&raw::read_until_ready(&mut s).await),
+            answer,
+            "COPY of {rows:?}"
+        );
+    }
     // asyncpg's next query: Parse and Describe with a Flush, no Sync.
     s.write_all(
         &[
-            parse("next", "SELECT count(*) FROM dt_copy"),
+            parse("next", "SELECT count(*) FROM dt_copy2"),
             describe(b'S', "next"),
             flush(),
         ]
@@ -425,6 +467,10 @@ async fn a_flush_after_copy_is_answered() {
         }
     }
     assert_eq!(tags(&got), "1 t T");
-    let rest = exchange(&mut s, &[sync()]).await;
-    assert_eq!(tags(&rest), "Z(I)");
+    let after = raw::reply_of(
+        &mut s,
+        &[bind("", "next", &[]), execute(""), sync()].concat(),
+    )
+    .await;
+    assert_eq!(after.rows, vec![vec![Some("3".to_owned())]]);
 }

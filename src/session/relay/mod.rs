@@ -95,6 +95,8 @@ struct Slot {
     syncs_seen: u64,
     /// In COPY FROM STDIN: client data goes here, and Sync/Flush are ignored by the server.
     copy_in: bool,
+    /// The client ended its COPY data before the server's CopyInResponse arrived.
+    copy_ended_early: bool,
     /// An extended-protocol COPY ended: the server waits for the client's Sync, which
     /// belongs to the batch that started the COPY (whose own Sync the server ignored).
     awaits_sync: bool,
@@ -142,6 +144,7 @@ impl Slot {
             syncs_sent: 0,
             syncs_seen: 0,
             copy_in: false,
+            copy_ended_early: false,
             awaits_sync: false,
             reset_on_release: false,
             last_synced: false,
@@ -928,7 +931,12 @@ impl<'a> Relay<'a> {
             _ => {
                 self.send_unsynced().await?;
                 let conn = self.last.unwrap_or(Conn::Primary);
-                tally::received(self.slot(conn), frame.raw.len());
+                let slot = self.slot(conn);
+                if matches!(frame.tag, b'c' | b'f') {
+                    slot.copy_ended_early = true;
+                    slot.awaits_sync = slot.last_synced;
+                }
+                tally::received(slot, frame.raw.len());
                 if let Some(lease) = self.slot(conn).conn.as_mut() {
                     lease.server.writer.write_all(&frame.raw).await?;
                     lease.server.writer.flush().await?;
@@ -1712,6 +1720,9 @@ impl<'a> Relay<'a> {
                 }
                 b'Z' => {
                     slot.pending = slot.pending.saturating_sub(1);
+                    // Whatever COPY there was ended with its request.
+                    slot.copy_in = false;
+                    slot.copy_ended_early = false;
                     let status = frame.body().first().copied().unwrap_or(b'I');
                     ready = Some(status);
                     let was_in_txn = self.state.txn.is_some();
@@ -1746,7 +1757,9 @@ impl<'a> Relay<'a> {
                 // The server ignores a Sync that arrives in COPY mode: the ReadyForQuery
                 // owed to the batch comes after the client's Sync that follows CopyDone,
                 // CopyFail or the server's error, which is sent as part of that batch.
-                b'G' => slot.copy_in = true,
+                // A client that sent its data and CopyDone before the server said
+                // CopyInResponse (asyncpg does) is not in COPY any more.
+                b'G' => slot.copy_in = !std::mem::take(&mut slot.copy_ended_early),
                 b'E' => {
                     slot.told_fatal = is_fatal(frame.body());
                     if slot.copy_in && slot.last_synced {
