@@ -50,6 +50,11 @@ pub async fn read_startup<R: AsyncRead + Unpin>(
     max_len: usize,
 ) -> Result<StartupRequest, ProxyError> {
     let len = r.read_i32().await? as i64;
+    if len == i64::from(i32::from_be_bytes([b'X', 0, 0, 0])) && r.read_u8().await.ok() == Some(4) {
+        // A Terminate before any startup packet (node-postgres closing a connection that
+        // is still opening): the client is leaving, and PostgreSQL closes without a word.
+        return Err(ProxyError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     if !(8..=max_len as i64).contains(&len) {
         // PostgreSQL's wording first, then what an operator needs to act on it.
         return Err(ProxyError::Protocol(format!(
@@ -578,6 +583,7 @@ mod tests {
             (packet(2 << 16, b""), Err("0A000")),
             (vec![0, 0, 0, 3, 1, 2, 3], Err("08P01")),
             (vec![0x7f, 0, 0, 0], Err("08P01")),
+            (vec![b'X', 0, 0, 0, 5], Err("08P01")),
         ];
         for (bytes, want) in cases {
             let got = read_startup(&mut &bytes[..], MAX_STARTUP_PACKET).await;
@@ -587,6 +593,12 @@ mod tests {
                 (g, w) => panic!("bytes {bytes:?}: got {g:?}, want {w:?}"),
             }
         }
+        // A Terminate instead of a startup packet is a client leaving: nothing to answer.
+        let got = read_startup(&mut &[b'X', 0, 0, 0, 4][..], MAX_STARTUP_PACKET).await;
+        assert!(
+            got.as_ref().is_err_and(ProxyError::is_disconnect),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]

@@ -474,3 +474,18 @@ async fn a_copy_sent_whole_before_copy_in_response_reports_its_error_and_a_flush
     .await;
     assert_eq!(after.rows, vec![vec![Some("3".to_owned())]]);
 }
+
+#[tokio::test]
+async fn a_client_that_terminates_before_its_startup_packet_is_closed_without_a_word() {
+    let proxy = pooled_proxy("max_pool_size = 1").await;
+    // node-postgres, closed while still connecting, sends Terminate first.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&raw::message(b'X', &[])).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), read_message(&mut s)).await;
+    assert_eq!(
+        got.map(|m| m.map(|(t, _)| t as char)),
+        Ok(None),
+        "PostgreSQL closes without a message"
+    );
+    proxy.still_serves().await;
+}
