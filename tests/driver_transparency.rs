@@ -489,3 +489,32 @@ async fn a_client_that_terminates_before_its_startup_packet_is_closed_without_a_
     );
     proxy.still_serves().await;
 }
+
+#[tokio::test]
+async fn sql_execute_runs_a_statement_prepared_at_protocol_level() {
+    let proxy = pooled_proxy("max_pool_size = 1").await;
+    let mut s = raw::login(proxy.addr, "trustuser").await;
+    let prepared = exchange(
+        &mut s,
+        &[
+            parse("foobar", "SELECT $1::int + 1"),
+            parse("Mixed", "SELECT 'mixed'::text"),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(tags(&prepared), "1 1 Z(I)");
+    let run = raw::reply_of(&mut s, &query("EXECUTE foobar(41)")).await;
+    assert_eq!(
+        (run.errors, run.rows),
+        (vec![], vec![vec![Some("42".to_owned())]])
+    );
+    let quoted = raw::reply_of(&mut s, &query("/* why */ EXECUTE \"Mixed\"")).await;
+    assert_eq!(
+        (quoted.errors, quoted.rows),
+        (vec![], vec![vec![Some("mixed".to_owned())]])
+    );
+    // Unquoted names fold to lower case, as PostgreSQL looks them up.
+    let folded = raw::reply_of(&mut s, &query("EXECUTE Mixed")).await;
+    assert_eq!(folded.errors, vec!["26000".to_owned()]);
+}

@@ -379,6 +379,19 @@ pub fn normalize(sql: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// The byte range of the statement name in `EXECUTE name …`, when that is what `sql` is
+/// (comments and whitespace around allowed): where pgsplit writes the name the statement
+/// has on the servers.
+pub fn executed_name(sql: &str) -> Option<std::ops::Range<usize>> {
+    let mut tokens = Lexer::new(sql).filter(|t| !t.is_trivia());
+    let keyword = tokens.next()?;
+    if keyword.kind != Kind::Word || !keyword.text(sql).eq_ignore_ascii_case("execute") {
+        return None;
+    }
+    let name = tokens.next()?;
+    matches!(name.kind, Kind::Word | Kind::QuotedIdent).then_some(name.start..name.end)
+}
+
 /// What one pass over a Query message's text finds.
 #[derive(Debug, Default)]
 pub(crate) struct Scan {
@@ -466,6 +479,27 @@ mod tests {
             .filter(|t| t.kind != Kind::Space)
             .map(|t| (t.kind, t.text(sql)))
             .collect()
+    }
+
+    #[test]
+    fn the_name_an_execute_runs_is_found_as_written() {
+        let cases = [
+            ("EXECUTE s1", Some("s1")),
+            ("  execute S1(1, 'a')", Some("S1")),
+            (
+                "/* pgsplit:primary */ EXECUTE \"My Stmt\" (2)",
+                Some("\"My Stmt\""),
+            ),
+            ("-- why\nExecute\n  p", Some("p")),
+            ("EXECUTE", None),
+            ("EXECUTE 'x'", None),
+            ("SELECT 1", None),
+            ("EXPLAIN EXECUTE s1", None),
+            ("executed s1", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(executed_name(sql).map(|r| &sql[r]), want, "{sql}");
+        }
     }
 
     #[test]

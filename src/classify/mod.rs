@@ -46,7 +46,7 @@ use sqlparser::parser::Parser;
 
 pub use cache::{CacheStats, Classifier};
 pub use functions::Functions;
-pub use lexer::normalize;
+pub use lexer::{executed_name, normalize};
 
 use functions::Decision;
 use walk::Walk;

@@ -316,6 +316,24 @@ impl Relay<'_> {
         }
     }
 
+    /// The Close and Parse that give a connection a statement it lacks, with their
+    /// replies expected as pgsplit's own, ahead of the Query that runs it by name.
+    pub(super) fn prepared_ahead(
+        &mut self,
+        conn: Conn,
+        statement: Arc<Statement>,
+    ) -> Result<BytesMut, ProxyError> {
+        let capacity = self.statement_cache_size();
+        let slot = self.slot(conn);
+        let batch = slot.syncs_sent;
+        let Some(lease) = slot.conn.as_mut() else {
+            return Err(ProxyError::NoPrimary);
+        };
+        let mut out = Outgoing::new(lease, capacity, vec![statement.id], 0);
+        out.ensure(&Target::Named(statement));
+        Ok(out.finish(batch).expect_on(slot))
+    }
+
     /// Prepares (where missing) and describes statements on a connection, answered at a
     /// Sync of pgsplit's own: their shapes there are recorded as the replies arrive.
     pub(super) async fn describe_first(

@@ -17,7 +17,7 @@ use tokio::time::Sleep;
 use super::state::{apply_to_server, Conn, Gucs, Plan, Prepared, RoutingState, Target};
 use super::Startup;
 use crate::backend::send_cancel;
-use crate::classify::{Classification, Effect, Reason, Route};
+use crate::classify::{executed_name, Classification, Effect, Reason, Route};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::error::ProxyError;
 use crate::pool::Lease;
@@ -245,7 +245,10 @@ struct AfterSync {
 /// A unit of client work that goes to one server connection.
 #[derive(Clone)]
 enum Request {
-    Query(Frame),
+    /// A simple Query; for `EXECUTE name` of a statement the client prepared at protocol
+    /// level, rewritten to name it as the servers do, with that statement (prepared first
+    /// where the connection lacks it).
+    Query(Frame, Option<Arc<Statement>>),
     Batch {
         ops: Vec<Op>,
         class: Arc<Classification>,
@@ -898,7 +901,8 @@ impl<'a> Relay<'a> {
             // the order sent (pgjdbc's autosave sends BEGIN so, then a SAVEPOINT query).
             b'Q' => {
                 self.send_unsynced().await?;
-                self.dispatch(Request::Query(frame)).await?
+                let request = self.query_request(frame);
+                self.dispatch(request).await?
             }
             b'F' => {
                 self.send_unsynced().await?;
@@ -980,6 +984,35 @@ impl<'a> Relay<'a> {
         .await
     }
 
+    /// A Query as a request: `EXECUTE name` of a statement the client prepared at protocol
+    /// level runs it under the name it has on the servers, as PostgreSQL runs a protocol
+    /// statement by SQL name in the same session.
+    fn query_request(&mut self, frame: Frame) -> Request {
+        let text = query_text(frame.body());
+        let Some(span) = executed_name(text) else {
+            return Request::Query(frame, None);
+        };
+        let class = self.classify(text);
+        let Some(Effect::Execute { name }) = class.effects.first() else {
+            return Request::Query(frame, None);
+        };
+        if class.statements != 1 || self.state.sql_prepared.contains_key(name) {
+            return Request::Query(frame, None);
+        }
+        let Some(Target::Named(statement)) = self.state.statements.get(name).map(|p| &p.target)
+        else {
+            return Request::Query(frame, None);
+        };
+        let rewritten = format!(
+            "{}{}{}",
+            &text[..span.start],
+            statement.name,
+            &text[span.end..]
+        );
+        let statement = Arc::clone(statement);
+        Request::Query(encode::query_frame(&rewritten), Some(statement))
+    }
+
     /// Sends a request, or holds it while an earlier one is still being answered: one
     /// request in flight keeps replies in order and lets pgsplit put its own messages
     /// (settings, deferred BEGIN, re-prepares) in front of a request, never inside another
@@ -1002,7 +1035,7 @@ impl<'a> Relay<'a> {
         }
         let answered = matches!(
             request,
-            Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
+            Request::Query(..) | Request::Function(_) | Request::Batch { sync: true, .. }
         );
         self.primary_read = None;
         let (plan, class) = self.plan(&request);
@@ -1088,8 +1121,8 @@ impl<'a> Relay<'a> {
         // waits for data behind it. It goes to the server now, which ends the COPY with an
         // error as PostgreSQL alone would.
         if let Some(conn) = self.copying() {
-            let in_copy = |r: &mut Request| matches!(r, Request::Query(_) | Request::Function(_));
-            if let Some(Request::Query(frame) | Request::Function(frame)) =
+            let in_copy = |r: &mut Request| matches!(r, Request::Query(..) | Request::Function(_));
+            if let Some(Request::Query(frame, _) | Request::Function(frame)) =
                 self.held.pop_front_if(in_copy)
             {
                 let slot = self.slot(conn);
@@ -1122,7 +1155,7 @@ impl<'a> Relay<'a> {
     fn plan(&mut self, request: &Request) -> (Plan, Arc<Classification>) {
         let open = self.last;
         let lone = match request {
-            Request::Query(_) => true,
+            Request::Query(..) => true,
             Request::Batch { ops, .. } => {
                 ops.iter()
                     .filter(|op| matches!(op, Op::Uses(f, ..) if f.tag == b'B'))
@@ -1154,7 +1187,7 @@ impl<'a> Relay<'a> {
         open: Option<Conn>,
     ) -> (Plan, Arc<Classification>) {
         match request {
-            Request::Query(frame) => {
+            Request::Query(frame, _) => {
                 let text = query_text(frame.body());
                 let class = self.classify(text);
                 let plan = match self.sticky {
@@ -1293,7 +1326,7 @@ impl<'a> Relay<'a> {
             Plan::BeginThenSend(conn, begin) => (conn, Some(begin)),
             Plan::DeferBegin => {
                 let tag = match &request {
-                    Request::Query(f)
+                    Request::Query(f, _)
                         if query_text(f.body())
                             .trim_start()
                             .to_ascii_lowercase()
@@ -1368,7 +1401,7 @@ impl<'a> Relay<'a> {
             && class.effects.is_empty()
             && matches!(
                 request,
-                Request::Query(_) | Request::Batch { sync: true, .. }
+                Request::Query(..) | Request::Batch { sync: true, .. }
             );
         self.slot(conn).retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
         self.injected_error = None;
@@ -1412,7 +1445,7 @@ impl<'a> Relay<'a> {
             {
                 let answered = matches!(
                     waiting.request,
-                    Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
+                    Request::Query(..) | Request::Function(_) | Request::Batch { sync: true, .. }
                 );
                 self.primary_read = Some(Decision::FallbackPrimary);
                 match self
@@ -1426,7 +1459,7 @@ impl<'a> Relay<'a> {
             Some((_, error)) => {
                 let answered = matches!(
                     waiting.request,
-                    Request::Query(_) | Request::Function(_) | Request::Batch { sync: true, .. }
+                    Request::Query(..) | Request::Function(_) | Request::Batch { sync: true, .. }
                 );
                 let message = format!(
                     "pgsplit could not apply this session's settings on another server: {error}"
@@ -1486,7 +1519,7 @@ impl<'a> Relay<'a> {
             }
             Shapes::Changed => (
                 Arc::new(Classification::any()),
-                Request::Query(encode::query_frame(SHAPE_CHANGED)),
+                Request::Query(encode::query_frame(SHAPE_CHANGED), None),
             ),
             Shapes::Unknown(_) | Shapes::Same => (class, request),
         };
@@ -1539,8 +1572,29 @@ impl<'a> Relay<'a> {
             self.cancel_points_at = server_key;
         }
         let sent = match request {
-            Request::Query(frame) | Request::Function(frame) => {
+            Request::Query(frame, executes) => {
                 // Its ReadyForQuery ends a Flush chain as a Sync would.
+                self.sticky = None;
+                let mut bytes = match executes {
+                    Some(statement) => self.prepared_ahead(conn, statement)?,
+                    None => BytesMut::new(),
+                };
+                let slot = self.slot(conn);
+                slot.pending += 1;
+                slot.syncs_sent += 1;
+                slot.last_synced = false;
+                if let Some(lease) = slot.conn.as_mut() {
+                    // A simple Query destroys the unnamed statement on that server.
+                    lease.unnamed = None;
+                }
+                if bytes.is_empty() {
+                    write_to(slot, &frame.raw).await
+                } else {
+                    bytes.extend_from_slice(&frame.raw);
+                    write_to(slot, &bytes).await
+                }
+            }
+            Request::Function(frame) => {
                 self.sticky = None;
                 let slot = self.slot(conn);
                 slot.pending += 1;

@@ -80,7 +80,7 @@ impl Relay<'_> {
     /// went and why, and starts its clock. The batches of a Flush chain are one request.
     pub(super) fn tally_request(&mut self, conn: Conn, class: &Classification, request: &Request) {
         let (bytes, unsynced) = match request {
-            Request::Query(frame) | Request::Function(frame) => (frame.raw.len(), false),
+            Request::Query(frame, _) | Request::Function(frame) => (frame.raw.len(), false),
             Request::Batch { bytes, sync, .. } => (*bytes, !sync),
         };
         let route = if class.route == Route::Primary {
