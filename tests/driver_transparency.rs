@@ -518,3 +518,54 @@ async fn sql_execute_runs_a_statement_prepared_at_protocol_level() {
     let folded = raw::reply_of(&mut s, &query("EXECUTE Mixed")).await;
     assert_eq!(folded.errors, vec!["26000".to_owned()]);
 }
+
+#[tokio::test]
+async fn a_name_in_use_is_refused_as_postgresql_refuses_it_and_execute_works_over_the_extended_protocol(
+) {
+    let proxy = pooled_proxy("max_pool_size = 1").await;
+    let mut s = raw::login(proxy.addr, "trustuser").await;
+    // asyncpg's test_prepare_explicitly_named: prepare "foobar", run it by SQL EXECUTE
+    // over the extended protocol, then prepare the name again.
+    let prepared = exchange(
+        &mut s,
+        &[
+            parse("foobar", "SELECT 1"),
+            describe(b'S', "foobar"),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(tags(&prepared), "1 t T Z(I)");
+    let run = raw::reply_of(
+        &mut s,
+        &[
+            parse("", "EXECUTE foobar"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(
+        (run.errors, run.rows),
+        (vec![], vec![vec![Some("1".to_owned())]])
+    );
+    let again = exchange(&mut s, &[parse("foobar", "SELECT 2"), sync()]).await;
+    let (_, error) = again
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .unwrap_or_else(|| panic!("no error in {}", tags(&again)));
+    assert_eq!(raw::error_code(error), "42P05");
+    assert_eq!(
+        error_field(error, b'M'),
+        "prepared statement \"foobar\" already exists"
+    );
+    // The statement the name holds is still the first one.
+    let kept = raw::reply_of(
+        &mut s,
+        &[bind("", "foobar", &[]), execute(""), sync()].concat(),
+    )
+    .await;
+    assert_eq!(kept.rows, vec![vec![Some("1".to_owned())]]);
+}

@@ -17,7 +17,7 @@ use crate::session::state::{guc_sync_sql, Conn, Gucs, Target};
 /// A name no statement has: a client's Close of its statement becomes a Close of this,
 /// which the server answers with CloseComplete without touching statements other
 /// clients share.
-pub(super) const NO_STATEMENT: &str = "__pgsplit_closed";
+const NO_STATEMENT: &str = "__pgsplit_closed";
 
 /// One batch as written to a server: messages pgsplit adds go first, then the client's.
 struct Outgoing<'a> {
@@ -31,8 +31,8 @@ struct Outgoing<'a> {
     body_parses: Vec<(ParseOf, bool)>,
     front_closes: Vec<bool>,
     body_closes: Vec<bool>,
-    /// The first statement named that the client does not have.
-    unknown: Option<String>,
+    /// The first server-side name standing for a client's (see `Slot::renamed`).
+    renamed: Option<(String, String)>,
     /// Named statements described, with the client's name for each the client described.
     describes: Vec<(u64, Option<String>)>,
 }
@@ -110,10 +110,17 @@ impl Outgoing<'_> {
                 }
             }
             Op::Unknown(frame) => {
-                if self.unknown.is_none() {
-                    self.unknown = statement_named(&frame);
+                if self.renamed.is_none() {
+                    self.renamed = statement_named(&frame).map(|n| (NO_STATEMENT.to_owned(), n));
                 }
                 rename_statement(&frame, NO_STATEMENT, &mut self.body)
+            }
+            Op::Needs(statement) => self.ensure(&Target::Named(statement)),
+            Op::Duplicate(frame, statement, name) => {
+                // Held first, so the server refuses the name; no ParseComplete will come.
+                self.ensure(&Target::Named(Arc::clone(&statement)));
+                rename_statement(&frame, &statement.name, &mut self.body);
+                self.renamed.get_or_insert((statement.name.clone(), name));
             }
             Op::Close(Some(_)) => {
                 encode_close_statement(&mut self.body, NO_STATEMENT);
@@ -128,11 +135,13 @@ impl Outgoing<'_> {
     }
 }
 
-/// A Bind or Describe naming `name` as its statement instead of the client's name.
+/// A Parse, Bind or Describe naming `name` as its statement instead of the client's name.
 fn rename_statement(frame: &Frame, name: &str, out: &mut BytesMut) {
     let body = frame.body();
-    // Bind starts with the portal name, Describe with its kind byte.
+    // Parse starts with the statement name, Bind with the portal name, Describe with its
+    // kind byte.
     let split = match frame.tag {
+        b'P' => 0,
         b'B' => body.iter().position(|b| *b == 0).map_or(0, |i| i + 1),
         _ => 1.min(body.len()),
     };
@@ -161,7 +170,7 @@ impl<'a> Outgoing<'a> {
             body_parses: Vec::new(),
             front_closes: Vec::new(),
             body_closes: Vec::new(),
-            unknown: None,
+            renamed: None,
             describes: Vec::new(),
         }
     }
@@ -176,7 +185,7 @@ impl<'a> Outgoing<'a> {
             body_parses,
             front_closes,
             body_closes,
-            unknown,
+            renamed,
             describes,
             ..
         } = self;
@@ -210,7 +219,7 @@ impl<'a> Outgoing<'a> {
                     what,
                 })
                 .collect(),
-            unknown,
+            renamed,
         }
     }
 }
@@ -221,14 +230,14 @@ struct Written {
     parses: Vec<InFlight<ParseOf>>,
     closes: Vec<InFlight<()>>,
     describes: Vec<InFlight<(u64, Option<String>)>>,
-    unknown: Option<String>,
+    renamed: Option<(String, String)>,
 }
 
 impl Written {
     /// Records the replies as expected on `slot`; the bytes to write there.
     fn expect_on(self, slot: &mut Slot) -> BytesMut {
-        if self.unknown.is_some() {
-            slot.unknown = self.unknown;
+        if self.renamed.is_some() {
+            slot.renamed = self.renamed;
         }
         slot.parses.extend(self.parses);
         slot.closes.extend(self.closes);
@@ -265,7 +274,7 @@ impl Relay<'_> {
         let used = ops
             .iter()
             .filter_map(|op| match op {
-                Op::Parse(_, s) => Some(s.id),
+                Op::Parse(_, s) | Op::Needs(s) | Op::Duplicate(_, s, _) => Some(s.id),
                 Op::Uses(_, Target::Named(s), _) => Some(s.id),
                 _ => None,
             })

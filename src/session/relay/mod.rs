@@ -116,9 +116,10 @@ struct Slot {
     /// The settings applied here before the open transaction (`None`: unknown), which
     /// its rollback returns to.
     applied_before: Option<Gucs>,
-    /// A statement the client named but never prepared, sent under pgsplit's name for
-    /// no statement: the server's error names it as the client did.
-    unknown: Option<String>,
+    /// A server-side statement name standing for one the client named in the batch in
+    /// flight (a statement it never prepared, a Parse of a name in use), and the client's
+    /// name: the server's error says the client's.
+    renamed: Option<(String, String)>,
     /// The client was sent the server's FATAL error: the server closes next, and the
     /// client already knows why.
     told_fatal: bool,
@@ -152,7 +153,7 @@ impl Slot {
             early: BytesMut::new(),
             answering: None,
             applied_before: None,
-            unknown: None,
+            renamed: None,
             told_fatal: false,
             heard: 0,
             silence: (0, 0),
@@ -278,6 +279,13 @@ enum Op {
     Unknown(Frame),
     /// Close of a client statement (`None` for the unnamed one).
     Close(Option<String>),
+    /// A statement an `EXECUTE` in the batch runs by its server-side name: prepared ahead
+    /// where the connection lacks it.
+    Needs(Arc<Statement>),
+    /// Parse under a name the client holds (the statement it names, and the name): sent
+    /// under that statement's server-side name, where it is held, so the server refuses it
+    /// as it would the client's (42P05).
+    Duplicate(Frame, Arc<Statement>, String),
 }
 
 /// How long messages the client sent without Sync or Flush wait for more before they go
@@ -285,6 +293,11 @@ enum Op {
 /// statements and waits for an error that PostgreSQL sends at once). Messages arriving
 /// apart, as some drivers write them, are not split over servers by a shorter pause.
 const UNSYNCED_WAIT: Duration = Duration::from_millis(5);
+
+/// Messages without Sync or Flush beyond this many bytes go to a server without waiting:
+/// a long pipeline (asyncpg's `executemany`) runs as it arrives, so a server error stops
+/// the client early, as it does directly, and pgsplit never buffers a whole pipeline.
+const UNSYNCED_BATCH_BYTES: usize = 64 * 1024;
 
 /// What PostgreSQL raises when a prepared statement's result shape changed, run where a
 /// statement the client described now has another shape, so that the error, and the
@@ -655,7 +668,10 @@ impl<'a> Relay<'a> {
                         // Most extended-protocol messages only join their batch: no boxed
                         // handler (an allocation and a copy of its large future) for them.
                         Ok(Some(frame)) if self.joins_batch(&frame) => match self.join_batch(frame) {
-                            Ok(Step::Continue) if !self.client.has_buffered() => {
+                            Ok(Step::Continue)
+                                if !self.client.has_buffered()
+                                    || self.batch_bytes >= UNSYNCED_BATCH_BYTES =>
+                            {
                                 Box::pin(self.on_client_pause()).await
                             }
                             step => step,
@@ -950,11 +966,14 @@ impl<'a> Relay<'a> {
         Ok(Step::Continue)
     }
 
-    /// The client paused after messages without Sync or Flush: PostgreSQL would run them
-    /// now, and send an error at once. Where they run is known inside a transaction or
-    /// a chain; otherwise they wait [`UNSYNCED_WAIT`] for more first.
+    /// The client paused after messages without Sync or Flush (or sent many): PostgreSQL
+    /// would run them now, and send an error at once. Where they run is known inside a
+    /// transaction or a chain; otherwise they wait [`UNSYNCED_WAIT`] for more first.
     async fn on_client_pause(&mut self) -> Result<Step, ProxyError> {
-        if self.state.txn.is_some() || self.sticky.is_some() {
+        if self.state.txn.is_some()
+            || self.sticky.is_some()
+            || self.batch_bytes >= UNSYNCED_BATCH_BYTES
+        {
             self.send_unsynced().await?;
         } else {
             self.quiet
@@ -988,29 +1007,48 @@ impl<'a> Relay<'a> {
     /// level runs it under the name it has on the servers, as PostgreSQL runs a protocol
     /// statement by SQL name in the same session.
     fn query_request(&mut self, frame: Frame) -> Request {
-        let text = query_text(frame.body());
-        let Some(span) = executed_name(text) else {
-            return Request::Query(frame, None);
-        };
+        match self.executed_statement(query_text(frame.body())) {
+            Some((statement, text)) => Request::Query(encode::query_frame(&text), Some(statement)),
+            None => Request::Query(frame, None),
+        }
+    }
+
+    /// A Parse of `EXECUTE name` naming a statement the client prepared at protocol
+    /// level: that statement, and the Parse rewritten to name it as the servers do.
+    fn executing_parse(&self, frame: &Frame) -> Option<(Arc<Statement>, Frame)> {
+        let mut body = frame.body();
+        let name = read_cstr(&mut body)?;
+        let mut after_text = body;
+        let text = read_cstr(&mut after_text)?;
+        let (statement, rewritten) = self.executed_statement(&text)?;
+        let mut text_and_types = rewritten.into_bytes();
+        text_and_types.push(0);
+        text_and_types.extend_from_slice(after_text);
+        let raw = crate::prepared::encode_parse(&name, &text_and_types);
+        Some((statement, Frame { tag: b'P', raw }))
+    }
+
+    /// For `EXECUTE name` alone, of a statement the client prepared at protocol level
+    /// (not by SQL PREPARE): that statement, and the text naming it as the servers do.
+    fn executed_statement(&self, text: &str) -> Option<(Arc<Statement>, String)> {
+        let span = executed_name(text)?;
         let class = self.classify(text);
         let Some(Effect::Execute { name }) = class.effects.first() else {
-            return Request::Query(frame, None);
+            return None;
         };
         if class.statements != 1 || self.state.sql_prepared.contains_key(name) {
-            return Request::Query(frame, None);
+            return None;
         }
-        let Some(Target::Named(statement)) = self.state.statements.get(name).map(|p| &p.target)
-        else {
-            return Request::Query(frame, None);
+        let Target::Named(statement) = &self.state.statements.get(name)?.target else {
+            return None;
         };
-        let rewritten = format!(
+        let text = format!(
             "{}{}{}",
-            &text[..span.start],
+            text.get(..span.start)?,
             statement.name,
-            &text[span.end..]
+            text.get(span.end..)?
         );
-        let statement = Arc::clone(statement);
-        Request::Query(encode::query_frame(&rewritten), Some(statement))
+        Some((Arc::clone(statement), text))
     }
 
     /// Sends a request, or holds it while an earlier one is still being answered: one
@@ -1249,6 +1287,13 @@ impl<'a> Relay<'a> {
         for frame in frames {
             let op = match frame.tag {
                 b'P' => {
+                    let frame = match self.executing_parse(&frame) {
+                        Some((statement, parse)) => {
+                            ops.push(Op::Needs(statement));
+                            parse
+                        }
+                        None => frame,
+                    };
                     let mut body = frame.body();
                     let name = read_cstr(&mut body).unwrap_or_default();
                     let text_and_types = body;
@@ -1266,8 +1311,13 @@ impl<'a> Relay<'a> {
                             .statements
                             .insert(name, Prepared::new(class, target));
                         Op::ParseUnnamed(frame, id)
+                    } else if let Some(Target::Named(held)) =
+                        self.state.statements.get(&name).map(|p| &p.target)
+                    {
+                        // A name in use: PostgreSQL refuses it with 42P05 and keeps the
+                        // statement it names.
+                        Op::Duplicate(frame.clone(), Arc::clone(held), name)
                     } else {
-                        // A name in use is replaced (PostgreSQL would refuse it with 42P05).
                         let statement = self.shared.statements.intern(text_and_types);
                         let target = Target::Named(Arc::clone(&statement));
                         self.state
@@ -1502,6 +1552,11 @@ impl<'a> Relay<'a> {
         request: Request,
         described: bool,
     ) -> Result<(), ProxyError> {
+        let opens = begin.is_some()
+            || class
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::Begin { .. }));
         if let Some(begin) = begin {
             self.inject_query(conn, &begin).await?;
         }
@@ -1526,8 +1581,15 @@ impl<'a> Relay<'a> {
         self.tally_request(conn, &class, &request);
         if self.state.txn.is_none() {
             self.gucs_before.clone_from(&self.state.gucs);
+            // Only a request that opens a transaction needs the record (a clone per
+            // autocommit statement would not be free); one not seen opening it rolls
+            // back to unknown settings.
             let slot = self.slot(conn);
-            slot.applied_before = slot.conn.as_ref().and_then(|c| c.gucs.clone());
+            slot.applied_before = if opens {
+                slot.conn.as_ref().and_then(|c| c.gucs.clone())
+            } else {
+                None
+            };
         }
         self.committed = false;
         self.request_failed = false;
@@ -1839,8 +1901,8 @@ impl<'a> Relay<'a> {
                 .flatten();
             let slot = self.slot(conn);
             slot.retry = None;
-            let unknown = match frame.tag {
-                b'E' | b'Z' => slot.unknown.take(),
+            let renamed = match frame.tag {
+                b'E' | b'Z' => slot.renamed.take(),
                 _ => None,
             };
             let mut sent = frame.raw.len();
@@ -1850,15 +1912,10 @@ impl<'a> Relay<'a> {
                 self.to_client.extend_from_slice(&early);
             }
             let at = self.to_client.len();
-            match unknown.filter(|_| frame.tag == b'E') {
-                Some(name) => {
-                    let renamed = rename_in_error(
-                        &frame.raw,
-                        inject::NO_STATEMENT,
-                        &name,
-                        &mut self.to_client,
-                    );
-                    sent = sent - frame.raw.len() + renamed;
+            match renamed.filter(|_| frame.tag == b'E') {
+                Some((ours, client)) => {
+                    let length = rename_in_error(&frame.raw, &ours, &client, &mut self.to_client);
+                    sent = sent - frame.raw.len() + length;
                 }
                 None => self.to_client.extend_from_slice(&frame.raw),
             }
