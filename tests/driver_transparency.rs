@@ -569,3 +569,119 @@ async fn a_name_in_use_is_refused_as_postgresql_refuses_it_and_execute_works_ove
     .await;
     assert_eq!(kept.rows, vec![vec![Some("1".to_owned())]]);
 }
+
+#[tokio::test]
+async fn messages_after_an_error_in_a_chain_have_no_effect_as_the_server_skips_them() {
+    let proxy = pooled_proxy("max_pool_size = 1").await;
+    let mut s = raw::login(proxy.addr, "trustuser").await;
+    // A pipeline: a failing statement, a pause (its messages go out), then a SET and Sync.
+    s.write_all(&[parse("", "SELECT 1/0"), bind("", "", &[]), execute("")].concat())
+        .await
+        .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), raw::next_error(&mut s)).await;
+    assert_eq!(error, Ok(Some("22012".to_owned())));
+    let rest = exchange(
+        &mut s,
+        &[
+            parse("", "SET application_name = 'skipped'"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(tags(&rest), "Z(I)", "the server skipped the SET");
+    for _ in 0..4 {
+        let shown = raw::reply_of(&mut s, &query("SHOW application_name")).await;
+        assert_ne!(
+            shown.rows,
+            vec![vec![Some("skipped".to_owned())]],
+            "pgsplit applied a SET the server skipped"
+        );
+    }
+    // A Query after the error is skipped too, and the Sync still answered.
+    s.write_all(&[parse("", "SELEC 1"), query("SELECT 1"), sync()].concat())
+        .await
+        .unwrap();
+    let got = raw::read_until_ready(&mut s).await;
+    assert_eq!(tags(&got), "E(42601) Z(I)");
+    proxy.still_serves().await;
+}
+
+#[tokio::test]
+async fn sql_execute_in_a_failed_transaction_gets_postgresqls_error_and_no_hang() {
+    let proxy = pooled_proxy("max_pool_size = 1").await;
+    let mut s = raw::login(proxy.addr, "trustuser").await;
+    assert_eq!(
+        tags(&exchange(&mut s, &[parse("p1", "SELECT 1"), sync()]).await),
+        "1 Z(I)"
+    );
+    for (sql, want) in [
+        ("BEGIN", "C Z(T)"),
+        ("SELECT 1/0", "E(22012) Z(E)"),
+        ("EXECUTE p1", "E(25P02) Z(E)"),
+        ("ROLLBACK", "C Z(I)"),
+        ("EXECUTE p1", "T D C Z(I)"),
+    ] {
+        let got = exchange(&mut s, &[query(sql)]).await;
+        assert_eq!(tags(&got), want, "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn describing_the_unnamed_statement_does_not_confuse_the_shape_of_a_named_one() {
+    let proxy = pooled_proxy("max_pool_size = 1").await;
+    let mut a = raw::login(proxy.addr, "trustuser").await;
+    let described = exchange(
+        &mut a,
+        &[
+            parse("", &format!("{ON_PRIMARY} SELECT 1::int")),
+            describe(b'S', ""),
+            parse("s1", &format!("{ON_PRIMARY} SELECT 'x'::text")),
+            describe(b'S', "s1"),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(tags(&described), "1 t T 1 t T Z(I)");
+    // Prepared again on the shared connection, the statement is described there again.
+    let mut b = raw::login(proxy.addr, "trustuser").await;
+    assert_eq!(
+        tags(&exchange(&mut b, &[query("DEALLOCATE ALL")]).await),
+        "C Z(I)"
+    );
+    let used = raw::reply_of(&mut a, &[bind("", "s1", &[]), execute(""), sync()].concat()).await;
+    assert_eq!(
+        (used.errors, used.rows),
+        (vec![], vec![vec![Some("x".to_owned())]])
+    );
+}
+
+#[tokio::test]
+async fn extended_protocol_messages_during_copy_fail_the_copy_instead_of_waiting_for_it() {
+    su_app("CREATE TABLE IF NOT EXISTS dt_copy3 (id int); GRANT ALL ON dt_copy3 TO app");
+    let proxy = pooled_proxy("max_pool_size = 1").await;
+    let mut s = raw::login(proxy.addr, "trustuser").await;
+    s.write_all(&query("COPY dt_copy3 FROM STDIN"))
+        .await
+        .unwrap();
+    assert_eq!(read_message(&mut s).await.map(|m| m.0), Some(b'G'));
+    s.write_all(
+        &[
+            parse("", "SELECT 1"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), raw::next_error(&mut s)).await;
+    assert_eq!(
+        error,
+        Ok(Some("08P01".to_owned())),
+        "PostgreSQL fails the COPY"
+    );
+    proxy.still_serves().await;
+}

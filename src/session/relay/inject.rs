@@ -34,7 +34,7 @@ struct Outgoing<'a> {
     /// The first server-side name standing for a client's (see `Slot::renamed`).
     renamed: Option<(String, String)>,
     /// Named statements described, with the client's name for each the client described.
-    describes: Vec<(u64, Option<String>)>,
+    describes: Vec<Option<(u64, Option<String>)>>,
 }
 
 impl Outgoing<'_> {
@@ -78,7 +78,14 @@ impl Outgoing<'_> {
 
     fn add(&mut self, op: Op) {
         match op {
-            Op::Forward(frame) => self.body.extend_from_slice(&frame.raw),
+            Op::Forward(frame) => {
+                // Every Describe of a statement is answered by a ParameterDescription:
+                // the ones of statements pgsplit does not track keep the count.
+                if statement_named(&frame).is_some() && frame.tag == b'D' {
+                    self.describes.push(None);
+                }
+                self.body.extend_from_slice(&frame.raw)
+            }
             Op::ParseUnnamed(frame, id) => {
                 self.body.extend_from_slice(&frame.raw);
                 self.body_parses.push((ParseOf::Unnamed(id), false));
@@ -102,16 +109,26 @@ impl Outgoing<'_> {
                 match &target {
                     Target::Named(statement) => {
                         if frame.tag == b'D' {
-                            self.describes.push((statement.id, statement_named(&frame)));
+                            self.describes
+                                .push(Some((statement.id, statement_named(&frame))));
                         }
                         rename_statement(&frame, &statement.name, &mut self.body)
                     }
-                    Target::Unnamed { .. } => self.body.extend_from_slice(&frame.raw),
+                    Target::Unnamed { .. } => {
+                        if frame.tag == b'D' {
+                            self.describes.push(None);
+                        }
+                        self.body.extend_from_slice(&frame.raw)
+                    }
                 }
             }
             Op::Unknown(frame) => {
+                if frame.tag == b'D' {
+                    self.describes.push(None);
+                }
                 if self.renamed.is_none() {
-                    self.renamed = statement_named(&frame).map(|n| (NO_STATEMENT.to_owned(), n));
+                    self.renamed =
+                        statement_named(&frame).map(|n| (quoted(NO_STATEMENT), quoted(&n)));
                 }
                 rename_statement(&frame, NO_STATEMENT, &mut self.body)
             }
@@ -120,7 +137,8 @@ impl Outgoing<'_> {
                 // Held first, so the server refuses the name; no ParseComplete will come.
                 self.ensure(&Target::Named(Arc::clone(&statement)));
                 rename_statement(&frame, &statement.name, &mut self.body);
-                self.renamed.get_or_insert((statement.name.clone(), name));
+                self.renamed
+                    .get_or_insert((quoted(&statement.name), quoted(&name)));
             }
             Op::Close(Some(_)) => {
                 encode_close_statement(&mut self.body, NO_STATEMENT);
@@ -133,6 +151,24 @@ impl Outgoing<'_> {
             }
         }
     }
+}
+
+/// How many messages in `bytes` a server answers with one final reply each (Parse,
+/// Bind, Describe, Execute, Close), when nothing fails.
+fn answers_due(mut bytes: &[u8]) -> usize {
+    let mut due = 0;
+    while let (Some(&tag), Some(len)) = (bytes.first(), bytes.get(1..5)) {
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]).max(4) as usize;
+        due += usize::from(matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C'));
+        bytes = bytes.get(1 + len..).unwrap_or_default();
+    }
+    due
+}
+
+/// A statement name as PostgreSQL's errors quote it: `__pgsplit_1` is then never found
+/// inside `"__pgsplit_12"`.
+fn quoted(name: &str) -> String {
+    format!("\"{name}\"")
 }
 
 /// A Parse, Bind or Describe naming `name` as its statement instead of the client's name.
@@ -215,7 +251,7 @@ impl<'a> Outgoing<'a> {
                 .into_iter()
                 .map(|what| InFlight {
                     sync: batch,
-                    ours: what.1.is_none(),
+                    ours: what.as_ref().is_none_or(|(_, client)| client.is_none()),
                     what,
                 })
                 .collect(),
@@ -229,7 +265,7 @@ struct Written {
     bytes: BytesMut,
     parses: Vec<InFlight<ParseOf>>,
     closes: Vec<InFlight<()>>,
-    describes: Vec<InFlight<(u64, Option<String>)>>,
+    describes: Vec<InFlight<Option<(u64, Option<String>)>>>,
     renamed: Option<(String, String)>,
 }
 
@@ -288,6 +324,8 @@ impl Relay<'_> {
         if sync {
             slot.pending += 1;
             slot.syncs_sent += 1;
+        } else {
+            slot.chain_due += answers_due(&bytes);
         }
         write_to(slot, &bytes).await
     }
@@ -325,22 +363,35 @@ impl Relay<'_> {
         }
     }
 
-    /// The Close and Parse that give a connection a statement it lacks, with their
-    /// replies expected as pgsplit's own, ahead of the Query that runs it by name.
-    pub(super) fn prepared_ahead(
+    /// Gives a connection a statement it lacks ahead of a Query that runs it by name
+    /// (SQL `EXECUTE`), answered at a Sync of pgsplit's own: were its Parse to fail, a
+    /// server would skip the Query too and never answer it. The Query's error about the
+    /// statement then names it as the client does.
+    pub(super) async fn prepare_first(
         &mut self,
         conn: Conn,
         statement: Arc<Statement>,
-    ) -> Result<BytesMut, ProxyError> {
+        client: &str,
+    ) -> Result<(), ProxyError> {
         let capacity = self.statement_cache_size();
         let slot = self.slot(conn);
         let batch = slot.syncs_sent;
         let Some(lease) = slot.conn.as_mut() else {
             return Err(ProxyError::NoPrimary);
         };
+        let renamed = (quoted(&statement.name), quoted(client));
         let mut out = Outgoing::new(lease, capacity, vec![statement.id], 0);
         out.ensure(&Target::Named(statement));
-        Ok(out.finish(batch).expect_on(slot))
+        let mut bytes = out.finish(batch).expect_on(slot);
+        slot.renamed = Some(renamed);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        encode::sync(&mut bytes);
+        slot.swallow.push_back(Swallow::UntilReady);
+        slot.pending += 1;
+        slot.syncs_sent += 1;
+        write_to(slot, &bytes).await
     }
 
     /// Prepares (where missing) and describes statements on a connection, answered at a
@@ -360,7 +411,7 @@ impl Relay<'_> {
         let mut out = Outgoing::new(lease, capacity, used, 64);
         for statement in statements {
             out.ensure(&Target::Named(Arc::clone(&statement)));
-            out.describes.push((statement.id, None));
+            out.describes.push(Some((statement.id, None)));
             encode_describe_statement(&mut out.front, &statement.name);
         }
         let mut bytes = out.finish(batch).expect_on(slot);

@@ -86,7 +86,8 @@ struct Slot {
     closes: VecDeque<InFlight<()>>,
     /// Describes of named statements in flight: the statement, and the client's name
     /// for it when the client asked.
-    describes: VecDeque<InFlight<(u64, Option<String>)>>,
+    /// `None` for a Describe of a statement pgsplit does not track.
+    describes: VecDeque<InFlight<Option<(u64, Option<String>)>>>,
     /// The Describe whose ParameterDescription just arrived: its RowDescription or
     /// NoData comes next.
     describing: Option<(u64, Option<String>)>,
@@ -120,6 +121,12 @@ struct Slot {
     /// flight (a statement it never prepared, a Parse of a name in use), and the client's
     /// name: the server's error says the client's.
     renamed: Option<(String, String)>,
+    /// Answers still to come to the chain's messages sent without Sync (one per Parse,
+    /// Bind, Describe, Execute, Close).
+    chain_due: usize,
+    /// The server reported an error in a chain (messages without Sync): it ignores what
+    /// follows until the next Sync, so what follows has no effect and no answer.
+    skipping: bool,
     /// The client was sent the server's FATAL error: the server closes next, and the
     /// client already knows why.
     told_fatal: bool,
@@ -154,6 +161,8 @@ impl Slot {
             answering: None,
             applied_before: None,
             renamed: None,
+            chain_due: 0,
+            skipping: false,
             told_fatal: false,
             heard: 0,
             silence: (0, 0),
@@ -249,7 +258,7 @@ enum Request {
     /// A simple Query; for `EXECUTE name` of a statement the client prepared at protocol
     /// level, rewritten to name it as the servers do, with that statement (prepared first
     /// where the connection lacks it).
-    Query(Frame, Option<Arc<Statement>>),
+    Query(Frame, Option<(Arc<Statement>, String)>),
     Batch {
         ops: Vec<Op>,
         class: Arc<Classification>,
@@ -852,7 +861,8 @@ impl<'a> Relay<'a> {
     /// Describe, Execute, Close before their Sync), which needs no I/O.
     fn joins_batch(&self, frame: &Frame) -> bool {
         matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C')
-            && !(self.skip_to_sync && self.copying().is_none())
+            && self.copying().is_none()
+            && !self.skip_to_sync
     }
 
     /// Adds a message to the batch that its Sync or Flush sends.
@@ -903,7 +913,11 @@ impl<'a> Relay<'a> {
             // pipelined query instead, it would wait for the COPY's ReadyForQuery, which
             // waits for data the client never sends: both ends and the pooled connection
             // stuck for good (found by tests/hostile.rs).
-            b'H' | b'S' | b'd' | b'c' | b'f' | b'Q' | b'F' if self.copying().is_some() => {
+            // So do extended-protocol messages: held back, they would wait for the COPY
+            // to end, which waits for the client.
+            b'H' | b'S' | b'd' | b'c' | b'f' | b'Q' | b'F' | b'P' | b'B' | b'D' | b'E' | b'C'
+                if self.copying().is_some() =>
+            {
                 let conn = self.copying().unwrap_or(Conn::Primary);
                 let slot = self.slot(conn);
                 if matches!(frame.tag, b'c' | b'f') {
@@ -952,7 +966,7 @@ impl<'a> Relay<'a> {
                 self.send_unsynced().await?;
                 let conn = self.last.unwrap_or(Conn::Primary);
                 let slot = self.slot(conn);
-                if matches!(frame.tag, b'c' | b'f') {
+                if matches!(frame.tag, b'c' | b'f') && slot.pending > 0 {
                     slot.copy_ended_early = true;
                     slot.awaits_sync = slot.last_synced;
                 }
@@ -1008,7 +1022,9 @@ impl<'a> Relay<'a> {
     /// statement by SQL name in the same session.
     fn query_request(&mut self, frame: Frame) -> Request {
         match self.executed_statement(query_text(frame.body())) {
-            Some((statement, text)) => Request::Query(encode::query_frame(&text), Some(statement)),
+            Some((statement, name, text)) => {
+                Request::Query(encode::query_frame(&text), Some((statement, name)))
+            }
             None => Request::Query(frame, None),
         }
     }
@@ -1016,21 +1032,27 @@ impl<'a> Relay<'a> {
     /// A Parse of `EXECUTE name` naming a statement the client prepared at protocol
     /// level: that statement, and the Parse rewritten to name it as the servers do.
     fn executing_parse(&self, frame: &Frame) -> Option<(Arc<Statement>, Frame)> {
-        let mut body = frame.body();
-        let name = read_cstr(&mut body)?;
-        let mut after_text = body;
-        let text = read_cstr(&mut after_text)?;
-        let (statement, rewritten) = self.executed_statement(&text)?;
+        let body = frame.body();
+        let name_end = body.iter().position(|b| *b == 0)?;
+        let rest = &body[name_end + 1..];
+        let text_end = rest.iter().position(|b| *b == 0)?;
+        // Checked before anything is copied: this runs for every Parse.
+        let text = std::str::from_utf8(&rest[..text_end]).ok()?;
+        executed_name(text)?;
+        let (statement, _, rewritten) = self.executed_statement(text)?;
+        let name = std::str::from_utf8(&body[..name_end]).ok()?;
+        let after_text = &rest[text_end + 1..];
         let mut text_and_types = rewritten.into_bytes();
         text_and_types.push(0);
         text_and_types.extend_from_slice(after_text);
-        let raw = crate::prepared::encode_parse(&name, &text_and_types);
+        let raw = crate::prepared::encode_parse(name, &text_and_types);
         Some((statement, Frame { tag: b'P', raw }))
     }
 
     /// For `EXECUTE name` alone, of a statement the client prepared at protocol level
-    /// (not by SQL PREPARE): that statement, and the text naming it as the servers do.
-    fn executed_statement(&self, text: &str) -> Option<(Arc<Statement>, String)> {
+    /// (not by SQL PREPARE): that statement, the client's name, and the text naming it as
+    /// the servers do.
+    fn executed_statement(&self, text: &str) -> Option<(Arc<Statement>, String, String)> {
         let span = executed_name(text)?;
         let class = self.classify(text);
         let Some(Effect::Execute { name }) = class.effects.first() else {
@@ -1048,7 +1070,7 @@ impl<'a> Relay<'a> {
             statement.name,
             text.get(span.end..)?
         );
-        Some((Arc::clone(statement), text))
+        Some((Arc::clone(statement), name.clone(), text))
     }
 
     /// Sends a request, or holds it while an earlier one is still being answered: one
@@ -1067,6 +1089,19 @@ impl<'a> Relay<'a> {
         {
             self.held.push_back(request);
             return Ok(());
+        }
+        if let (Some(conn), Request::Query(..) | Request::Function(_)) = (self.sticky, &request) {
+            if !self.chain_settled(conn) {
+                // Whether the server runs it or skips it (after an error in the chain)
+                // decides whether it is answered: it waits until the chain's answers are
+                // in, which a Flush asks for now.
+                let mut flush = BytesMut::new();
+                flush.put_u8(b'H');
+                flush.put_i32(4);
+                write_to(self.slot(conn), &flush).await?;
+                self.held.push_back(request);
+                return Ok(());
+            }
         }
         if self.answer_locally(&request).await? {
             return Ok(());
@@ -1170,13 +1205,26 @@ impl<'a> Relay<'a> {
         }
         // In order, each once it can go out (the batches of a chain go out together).
         while !self.held.is_empty()
-            && (self.sticky.is_some() || (self.primary.pending == 0 && self.standby.pending == 0))
+            && match self.sticky {
+                Some(conn) => self.chain_settled(conn),
+                None => self.primary.pending == 0 && self.standby.pending == 0,
+            }
         {
             if let Some(held) = self.held.pop_front() {
                 self.dispatch(held).await?;
             }
         }
         Ok(())
+    }
+
+    /// Whether every message of the chain on `conn` has been answered, or the server
+    /// skips the rest of it after an error.
+    fn chain_settled(&self, conn: Conn) -> bool {
+        let slot = match conn {
+            Conn::Primary => &self.primary,
+            Conn::Standby => &self.standby,
+        };
+        slot.chain_due == 0 || slot.skipping
     }
 
     fn client_status(&self) -> u8 {
@@ -1560,7 +1608,17 @@ impl<'a> Relay<'a> {
         if let Some(begin) = begin {
             self.inject_query(conn, &begin).await?;
         }
-        let (class, request) = match self.check_shapes(conn, &request) {
+        // In a chain the statements' shapes cannot be asked for: a Sync of pgsplit's own
+        // would end the chain's implicit transaction.
+        let mid_chain = self.sticky == Some(conn);
+        // After an error in a chain the server ignores the request: it has no effect.
+        let skipped = self.slot(conn).skipping;
+        let shapes = if mid_chain {
+            Shapes::Same
+        } else {
+            self.check_shapes(conn, &request)
+        };
+        let (class, request) = match shapes {
             Shapes::Unknown(statements) if !described => {
                 self.describe_first(conn, statements).await?;
                 self.after_sync = Some(AfterSync {
@@ -1591,24 +1649,8 @@ impl<'a> Relay<'a> {
                 None
             };
         }
-        self.committed = false;
-        self.request_failed = false;
-        if class.effects.iter().any(|e| {
-            matches!(
-                e,
-                Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll | Effect::DiscardAll
-            )
-        }) {
-            self.guc_undo = Some((conn, self.state.gucs.clone()));
-        }
-        let releases = self.state.apply(&class, conn);
-        self.releasing.extend(releases);
-        self.count_pinned();
-        if let Some(lease) = self.slot(conn).conn.as_mut() {
-            // This connection runs the SETs itself.
-            if let Some(applied) = lease.gucs.as_mut() {
-                apply_to_server(applied, &class);
-            }
+        if !skipped {
+            self.apply_effects(conn, &class);
         }
         let drops_statements = class
             .effects
@@ -1634,39 +1676,22 @@ impl<'a> Relay<'a> {
             self.cancel_points_at = server_key;
         }
         let sent = match request {
+            // Ignored by a server skipping to the chain's Sync: no answer comes, and the
+            // chain goes on (the client's Sync ends it).
+            Request::Query(frame, _) | Request::Function(frame) if skipped => {
+                write_to(self.slot(conn), &frame.raw).await
+            }
             Request::Query(frame, executes) => {
                 // Its ReadyForQuery ends a Flush chain as a Sync would.
                 self.sticky = None;
-                let mut bytes = match executes {
-                    Some(statement) => self.prepared_ahead(conn, statement)?,
-                    None => BytesMut::new(),
-                };
-                let slot = self.slot(conn);
-                slot.pending += 1;
-                slot.syncs_sent += 1;
-                slot.last_synced = false;
-                if let Some(lease) = slot.conn.as_mut() {
-                    // A simple Query destroys the unnamed statement on that server.
-                    lease.unnamed = None;
+                if let Some((statement, name)) = executes {
+                    self.prepare_first(conn, statement, &name).await?;
                 }
-                if bytes.is_empty() {
-                    write_to(slot, &frame.raw).await
-                } else {
-                    bytes.extend_from_slice(&frame.raw);
-                    write_to(slot, &bytes).await
-                }
+                self.send_simple(conn, &frame).await
             }
             Request::Function(frame) => {
                 self.sticky = None;
-                let slot = self.slot(conn);
-                slot.pending += 1;
-                slot.syncs_sent += 1;
-                slot.last_synced = false;
-                if let Some(lease) = slot.conn.as_mut() {
-                    // A simple Query destroys the unnamed statement on that server.
-                    lease.unnamed = None;
-                }
-                write_to(slot, &frame.raw).await
+                self.send_simple(conn, &frame).await
             }
             Request::Batch { ops, sync, .. } => {
                 self.sticky = if sync { None } else { Some(conn) };
@@ -1680,6 +1705,43 @@ impl<'a> Relay<'a> {
             }
         }
         sent
+    }
+
+    /// Sends a Query or FunctionCall, answered by its ReadyForQuery.
+    async fn send_simple(&mut self, conn: Conn, frame: &Frame) -> Result<(), ProxyError> {
+        let slot = self.slot(conn);
+        slot.pending += 1;
+        slot.syncs_sent += 1;
+        slot.last_synced = false;
+        if let Some(lease) = slot.conn.as_mut() {
+            // A simple Query destroys the unnamed statement on that server.
+            lease.unnamed = None;
+        }
+        write_to(slot, &frame.raw).await
+    }
+
+    /// What a request sent to `conn` does to the session and to that connection's
+    /// settings, recorded as it goes out (undone if it fails).
+    fn apply_effects(&mut self, conn: Conn, class: &Classification) {
+        self.committed = false;
+        self.request_failed = false;
+        if class.effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll | Effect::DiscardAll
+            )
+        }) {
+            self.guc_undo = Some((conn, self.state.gucs.clone()));
+        }
+        let releases = self.state.apply(class, conn);
+        self.releasing.extend(releases);
+        self.count_pinned();
+        if let Some(lease) = self.slot(conn).conn.as_mut() {
+            // This connection runs the SETs itself.
+            if let Some(applied) = lease.gucs.as_mut() {
+                apply_to_server(applied, class);
+            }
+        }
     }
 
     /// Answers a request without a server (deferred BEGIN and its empty end).
@@ -1735,7 +1797,8 @@ impl<'a> Relay<'a> {
     /// the client unless it answers something pgsplit sent; true when it ended a
     /// statement pgsplit injected.
     fn absorb_server_frame(&mut self, conn: Conn, frame: &Frame) -> bool {
-        let owes_nothing = self.sticky != Some(conn) && self.state.txn != Some(conn);
+        let in_chain = self.sticky == Some(conn);
+        let owes_nothing = !in_chain && self.state.txn != Some(conn);
         let mut ready = None;
         let mut injected_done = false;
         let mut injected_error = None;
@@ -1751,6 +1814,14 @@ impl<'a> Relay<'a> {
             }
         }
         slot.heard += 1;
+        if slot.chain_due > 0
+            && matches!(
+                frame.tag,
+                b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's'
+            )
+        {
+            slot.chain_due -= 1;
+        }
         match frame.tag {
             b't' => {
                 let batch = slot.syncs_seen;
@@ -1758,7 +1829,7 @@ impl<'a> Relay<'a> {
                     .describes
                     .pop_front()
                     .filter(|d| d.sync == batch)
-                    .map(|d| d.what);
+                    .and_then(|d| d.what);
             }
             b'T' | b'n' => {
                 if let Some((id, client)) = slot.describing.take() {
@@ -1836,9 +1907,13 @@ impl<'a> Relay<'a> {
                 }
                 b'Z' => {
                     slot.pending = slot.pending.saturating_sub(1);
-                    // Whatever COPY there was ended with its request.
+                    // Whatever COPY there was ended with its request, and the server takes
+                    // messages again.
                     slot.copy_in = false;
                     slot.copy_ended_early = false;
+                    slot.awaits_sync = false;
+                    slot.skipping = false;
+                    slot.chain_due = 0;
                     let status = frame.body().first().copied().unwrap_or(b'I');
                     ready = Some(status);
                     let was_in_txn = self.state.txn.is_some();
@@ -1878,6 +1953,7 @@ impl<'a> Relay<'a> {
                 b'G' => slot.copy_in = !std::mem::take(&mut slot.copy_ended_early),
                 b'E' => {
                     slot.told_fatal = is_fatal(frame.body());
+                    slot.skipping |= in_chain;
                     if slot.copy_in && slot.last_synced {
                         slot.awaits_sync = true;
                     }
