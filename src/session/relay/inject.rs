@@ -7,7 +7,7 @@ use bytes::{BufMut, BytesMut};
 use std::sync::Arc;
 
 use super::wire::{encode_close_statement, encode_describe_statement, statement_named, write_to};
-use super::{InFlight, Op, ParseOf, Relay, Request, Shapes, Slot, Swallow};
+use super::{Described, InFlight, Op, ParseOf, Relay, Request, Shapes, Slot, Swallow};
 use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::prepared::{same_shape, Statement};
@@ -34,7 +34,7 @@ struct Outgoing<'a> {
     /// The first server-side name standing for a client's (see `Slot::renamed`).
     renamed: Option<(String, String)>,
     /// Named statements described, with the client's name for each the client described.
-    describes: Vec<Option<(u64, Option<String>)>>,
+    describes: Vec<Described>,
 }
 
 impl Outgoing<'_> {
@@ -265,7 +265,7 @@ struct Written {
     bytes: BytesMut,
     parses: Vec<InFlight<ParseOf>>,
     closes: Vec<InFlight<()>>,
-    describes: Vec<InFlight<Option<(u64, Option<String>)>>>,
+    describes: Vec<InFlight<Described>>,
     renamed: Option<(String, String)>,
 }
 

@@ -60,6 +60,10 @@ enum ParseOf {
     Unnamed(u64),
 }
 
+/// A Describe of a statement in flight: the statement, and the client's name for it when
+/// the client asked; `None` for a statement pgsplit does not track.
+type Described = Option<(u64, Option<String>)>;
+
 /// A Parse or Close in flight: answered by ParseComplete / CloseComplete in order, or
 /// skipped when an earlier message fails.
 #[derive(Debug, Clone)]
@@ -86,8 +90,7 @@ struct Slot {
     closes: VecDeque<InFlight<()>>,
     /// Describes of named statements in flight: the statement, and the client's name
     /// for it when the client asked.
-    /// `None` for a Describe of a statement pgsplit does not track.
-    describes: VecDeque<InFlight<Option<(u64, Option<String>)>>>,
+    describes: VecDeque<InFlight<Described>>,
     /// The Describe whose ParameterDescription just arrived: its RowDescription or
     /// NoData comes next.
     describing: Option<(u64, Option<String>)>,
