@@ -48,6 +48,18 @@ async fn exchange(s: &mut TcpStream, messages: &[Vec<u8>]) -> Vec<(u8, Vec<u8>)>
     raw::read_until_ready(s).await
 }
 
+/// The first `count` messages answering a Flush (no ReadyForQuery comes).
+async fn flushed_answers(s: &mut TcpStream, count: usize) -> Vec<(u8, Vec<u8>)> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        match tokio::time::timeout(Duration::from_secs(10), read_message(s)).await {
+            Ok(Some(m)) => got.push(m),
+            other => panic!("no answer to the Flush after {}: {other:?}", tags(&got)),
+        }
+    }
+    got
+}
+
 /// The message field `field` (`b'M'` for the message) of an ErrorResponse body.
 fn error_field(body: &[u8], field: u8) -> String {
     body.split(|b| *b == 0)
@@ -410,14 +422,7 @@ async fn a_copy_sent_whole_before_copy_in_response_reports_its_error_and_a_flush
     )
     .await
     .unwrap();
-    let mut got = Vec::new();
-    while got.len() < 3 {
-        match tokio::time::timeout(Duration::from_secs(10), read_message(&mut s)).await {
-            Ok(Some(m)) => got.push(m),
-            other => panic!("no answer to the Flush after {}: {other:?}", tags(&got)),
-        }
-    }
-    assert_eq!(tags(&got), "1 t T");
+    assert_eq!(tags(&flushed_answers(&mut s, 3).await), "1 t T");
     // In binary, as asyncpg sends it.
     let binary = |ids: &[i32]| {
         let mut data = b"PGCOPY\n\xff\r\n\0".to_vec();
@@ -459,14 +464,7 @@ async fn a_copy_sent_whole_before_copy_in_response_reports_its_error_and_a_flush
     )
     .await
     .unwrap();
-    let mut got = Vec::new();
-    while got.len() < 3 {
-        match tokio::time::timeout(Duration::from_secs(10), read_message(&mut s)).await {
-            Ok(Some(m)) => got.push(m),
-            other => panic!("no answer to the Flush after {}: {other:?}", tags(&got)),
-        }
-    }
-    assert_eq!(tags(&got), "1 t T");
+    assert_eq!(tags(&flushed_answers(&mut s, 3).await), "1 t T");
     let after = raw::reply_of(
         &mut s,
         &[bind("", "next", &[]), execute(""), sync()].concat(),

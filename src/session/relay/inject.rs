@@ -6,7 +6,7 @@ use bytes::{BufMut, BytesMut};
 
 use std::sync::Arc;
 
-use super::wire::{encode_close_statement, encode_describe_statement, statement_named, write_to};
+use super::wire::{encode_statement_message, statement_named, write_to};
 use super::{Described, InFlight, Op, ParseOf, Relay, Request, Shapes, Slot, Swallow};
 use crate::error::ProxyError;
 use crate::pool::Lease;
@@ -45,7 +45,11 @@ impl Outgoing<'_> {
             .statements
             .insert(statement.id, self.capacity, &self.used)
         {
-            encode_close_statement(&mut self.front, &crate::prepared::server_name(evicted));
+            encode_statement_message(
+                &mut self.front,
+                b'C',
+                &crate::prepared::server_name(evicted),
+            );
             self.front_closes.push(true);
         }
     }
@@ -59,7 +63,7 @@ impl Outgoing<'_> {
             Target::Named(statement) => {
                 if !self.lease.statements.touch(statement.id) {
                     self.hold(statement);
-                    encode_close_statement(&mut self.front, &statement.name);
+                    encode_statement_message(&mut self.front, b'C', &statement.name);
                     self.front_closes.push(true);
                     self.front.extend_from_slice(&statement.parse);
                     self.front_parses
@@ -97,7 +101,7 @@ impl Outgoing<'_> {
                 if !self.lease.statements.touch(statement.id) {
                     self.hold(&statement);
                 }
-                encode_close_statement(&mut self.body, &statement.name);
+                encode_statement_message(&mut self.body, b'C', &statement.name);
                 self.body_closes.push(true);
                 self.body.extend_from_slice(&statement.parse);
                 self.lease.statements.set_shape(statement.id, None);
@@ -141,11 +145,11 @@ impl Outgoing<'_> {
                     .get_or_insert((quoted(&statement.name), quoted(&name)));
             }
             Op::Close(Some(_)) => {
-                encode_close_statement(&mut self.body, NO_STATEMENT);
+                encode_statement_message(&mut self.body, b'C', NO_STATEMENT);
                 self.body_closes.push(false);
             }
             Op::Close(None) => {
-                encode_close_statement(&mut self.body, "");
+                encode_statement_message(&mut self.body, b'C', "");
                 self.body_closes.push(false);
                 self.lease.unnamed = None;
             }
@@ -382,12 +386,19 @@ impl Relay<'_> {
         let renamed = (quoted(&statement.name), quoted(client));
         let mut out = Outgoing::new(lease, capacity, vec![statement.id], 0);
         out.ensure(&Target::Named(statement));
-        let mut bytes = out.finish(batch).expect_on(slot);
+        let bytes = out.finish(batch).expect_on(slot);
         slot.renamed = Some(renamed);
         if bytes.is_empty() {
             return Ok(());
         }
+        self.write_injected(conn, bytes).await
+    }
+
+    /// Writes messages of pgsplit's own and a Sync: their answers, up to its
+    /// ReadyForQuery, never reach the client.
+    async fn write_injected(&mut self, conn: Conn, mut bytes: BytesMut) -> Result<(), ProxyError> {
         encode::sync(&mut bytes);
+        let slot = self.slot(conn);
         slot.swallow.push_back(Swallow::UntilReady);
         slot.pending += 1;
         slot.syncs_sent += 1;
@@ -412,14 +423,10 @@ impl Relay<'_> {
         for statement in statements {
             out.ensure(&Target::Named(Arc::clone(&statement)));
             out.describes.push(Some((statement.id, None)));
-            encode_describe_statement(&mut out.front, &statement.name);
+            encode_statement_message(&mut out.front, b'D', &statement.name);
         }
-        let mut bytes = out.finish(batch).expect_on(slot);
-        encode::sync(&mut bytes);
-        slot.swallow.push_back(Swallow::UntilReady);
-        slot.pending += 1;
-        slot.syncs_sent += 1;
-        write_to(slot, &bytes).await
+        let bytes = out.finish(batch).expect_on(slot);
+        self.write_injected(conn, bytes).await
     }
 
     /// Brings a connection's settings in line with the session's before it serves the

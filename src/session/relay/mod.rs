@@ -928,7 +928,12 @@ impl<'a> Relay<'a> {
                     slot.awaits_sync = slot.last_synced;
                 }
                 tally::received(slot, frame.raw.len());
-                write_to(slot, &frame.raw).await?;
+                // A server that ends the COPY on a message it cannot take there closes
+                // (protocol synchronization lost) after saying why: what it said is still
+                // to be read and relayed, and its close is handled when read.
+                if let Err(e) = write_to(slot, &frame.raw).await {
+                    tracing::debug!(error = %e, "write to a server in COPY failed");
+                }
             }
             // Messages before them without a Sync run first, as PostgreSQL runs them in
             // the order sent (pgjdbc's autosave sends BEGIN so, then a SAVEPOINT query).

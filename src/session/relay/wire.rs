@@ -66,16 +66,9 @@ pub(super) fn closed_statement(frame: &Frame) -> Option<String> {
     read_cstr(&mut body)
 }
 
-pub(super) fn encode_describe_statement(out: &mut BytesMut, name: &str) {
-    out.put_u8(b'D');
-    out.put_i32((4 + 1 + name.len() + 1) as i32);
-    out.put_u8(b'S');
-    out.put_slice(name.as_bytes());
-    out.put_u8(0);
-}
-
-pub(super) fn encode_close_statement(out: &mut BytesMut, name: &str) {
-    out.put_u8(b'C');
+/// A Describe (`b'D'`) or Close (`b'C'`) of the prepared statement `name`.
+pub(super) fn encode_statement_message(out: &mut BytesMut, tag: u8, name: &str) {
+    out.put_u8(tag);
     out.put_i32((4 + 1 + name.len() + 1) as i32);
     out.put_u8(b'S');
     out.put_slice(name.as_bytes());
