@@ -481,6 +481,11 @@ pub mod encode {
         with_len(out, b'S', |_| {});
     }
 
+    /// Flush.
+    pub fn flush(out: &mut BytesMut) {
+        with_len(out, b'H', |_| {});
+    }
+
     /// Terminate.
     pub fn terminate(out: &mut BytesMut) {
         with_len(out, b'X', |_| {});

@@ -48,16 +48,25 @@ async fn exchange(s: &mut TcpStream, messages: &[Vec<u8>]) -> Vec<(u8, Vec<u8>)>
     raw::read_until_ready(s).await
 }
 
-/// The first `count` messages answering a Flush (no ReadyForQuery comes).
-async fn flushed_answers(s: &mut TcpStream, count: usize) -> Vec<(u8, Vec<u8>)> {
+/// Binds and executes the prepared statement `name`, with a Sync.
+async fn run_prepared(s: &mut TcpStream, name: &str) -> raw::Reply {
+    raw::reply_of(s, &[bind("", name, &[]), execute(""), sync()].concat()).await
+}
+
+/// Prepares and describes `sql` as `name` with a Flush and no Sync, as asyncpg does: the
+/// answers (no ReadyForQuery comes).
+async fn described_with_flush(s: &mut TcpStream, name: &str, sql: &str) -> String {
+    s.write_all(&[parse(name, sql), describe(b'S', name), flush()].concat())
+        .await
+        .expect("send");
     let mut got = Vec::new();
-    while got.len() < count {
+    while got.len() < 3 {
         match tokio::time::timeout(Duration::from_secs(10), read_message(s)).await {
             Ok(Some(m)) => got.push(m),
             other => panic!("no answer to the Flush after {}: {other:?}", tags(&got)),
         }
     }
-    got
+    tags(&got)
 }
 
 /// The message field `field` (`b'M'` for the message) of an ErrorResponse body.
@@ -294,11 +303,7 @@ async fn deallocate_all_in_a_transaction_keeps_statements_prepared_after_it() {
     let prepared = exchange(&mut s, &[parse("after", "SELECT 42"), sync()]).await;
     assert_eq!(tags(&prepared), "1 Z(T)");
     assert_eq!(tags(&exchange(&mut s, &[query("COMMIT")]).await), "C Z(I)");
-    let used = raw::reply_of(
-        &mut s,
-        &[bind("", "after", &[]), execute(""), sync()].concat(),
-    )
-    .await;
+    let used = run_prepared(&mut s, "after").await;
     assert_eq!(
         used.errors,
         Vec::<String>::new(),
@@ -317,11 +322,7 @@ async fn deallocate_all_is_not_undone_by_rollback() {
         let got = exchange(&mut s, &[query(sql)]).await;
         assert!(!tags(&got).contains('E'), "{sql}: {}", tags(&got));
     }
-    let used = raw::reply_of(
-        &mut s,
-        &[bind("", "before", &[]), execute(""), sync()].concat(),
-    )
-    .await;
+    let used = run_prepared(&mut s, "before").await;
     assert_eq!(
         used.errors,
         vec!["26000".to_owned()],
@@ -376,11 +377,7 @@ async fn a_statement_whose_result_type_changed_is_refused_never_read_in_the_old_
         tags(&exchange(&mut b, &[query("DEALLOCATE ALL")]).await),
         "C Z(I)"
     );
-    let again = raw::reply_of(
-        &mut a,
-        &[bind("", "shape", &[]), execute(""), sync()].concat(),
-    )
-    .await;
+    let again = run_prepared(&mut a, "shape").await;
     assert_eq!(
         (again.errors, again.rows),
         (vec!["0A000".to_owned()], vec![]),
@@ -412,17 +409,10 @@ async fn a_copy_sent_whole_before_copy_in_response_reports_its_error_and_a_flush
     let mut s = raw::login(proxy.addr, "trustuser").await;
     // asyncpg's copy_records_to_table: the table's columns described with a Flush, then
     // the COPY as a simple query.
-    s.write_all(
-        &[
-            parse("intro", "SELECT * FROM dt_copy2 LIMIT 1"),
-            describe(b'S', "intro"),
-            flush(),
-        ]
-        .concat(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(tags(&flushed_answers(&mut s, 3).await), "1 t T");
+    assert_eq!(
+        described_with_flush(&mut s, "intro", "SELECT * FROM dt_copy2 LIMIT 1").await,
+        "1 t T"
+    );
     // In binary, as asyncpg sends it.
     let binary = |ids: &[i32]| {
         let mut data = b"PGCOPY\n\xff\r\n\0".to_vec();
@@ -454,22 +444,11 @@ async fn a_copy_sent_whole_before_copy_in_response_reports_its_error_and_a_flush
         );
     }
     // asyncpg's next query: Parse and Describe with a Flush, no Sync.
-    s.write_all(
-        &[
-            parse("next", "SELECT count(*) FROM dt_copy2"),
-            describe(b'S', "next"),
-            flush(),
-        ]
-        .concat(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(tags(&flushed_answers(&mut s, 3).await), "1 t T");
-    let after = raw::reply_of(
-        &mut s,
-        &[bind("", "next", &[]), execute(""), sync()].concat(),
-    )
-    .await;
+    assert_eq!(
+        described_with_flush(&mut s, "next", "SELECT count(*) FROM dt_copy2").await,
+        "1 t T"
+    );
+    let after = run_prepared(&mut s, "next").await;
     assert_eq!(after.rows, vec![vec![Some("3".to_owned())]]);
 }
 
@@ -560,11 +539,7 @@ async fn a_name_in_use_is_refused_as_postgresql_refuses_it_and_execute_works_ove
         "prepared statement \"foobar\" already exists"
     );
     // The statement the name holds is still the first one.
-    let kept = raw::reply_of(
-        &mut s,
-        &[bind("", "foobar", &[]), execute(""), sync()].concat(),
-    )
-    .await;
+    let kept = run_prepared(&mut s, "foobar").await;
     assert_eq!(kept.rows, vec![vec![Some("1".to_owned())]]);
 }
 
@@ -648,7 +623,7 @@ async fn describing_the_unnamed_statement_does_not_confuse_the_shape_of_a_named_
         tags(&exchange(&mut b, &[query("DEALLOCATE ALL")]).await),
         "C Z(I)"
     );
-    let used = raw::reply_of(&mut a, &[bind("", "s1", &[]), execute(""), sync()].concat()).await;
+    let used = run_prepared(&mut a, "s1").await;
     assert_eq!(
         (used.errors, used.rows),
         (vec![], vec![vec![Some("x".to_owned())]])

@@ -37,7 +37,60 @@ struct Outgoing<'a> {
     describes: Vec<Described>,
 }
 
-impl Outgoing<'_> {
+impl<'a> Outgoing<'a> {
+    fn new(lease: &'a mut Lease, capacity: usize, used: Vec<u64>, size: usize) -> Self {
+        Outgoing {
+            lease,
+            capacity,
+            used,
+            front: BytesMut::new(),
+            body: BytesMut::with_capacity(size),
+            front_parses: Vec::new(),
+            body_parses: Vec::new(),
+            front_closes: Vec::new(),
+            body_closes: Vec::new(),
+            renamed: None,
+            describes: Vec::new(),
+        }
+    }
+
+    /// The bytes to write, and the replies they will get, in flight in `batch` (the
+    /// connection's next ReadyForQuery).
+    fn finish(self, batch: u64) -> Written {
+        let Outgoing {
+            mut front,
+            body,
+            front_parses,
+            body_parses,
+            front_closes,
+            body_closes,
+            renamed,
+            describes,
+            ..
+        } = self;
+        front.extend_from_slice(&body);
+        Written {
+            bytes: front,
+            parses: front_parses
+                .into_iter()
+                .chain(body_parses)
+                .map(|(what, ours)| InFlight::of(batch, ours, what))
+                .collect(),
+            closes: front_closes
+                .into_iter()
+                .chain(body_closes)
+                .map(|ours| InFlight::of(batch, ours, ()))
+                .collect(),
+            describes: describes
+                .into_iter()
+                .map(|what| {
+                    let ours = what.as_ref().is_none_or(|(_, client)| client.is_none());
+                    InFlight::of(batch, ours, what)
+                })
+                .collect(),
+            renamed,
+        }
+    }
     /// Records a statement as held, closing those it pushes out of the cache.
     fn hold(&mut self, statement: &Statement) {
         for evicted in self
@@ -198,72 +251,6 @@ fn rename_statement(frame: &Frame, name: &str, out: &mut BytesMut) {
     out.put_slice(body);
 }
 
-impl<'a> Outgoing<'a> {
-    fn new(lease: &'a mut Lease, capacity: usize, used: Vec<u64>, size: usize) -> Self {
-        Outgoing {
-            lease,
-            capacity,
-            used,
-            front: BytesMut::new(),
-            body: BytesMut::with_capacity(size),
-            front_parses: Vec::new(),
-            body_parses: Vec::new(),
-            front_closes: Vec::new(),
-            body_closes: Vec::new(),
-            renamed: None,
-            describes: Vec::new(),
-        }
-    }
-
-    /// The bytes to write, and the replies they will get, in flight in `batch` (the
-    /// connection's next ReadyForQuery).
-    fn finish(self, batch: u64) -> Written {
-        let Outgoing {
-            mut front,
-            body,
-            front_parses,
-            body_parses,
-            front_closes,
-            body_closes,
-            renamed,
-            describes,
-            ..
-        } = self;
-        let in_flight = |what, ours| InFlight {
-            sync: batch,
-            ours,
-            what,
-        };
-        front.extend_from_slice(&body);
-        Written {
-            bytes: front,
-            parses: front_parses
-                .into_iter()
-                .chain(body_parses)
-                .map(|(what, ours)| in_flight(what, ours))
-                .collect(),
-            closes: front_closes
-                .into_iter()
-                .chain(body_closes)
-                .map(|ours| InFlight {
-                    sync: batch,
-                    ours,
-                    what: (),
-                })
-                .collect(),
-            describes: describes
-                .into_iter()
-                .map(|what| InFlight {
-                    sync: batch,
-                    ours: what.as_ref().is_none_or(|(_, client)| client.is_none()),
-                    what,
-                })
-                .collect(),
-            renamed,
-        }
-    }
-}
-
 /// A batch ready to write, with what its replies answer.
 struct Written {
     bytes: BytesMut,
@@ -287,13 +274,31 @@ impl Written {
 }
 
 impl Relay<'_> {
-    fn statement_cache_size(&self) -> usize {
-        self.shared
+    /// What `fill` writes for `conn`'s server, with pgsplit's statements renamed and
+    /// prepared where missing (never evicting those in `used`), its replies recorded as
+    /// expected there: the bytes to write.
+    fn outgoing(
+        &mut self,
+        conn: Conn,
+        used: Vec<u64>,
+        size: usize,
+        fill: impl FnOnce(&mut Outgoing),
+    ) -> Result<BytesMut, ProxyError> {
+        let capacity = self
+            .shared
             .settings
             .load()
             .raw
             .pool
-            .prepared_statements_cache_size
+            .prepared_statements_cache_size;
+        let slot = self.slot(conn);
+        let batch = slot.syncs_sent;
+        let Some(lease) = slot.conn.as_mut() else {
+            return Err(ProxyError::NoPrimary);
+        };
+        let mut out = Outgoing::new(lease, capacity, used, size);
+        fill(&mut out);
+        Ok(out.finish(batch).expect_on(slot))
     }
 
     /// Forwards a batch with its statements renamed to their server-side names; a
@@ -305,12 +310,6 @@ impl Relay<'_> {
         ops: Vec<Op>,
         sync: bool,
     ) -> Result<(), ProxyError> {
-        let capacity = self.statement_cache_size();
-        let slot = self.slot(conn);
-        let batch = slot.syncs_sent;
-        let Some(lease) = slot.conn.as_mut() else {
-            return Err(ProxyError::NoPrimary);
-        };
         let used = ops
             .iter()
             .filter_map(|op| match op {
@@ -319,11 +318,13 @@ impl Relay<'_> {
                 _ => None,
             })
             .collect();
-        let mut out = Outgoing::new(lease, capacity, used, ops.len() * 32);
-        for op in ops {
-            out.add(op);
-        }
-        let bytes = out.finish(batch).expect_on(slot);
+        let size = ops.len() * 32;
+        let bytes = self.outgoing(conn, used, size, |out| {
+            for op in ops {
+                out.add(op);
+            }
+        })?;
+        let slot = self.slot(conn);
         slot.last_synced = sync;
         if sync {
             slot.pending += 1;
@@ -377,17 +378,11 @@ impl Relay<'_> {
         statement: Arc<Statement>,
         client: &str,
     ) -> Result<(), ProxyError> {
-        let capacity = self.statement_cache_size();
-        let slot = self.slot(conn);
-        let batch = slot.syncs_sent;
-        let Some(lease) = slot.conn.as_mut() else {
-            return Err(ProxyError::NoPrimary);
-        };
         let renamed = (quoted(&statement.name), quoted(client));
-        let mut out = Outgoing::new(lease, capacity, vec![statement.id], 0);
-        out.ensure(&Target::Named(statement));
-        let bytes = out.finish(batch).expect_on(slot);
-        slot.renamed = Some(renamed);
+        let bytes = self.outgoing(conn, vec![statement.id], 0, |out| {
+            out.ensure(&Target::Named(statement))
+        })?;
+        self.slot(conn).renamed = Some(renamed);
         if bytes.is_empty() {
             return Ok(());
         }
@@ -412,20 +407,14 @@ impl Relay<'_> {
         conn: Conn,
         statements: Vec<Arc<Statement>>,
     ) -> Result<(), ProxyError> {
-        let capacity = self.statement_cache_size();
-        let slot = self.slot(conn);
-        let batch = slot.syncs_sent;
-        let Some(lease) = slot.conn.as_mut() else {
-            return Err(ProxyError::NoPrimary);
-        };
         let used = statements.iter().map(|s| s.id).collect();
-        let mut out = Outgoing::new(lease, capacity, used, 64);
-        for statement in statements {
-            out.ensure(&Target::Named(Arc::clone(&statement)));
-            out.describes.push(Some((statement.id, None)));
-            encode_statement_message(&mut out.front, b'D', &statement.name);
-        }
-        let bytes = out.finish(batch).expect_on(slot);
+        let bytes = self.outgoing(conn, used, 0, |out| {
+            for statement in statements {
+                out.ensure(&Target::Named(Arc::clone(&statement)));
+                out.describes.push(Some((statement.id, None)));
+                encode_statement_message(&mut out.front, b'D', &statement.name);
+            }
+        })?;
         self.write_injected(conn, bytes).await
     }
 

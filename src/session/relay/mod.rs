@@ -75,6 +75,12 @@ struct InFlight<T> {
     what: T,
 }
 
+impl<T> InFlight<T> {
+    fn of(sync: u64, ours: bool, what: T) -> Self {
+        InFlight { sync, ours, what }
+    }
+}
+
 /// One of the client's server connections (checked out of its pool) and what pgsplit
 /// knows about the requests in flight on it.
 struct Slot {
@@ -515,6 +521,13 @@ impl<'a> Relay<'a> {
         }
     }
 
+    fn slot_ref(&self, conn: Conn) -> &Slot {
+        match conn {
+            Conn::Primary => &self.primary,
+            Conn::Standby => &self.standby,
+        }
+    }
+
     /// The connection in COPY FROM STDIN, if any.
     fn copying(&self) -> Option<Conn> {
         if self.primary.copy_in {
@@ -802,15 +815,14 @@ impl<'a> Relay<'a> {
     /// statements are not transactional, so it happened once it succeeded, whatever its
     /// transaction does later.
     fn settle_releases(&mut self, conn: Conn, status: u8, was_in_txn: bool) {
-        let (mut done, releases): (Vec<_>, Vec<_>) = std::mem::take(&mut self.releasing)
+        let (deallocations, releases): (Vec<_>, Vec<_>) = std::mem::take(&mut self.releasing)
             .into_iter()
-            .map(|e| (conn, e))
-            .partition(|(_, e)| matches!(e, Effect::Deallocate { .. }));
-        let releases = releases.into_iter().map(|(_, e)| e).collect::<Vec<_>>();
+            .partition(|e| matches!(e, Effect::Deallocate { .. }));
         let succeeded = !self.request_failed;
         self.request_failed = false;
-        if !succeeded || status == b'E' {
-            done.clear();
+        let mut done = Vec::new();
+        if succeeded && status != b'E' {
+            done.extend(deallocations.into_iter().map(|e| (conn, e)));
         }
         match status {
             b'I' => {
@@ -1044,9 +1056,9 @@ impl<'a> Relay<'a> {
         let name_end = body.iter().position(|b| *b == 0)?;
         let rest = &body[name_end + 1..];
         let text_end = rest.iter().position(|b| *b == 0)?;
-        // Checked before anything is copied: this runs for every Parse.
+        // Nothing is copied before the text is known to be an EXECUTE: this runs for
+        // every Parse.
         let text = std::str::from_utf8(&rest[..text_end]).ok()?;
-        executed_name(text)?;
         let (statement, _, rewritten) = self.executed_statement(text)?;
         let name = std::str::from_utf8(&body[..name_end]).ok()?;
         let after_text = &rest[text_end + 1..];
@@ -1104,8 +1116,7 @@ impl<'a> Relay<'a> {
                 // decides whether it is answered: it waits until the chain's answers are
                 // in, which a Flush asks for now.
                 let mut flush = BytesMut::new();
-                flush.put_u8(b'H');
-                flush.put_i32(4);
+                encode::flush(&mut flush);
                 write_to(self.slot(conn), &flush).await?;
                 self.held.push_back(request);
                 return Ok(());
@@ -1228,10 +1239,7 @@ impl<'a> Relay<'a> {
     /// Whether every message of the chain on `conn` has been answered, or the server
     /// skips the rest of it after an error.
     fn chain_settled(&self, conn: Conn) -> bool {
-        let slot = match conn {
-            Conn::Primary => &self.primary,
-            Conn::Standby => &self.standby,
-        };
+        let slot = self.slot_ref(conn);
         slot.chain_due == 0 || slot.skipping
     }
 
@@ -2019,11 +2027,7 @@ impl<'a> Relay<'a> {
     /// client, when a server connection of pgsplit's sent it.
     fn notifier_pid(&self, conn: Conn, body: &[u8]) -> Option<i32> {
         let pid = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
-        let slot = match conn {
-            Conn::Primary => &self.primary,
-            Conn::Standby => &self.standby,
-        };
-        let lease = slot.conn.as_ref()?;
+        let lease = self.slot_ref(conn).conn.as_ref()?;
         if lease.server.key.pid == pid {
             return Some(self.cancel.pid);
         }
