@@ -114,10 +114,11 @@ fn by_weight(candidates: &[(usize, u32)], mut point: u64) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::config::Node;
-    use crate::topology::NodeState;
+    use crate::topology::{NodeState, WalHistory};
 
     fn topology(nodes: &[(Role, u32)]) -> Topology {
         Topology {
+            wal: WalHistory::default(),
             nodes: nodes
                 .iter()
                 .enumerate()

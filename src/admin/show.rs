@@ -82,6 +82,8 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
         "health",
         "lag_bytes",
         "lag_seconds",
+        "upstream",
+        "stalled",
         "eligible",
         "ban_reason",
         "banned_until",
@@ -116,6 +118,8 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
             some(health),
             n.lag_bytes.map(|b| b.to_string()),
             n.lag_time.map(|d| format!("{:.3}", d.as_secs_f64())),
+            n.upstream.clone(),
+            n.stall.map(|s| s.to_string()),
             yes(n.eligible),
             ban_reason,
             banned_until,
@@ -345,7 +349,7 @@ mod tests {
     use super::*;
     use crate::config::Node;
     use crate::stats::{NodeStats, Served};
-    use crate::topology::{Ban, NodeState};
+    use crate::topology::{Ban, NodeState, WalHistory};
     use std::time::Duration;
 
     fn state(name: &str, role: Role) -> NodeState {
@@ -385,6 +389,7 @@ mod tests {
         let mut removed = state("gone", Role::Unknown);
         removed.removed = true;
         let topology = Topology {
+            wal: WalHistory::default(),
             nodes: vec![state("p", Role::Primary), lagging, down, banned, removed],
         };
         let served = |node_index, route, queries| NodeStats {

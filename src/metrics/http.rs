@@ -168,10 +168,11 @@ fn readiness(phase: Phase, topology: &Topology) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::Node;
-    use crate::topology::NodeState;
+    use crate::topology::{NodeState, WalHistory};
 
     fn topology(roles: &[(Role, Option<&str>)]) -> Topology {
         Topology {
+            wal: WalHistory::default(),
             nodes: roles
                 .iter()
                 .enumerate()

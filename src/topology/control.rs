@@ -165,6 +165,7 @@ pub fn overlay(topology: &mut Topology, controls: &Controls) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::WalHistory;
     use arc_swap::ArcSwap;
 
     fn node(name: &str, weight: u32) -> Node {
@@ -185,7 +186,7 @@ mod tests {
     }
 
     fn publisher(nodes: Vec<NodeState>) -> Publisher {
-        Publisher::new(Arc::new(ArcSwap::from_pointee(Topology { nodes })))
+        Publisher::new(Arc::new(ArcSwap::from_pointee(Topology::new(nodes))))
     }
 
     fn names(t: &Topology) -> Vec<(String, bool, bool)> {
@@ -255,6 +256,7 @@ mod tests {
         assert!(!p.current().nodes[1].eligible && p.current().nodes[1].admin_ban);
         let polled = (*p.current()).clone();
         p.publish_poll(Topology {
+            wal: WalHistory::default(),
             nodes: polled
                 .nodes
                 .into_iter()

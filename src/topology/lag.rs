@@ -1,11 +1,15 @@
 //! Replication lag: how far a standby is behind, and whether that keeps it from serving
 //! reads. Pure functions, so every transition is covered by a table of cases.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::config::MonitorConfig;
 
 use super::lsn::Lsn;
+
+/// The shortest history of the primary's WAL positions kept (see [`WalHistory`]).
+const MIN_HISTORY: Duration = Duration::from_secs(60);
 
 /// Lag bounds with hysteresis, from `[monitor]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +36,12 @@ impl LagBounds {
             readmit_time: monitor.readmit_time(),
             readmit_after_polls: monitor.readmit_after_polls,
         }
+    }
+
+    /// How much of the primary's WAL history to keep: past the time bound, so a standby
+    /// older than all of it is known to be over the bound, and at least a minute.
+    pub fn history_window(&self) -> Duration {
+        self.max_time.max(MIN_HISTORY)
     }
 
     /// Whether a measured lag breaks a bound. An unknown measure breaks nothing: with no
@@ -71,19 +81,72 @@ impl LagStatus {
     }
 }
 
-/// The status after one more measurement. A standby over either bound is excluded at
-/// once; it comes back only after `readmit_after_polls` consecutive measurements under
-/// both re-admit bounds, so a standby hovering around the bound does not flap.
-pub fn next_status(
-    previous: LagStatus,
-    bytes: Option<u64>,
-    time: Option<Duration>,
-    bounds: &LagBounds,
-) -> LagStatus {
+/// Why a standby cannot catch up whatever its measured lag: it is excluded until this
+/// ends and its lag is back under the re-admit bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// Behind the primary and no WAL arriving: no receiver, or one not streaming.
+    NotStreaming,
+    /// Receiving another timeline than the primary writes on: it follows another
+    /// history (a lost primary, a diverged one) and holds data the primary does not.
+    OtherTimeline {
+        /// The standby's receive timeline.
+        standby: u32,
+        /// The primary's.
+        primary: u32,
+    },
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stall::NotStreaming => f.write_str("behind and not streaming"),
+            Stall::OtherTimeline { standby, primary } => {
+                write!(f, "on timeline {standby}, the primary on {primary}")
+            }
+        }
+    }
+}
+
+/// A standby's lag: what was measured, and whether it can catch up at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// WAL bytes it has yet to replay; None when unknown.
+    pub bytes: Option<u64>,
+    /// How long ago the primary was where its replay is now; None when unknown.
+    pub time: Option<Duration>,
+    /// Set when it cannot catch up.
+    pub stall: Option<Stall>,
+}
+
+impl std::fmt::Display for Lag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.bytes {
+            Some(bytes) => write!(f, "{bytes} bytes")?,
+            None => f.write_str("unknown bytes")?,
+        }
+        match self.time {
+            Some(time) => write!(f, ", {:.3}s", time.as_secs_f64())?,
+            None => f.write_str(", unknown time")?,
+        }
+        match self.stall {
+            Some(stall) => write!(f, " ({stall})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The status after one more measurement. A standby over either bound, or stalled, is
+/// excluded at once; it comes back only after `readmit_after_polls` consecutive
+/// measurements under both re-admit bounds, so a standby hovering around the bound does
+/// not flap.
+pub fn next_status(previous: LagStatus, lag: &Lag, bounds: &LagBounds) -> LagStatus {
+    let exceeded = lag.stall.is_some() || bounds.exceeded(lag.bytes, lag.time);
+    let recovered = lag.stall.is_none() && bounds.recovered(lag.bytes, lag.time);
     match previous {
-        LagStatus::Within if bounds.exceeded(bytes, time) => LagStatus::Lagging { good_polls: 0 },
+        LagStatus::Within if exceeded => LagStatus::Lagging { good_polls: 0 },
         LagStatus::Within => LagStatus::Within,
-        LagStatus::Lagging { good_polls } if bounds.recovered(bytes, time) => {
+        LagStatus::Lagging { good_polls } if recovered => {
             let good_polls = good_polls.saturating_add(1);
             if good_polls >= bounds.readmit_after_polls {
                 LagStatus::Within
@@ -96,45 +159,137 @@ pub fn next_status(
     }
 }
 
-/// What a standby reported about itself, and what the primary reported about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LagInputs {
-    /// The primary's `pg_current_wal_lsn()`, when exactly one primary answered.
-    pub primary_lsn: Option<Lsn>,
-    /// The standby's `pg_last_wal_replay_lsn()`.
-    pub replay_lsn: Option<Lsn>,
-    /// `replay_lag` of the primary's `pg_stat_replication` row for this standby, if
-    /// there is such a row and the value is not NULL.
-    pub replay_lag: Option<Duration>,
-    /// `now() - pg_last_xact_replay_timestamp()` on the standby.
-    pub since_last_replay: Option<Duration>,
-    /// Whether the primary's `pg_stat_replication` has a row for this standby.
-    pub streaming: bool,
+/// The primary's WAL positions over the last checks, oldest first: when the primary was
+/// at a position tells how far behind a standby that has replayed up to it is. This is
+/// how PostgreSQL's own `replay_lag` is measured, done by pgsplit so that it works for
+/// every standby, named or not, cascading or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalHistory {
+    /// Whose positions: the primary's node index and timeline; a change starts afresh.
+    source: Option<(usize, Option<u32>)>,
+    /// (sampled at, position) in increasing order of both.
+    samples: VecDeque<(Instant, Lsn)>,
 }
 
-/// Byte lag and time lag of a standby.
+/// Samples kept at most, whatever the window: a bound on memory for tiny check intervals.
+const MAX_SAMPLES: usize = 8192;
+
+impl WalHistory {
+    /// Adds the primary's position `lsn` sampled `at`; keeps what covers the last
+    /// `window` (plus one older sample, so a position older than the window is known to
+    /// be at least that old).
+    pub fn record(
+        &mut self,
+        node: usize,
+        timeline: Option<u32>,
+        at: Instant,
+        lsn: Lsn,
+        window: Duration,
+    ) {
+        let continues = self.source == Some((node, timeline))
+            && self
+                .samples
+                .back()
+                .is_none_or(|&(t, l)| t <= at && l <= lsn);
+        if !continues {
+            self.samples.clear();
+            self.source = Some((node, timeline));
+        }
+        self.samples.push_back((at, lsn));
+        let cutoff = at.checked_sub(window);
+        while self.samples.len() > MAX_SAMPLES
+            || cutoff.is_some_and(|c| self.samples.get(1).is_some_and(|&(t, _)| t <= c))
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// How far behind, at `at`, a standby is that has replayed up to `replay`: the time
+    /// since the primary passed that position, interpolated between the two samples
+    /// around it. Zero when it has everything of the newest sample; at least the age of
+    /// the oldest sample when it is older than all of them and they cover `window`;
+    /// unknown otherwise (no sample yet, or too short a history to tell).
+    pub fn lag(&self, replay: Lsn, at: Instant, window: Duration) -> Option<Duration> {
+        let &(_, newest) = self.samples.back()?;
+        if replay >= newest {
+            return Some(Duration::ZERO);
+        }
+        let after = self.samples.partition_point(|&(_, lsn)| lsn <= replay);
+        let Some(before) = after.checked_sub(1) else {
+            let (oldest, _) = self.samples[0];
+            let age = at.saturating_duration_since(oldest);
+            return (age >= window).then_some(age);
+        };
+        let (t0, l0) = self.samples[before];
+        let (t1, l1) = self.samples[after];
+        // l0 <= replay < l1, so the span is never zero.
+        let span = u128::from(l1.0 - l0.0);
+        let into = u128::from(replay.0 - l0.0);
+        let nanos = (t1 - t0).as_nanos() * into / span;
+        let passed = t0 + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        Some(at.saturating_duration_since(passed))
+    }
+}
+
+/// The primary as a standby is measured against.
+#[derive(Debug, Clone, Copy)]
+pub struct PrimaryView<'a> {
+    /// Its `pg_current_wal_lsn()` at this check.
+    pub lsn: Lsn,
+    /// The timeline it writes on, when known.
+    pub timeline: Option<u32>,
+    /// Its positions over the last checks.
+    pub history: &'a WalHistory,
+    /// How much of the history covers for sure (see [`WalHistory::lag`]).
+    pub window: Duration,
+}
+
+/// What a standby reported about itself, and what the primary reported about it.
+#[derive(Debug, Clone, Copy)]
+pub struct LagInputs<'a> {
+    /// The primary, when exactly one answered.
+    pub primary: Option<PrimaryView<'a>>,
+    /// The standby's `pg_last_wal_replay_lsn()`.
+    pub replay_lsn: Option<Lsn>,
+    /// When the standby was sampled.
+    pub at: Instant,
+    /// `replay_lag` of the primary's `pg_stat_replication` row for this standby, when a
+    /// row could be matched and the value is not NULL.
+    pub replay_lag: Option<Duration>,
+    /// Whether WAL arrives: a matched `pg_stat_replication` row, or its own receiver
+    /// streaming (from the primary or, cascading, from another standby).
+    pub streaming: bool,
+    /// The timeline its receiver last received, when known.
+    pub timeline: Option<u32>,
+}
+
+/// Byte lag and time lag of a standby, and whether it can catch up.
 ///
 /// Bytes: primary's current LSN minus the standby's replay LSN. Time: the primary's
-/// `replay_lag` for it; when that is missing, zero if nothing is left to replay, else the
-/// age of the last replayed commit. Without a primary neither is known: the age of the
-/// last commit would only grow, and would wrongly exclude every standby during an outage.
-pub fn measure(inputs: &LagInputs) -> (Option<u64>, Option<Duration>) {
-    let Some(primary) = inputs.primary_lsn else {
-        return (None, None);
+/// `replay_lag` for it when a row matched; zero if nothing is left to replay; else when
+/// the primary passed its replay position ([`WalHistory::lag`]). Without a primary none
+/// of it is known.
+pub fn measure(inputs: &LagInputs) -> Lag {
+    let Some(primary) = inputs.primary else {
+        return Lag::default();
     };
-    let bytes = inputs.replay_lsn.map(|replay| primary.bytes_after(replay));
-    if !inputs.streaming && bytes.is_some_and(|b| b > 0) {
-        // Behind and not streaming from this primary (it follows a lost primary, or
-        // none): it will never catch up, so its lag has no bound.
-        return (bytes, Some(Duration::MAX));
-    }
-    let time = match (inputs.replay_lag, bytes) {
-        (Some(lag), _) => Some(lag),
-        (None, Some(0)) => Some(Duration::ZERO),
-        (None, Some(_)) => inputs.since_last_replay,
-        (None, None) => None,
+    let bytes = inputs
+        .replay_lsn
+        .map(|replay| primary.lsn.bytes_after(replay));
+    let stall = match (inputs.timeline, primary.timeline) {
+        (Some(standby), Some(primary)) if standby != primary => {
+            Some(Stall::OtherTimeline { standby, primary })
+        }
+        _ if !inputs.streaming && bytes.is_some_and(|b| b > 0) => Some(Stall::NotStreaming),
+        _ => None,
     };
-    (bytes, time)
+    let time = match (inputs.replay_lag, bytes, inputs.replay_lsn) {
+        (Some(lag), _, _) => Some(lag),
+        (None, Some(0), _) => Some(Duration::ZERO),
+        (None, _, Some(replay)) => primary.history.lag(replay, inputs.at, primary.window),
+        (None, _, None) => None,
+    };
+    Lag { bytes, time, stall }
 }
 
 #[cfg(test)]
@@ -142,6 +297,14 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn lag(bytes: Option<u64>, time: Option<Duration>) -> Lag {
+        Lag {
+            bytes,
+            time,
+            stall: None,
+        }
+    }
 
     fn bounds() -> LagBounds {
         LagBounds {
@@ -178,7 +341,12 @@ mod tests {
             ("over the bound again", lagging(1), Some(5000), Some(0), lagging(0)),
         ];
         for (why, before, bytes, time, want) in cases {
-            let got = next_status(before, bytes, time.map(MS), &bounds());
+            let lag = Lag {
+                bytes,
+                time: time.map(MS),
+                stall: None,
+            };
+            let got = next_status(before, &lag, &bounds());
             assert_eq!(got, want, "{why}: {before:?} with {bytes:?} B, {time:?} ms");
         }
     }
@@ -191,14 +359,17 @@ mod tests {
             ..bounds()
         };
         assert_eq!(
-            next_status(LagStatus::Within, Some(u64::MAX), Some(MS(0)), &bytes_off),
+            next_status(
+                LagStatus::Within,
+                &lag(Some(u64::MAX), Some(MS(0))),
+                &bytes_off
+            ),
             LagStatus::Within
         );
         assert_eq!(
             next_status(
                 LagStatus::Lagging { good_polls: 1 },
-                None,
-                Some(MS(0)),
+                &lag(None, Some(MS(0))),
                 &bytes_off
             ),
             LagStatus::Within
@@ -209,14 +380,17 @@ mod tests {
             ..bounds()
         };
         assert_eq!(
-            next_status(LagStatus::Within, Some(0), Some(MS(999_999)), &time_off),
+            next_status(
+                LagStatus::Within,
+                &lag(Some(0), Some(MS(999_999))),
+                &time_off
+            ),
             LagStatus::Within
         );
         assert_eq!(
             next_status(
                 LagStatus::Lagging { good_polls: 1 },
-                Some(0),
-                None,
+                &lag(Some(0), None),
                 &time_off
             ),
             LagStatus::Within
@@ -232,8 +406,7 @@ mod tests {
         assert_eq!(
             next_status(
                 LagStatus::Lagging { good_polls: 0 },
-                Some(0),
-                Some(MS(0)),
+                &lag(Some(0), Some(MS(0))),
                 &quick
             ),
             LagStatus::Within
@@ -241,100 +414,164 @@ mod tests {
     }
 
     #[test]
-    fn lag_is_measured_against_the_primary() {
-        let lsn = |n| Some(Lsn(n));
+    fn stalls_exclude_whatever_the_numbers_and_block_readmission() {
+        let stalled = Lag {
+            bytes: Some(0),
+            time: Some(MS(0)),
+            stall: Some(Stall::NotStreaming),
+        };
+        assert_eq!(
+            next_status(LagStatus::Within, &stalled, &bounds()),
+            LagStatus::Lagging { good_polls: 0 }
+        );
+        assert_eq!(
+            next_status(LagStatus::Lagging { good_polls: 1 }, &stalled, &bounds()),
+            LagStatus::Lagging { good_polls: 0 }
+        );
+    }
+
+    /// A primary that wrote 1000 bytes per second for ten seconds, sampled every second.
+    fn steady_history(t0: Instant) -> WalHistory {
+        let mut history = WalHistory::default();
+        for s in 0..=10u64 {
+            history.record(0, Some(1), t0 + MS(s * 1000), Lsn(s * 1000), MS(60_000));
+        }
+        history
+    }
+
+    #[test]
+    fn time_lag_is_when_the_primary_passed_the_replay_position() {
+        let t0 = Instant::now();
+        let history = steady_history(t0);
+        let now = t0 + MS(10_000);
+        let window = MS(60_000);
+        #[rustfmt::skip]
         let cases = [
-            (
-                "replay_lag from pg_stat_replication wins",
-                LagInputs {
-                    primary_lsn: lsn(5000),
-                    replay_lsn: lsn(1000),
-                    replay_lag: Some(MS(300)),
-                    since_last_replay: Some(MS(9000)),
-                    streaming: true,
-                },
-                (Some(4000), Some(MS(300))),
-            ),
-            (
-                "no replay_lag and fully replayed: zero",
-                LagInputs {
-                    primary_lsn: lsn(5000),
-                    replay_lsn: lsn(5000),
-                    replay_lag: None,
-                    since_last_replay: Some(MS(60_000)),
-                    streaming: true,
-                },
-                (Some(0), Some(Duration::ZERO)),
-            ),
-            (
-                "no replay_lag and behind: age of the last replayed commit",
-                LagInputs {
-                    primary_lsn: lsn(5000),
-                    replay_lsn: lsn(4000),
-                    replay_lag: None,
-                    since_last_replay: Some(MS(60_000)),
-                    streaming: true,
-                },
-                (Some(1000), Some(MS(60_000))),
-            ),
-            (
-                "a standby ahead of the sample is not negative",
-                LagInputs {
-                    primary_lsn: lsn(5000),
-                    replay_lsn: lsn(6000),
-                    replay_lag: None,
-                    since_last_replay: None,
-                    streaming: true,
-                },
-                (Some(0), Some(Duration::ZERO)),
-            ),
-            (
-                "behind and not streaming from this primary: no bound",
-                LagInputs {
-                    primary_lsn: lsn(5000),
-                    replay_lsn: lsn(4000),
-                    replay_lag: None,
-                    since_last_replay: Some(MS(1)),
-                    streaming: false,
-                },
-                (Some(1000), Some(Duration::MAX)),
-            ),
-            (
-                "caught up without a pg_stat_replication row: zero",
-                LagInputs {
-                    primary_lsn: lsn(5000),
-                    replay_lsn: lsn(5000),
-                    replay_lag: None,
-                    since_last_replay: None,
-                    streaming: false,
-                },
-                (Some(0), Some(Duration::ZERO)),
-            ),
-            (
-                "no primary: unknown",
-                LagInputs {
-                    primary_lsn: None,
-                    replay_lsn: lsn(6000),
-                    replay_lag: Some(MS(1)),
-                    since_last_replay: Some(MS(1)),
-                    streaming: true,
-                },
-                (None, None),
-            ),
-            (
-                "no replay position yet: unknown",
-                LagInputs {
-                    primary_lsn: lsn(5000),
-                    replay_lsn: None,
-                    replay_lag: None,
-                    since_last_replay: None,
-                    streaming: true,
-                },
-                (None, None),
-            ),
+            ("has the newest sample", 10_000, Some(0)),
+            ("ahead of the newest sample", 12_000, Some(0)),
+            ("exactly at a sample", 7000, Some(3000)),
+            ("between samples: interpolated", 7500, Some(2500)),
+            ("at the oldest sample", 0, Some(10_000)),
+        ];
+        for (why, replay, want) in cases {
+            assert_eq!(history.lag(Lsn(replay), now, window), want.map(MS), "{why}");
+        }
+        let mut late = WalHistory::default();
+        late.record(0, Some(1), t0 + MS(5000), Lsn(5000), window);
+        assert_eq!(
+            late.lag(Lsn(10), now, window),
+            None,
+            "older than a short history: unknown"
+        );
+        assert_eq!(
+            late.lag(Lsn(10), now, MS(4000)),
+            Some(MS(5000)),
+            "older than a full window: at least its age"
+        );
+        assert_eq!(
+            WalHistory::default().lag(Lsn(1), now, window),
+            None,
+            "no sample: unknown"
+        );
+    }
+
+    #[test]
+    fn the_history_keeps_its_window_and_restarts_with_a_new_primary() {
+        let t0 = Instant::now();
+        let mut history = steady_history(t0);
+        history.record(0, Some(1), t0 + MS(11_000), Lsn(11_000), MS(3000));
+        // One sample at or before the cutoff is kept: positions older than the window are
+        // known to be at least that old.
+        assert_eq!(history.samples.front(), Some(&(t0 + MS(8000), Lsn(8000))));
+        assert_eq!(history.samples.len(), 4);
+        let mut promoted = history.clone();
+        promoted.record(2, Some(2), t0 + MS(12_000), Lsn(11_500), MS(3000));
+        assert_eq!(promoted.samples.len(), 1, "another node: a new history");
+        let mut rewound = history.clone();
+        rewound.record(0, Some(1), t0 + MS(12_000), Lsn(100), MS(3000));
+        assert_eq!(
+            rewound.samples.len(),
+            1,
+            "a position going back: a new history"
+        );
+        let mut next_timeline = history;
+        next_timeline.record(0, Some(2), t0 + MS(12_000), Lsn(11_500), MS(3000));
+        assert_eq!(
+            next_timeline.samples.len(),
+            1,
+            "a new timeline: a new history"
+        );
+    }
+
+    #[test]
+    fn lag_is_measured_against_the_primary() {
+        let t0 = Instant::now();
+        let history = steady_history(t0);
+        let now = t0 + MS(10_000);
+        let primary = Some(PrimaryView {
+            lsn: Lsn(10_000),
+            timeline: Some(1),
+            history: &history,
+            window: MS(60_000),
+        });
+        let standby =
+            |replay: Option<u64>, replay_lag: Option<u64>, streaming, timeline| LagInputs {
+                primary,
+                replay_lsn: replay.map(Lsn),
+                at: now,
+                replay_lag: replay_lag.map(MS),
+                streaming,
+                timeline,
+            };
+        let lag = |bytes: Option<u64>, time: Option<u64>, stall| Lag {
+            bytes,
+            time: time.map(MS),
+            stall,
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("replay_lag from a matched row wins", standby(Some(6000), Some(300), true, Some(1)), lag(Some(4000), Some(300), None)),
+            ("fully replayed: zero", standby(Some(10_000), None, true, Some(1)), lag(Some(0), Some(0), None)),
+            ("behind without a row: from the primary's history", standby(Some(9500), None, true, Some(1)), lag(Some(500), Some(500), None)),
+            ("ahead of the sample: not negative", standby(Some(11_000), None, true, None), lag(Some(0), Some(0), None)),
+            ("behind and not streaming: stalled", standby(Some(9000), None, false, None), lag(Some(1000), Some(1000), Some(Stall::NotStreaming))),
+            ("caught up and not streaming: fine", standby(Some(10_000), None, false, None), lag(Some(0), Some(0), None)),
+            ("another timeline: stalled even when ahead", standby(Some(12_000), None, true, Some(2)), lag(Some(0), Some(0), Some(Stall::OtherTimeline { standby: 2, primary: 1 }))),
+            ("no replay position yet: unknown", standby(None, None, true, None), lag(None, None, None)),
         ];
         for (why, inputs, want) in cases {
             assert_eq!(measure(&inputs), want, "{why}");
+        }
+        let no_primary = LagInputs {
+            primary: None,
+            ..standby(Some(1), Some(1), true, Some(1))
+        };
+        assert_eq!(measure(&no_primary), Lag::default(), "no primary: unknown");
+    }
+
+    #[test]
+    fn unknown_lag_prints_as_unknown() {
+        let cases = [
+            (Lag::default(), "unknown bytes, unknown time"),
+            (
+                Lag {
+                    bytes: Some(264),
+                    time: Some(MS(1500)),
+                    stall: None,
+                },
+                "264 bytes, 1.500s",
+            ),
+            (
+                Lag {
+                    bytes: Some(264),
+                    time: None,
+                    stall: Some(Stall::NotStreaming),
+                },
+                "264 bytes, unknown time (behind and not streaming)",
+            ),
+        ];
+        for (lag, want) in cases {
+            assert_eq!(lag.to_string(), want);
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod lag;
 pub mod lsn;
 pub mod probe;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use crate::reload::SharedSettings;
 
 pub use control::{Controls, Publisher};
 pub use health::{Backoff, Ban};
-pub use lag::{LagBounds, LagStatus};
+pub use lag::{Lag, LagBounds, LagStatus, Stall, WalHistory};
 pub use lsn::Lsn;
 use probe::Probe;
 
@@ -68,6 +69,11 @@ pub struct NodeState {
     pub lag_bytes: Option<u64>,
     /// How far this standby's replay is behind; `None` for the primary or when unknown.
     pub lag_time: Option<Duration>,
+    /// Why this standby cannot catch up, when it cannot.
+    pub stall: Option<Stall>,
+    /// Where this standby's WAL comes from, as it said at the last check: a configured
+    /// node's name, an address, or "not streaming"; None for a primary or when unknown.
+    pub upstream: Option<String>,
     /// Where this node stands against the lag bounds (kept between checks for hysteresis).
     pub lag_status: LagStatus,
     /// May serve reads: reachable, and for a standby within the lag bounds.
@@ -93,6 +99,8 @@ impl NodeState {
             lsn: None,
             lag_bytes: None,
             lag_time: None,
+            stall: None,
+            upstream: None,
             lag_status: LagStatus::Within,
             eligible: false,
             ban: None,
@@ -114,14 +122,22 @@ impl NodeState {
 pub struct Topology {
     /// Every configured node, in configuration order.
     pub nodes: Vec<NodeState>,
+    /// The primary's WAL positions over the last checks, to time standbys' lag.
+    pub wal: WalHistory,
 }
 
 impl Topology {
+    /// A picture of `nodes` with no history of WAL positions yet.
+    pub fn new(nodes: Vec<NodeState>) -> Topology {
+        Topology {
+            nodes,
+            wal: WalHistory::default(),
+        }
+    }
+
     /// A picture where nothing is known yet.
     pub fn unknown(nodes: &[Node]) -> Topology {
-        Topology {
-            nodes: nodes.iter().cloned().map(NodeState::unknown).collect(),
-        }
+        Topology::new(nodes.iter().cloned().map(NodeState::unknown).collect())
     }
 
     /// The node that accepts writes, if exactly one does.
@@ -230,23 +246,19 @@ pub enum Event {
         /// Consecutive failures before it answered.
         failures: u32,
     },
-    /// A standby went over a lag bound and serves no more reads.
+    /// A standby went over a lag bound, or cannot catch up, and serves no more reads.
     Lagging {
         /// Node name.
         node: String,
-        /// Byte lag measured.
-        bytes: Option<u64>,
-        /// Time lag measured.
-        time: Option<Duration>,
+        /// What was measured.
+        lag: Lag,
     },
     /// A lagging standby caught up and serves reads again.
     Readmitted {
         /// Node name.
         node: String,
-        /// Byte lag measured.
-        bytes: Option<u64>,
-        /// Time lag measured.
-        time: Option<Duration>,
+        /// What was measured.
+        lag: Lag,
     },
     /// More than one node is out of recovery: writes are refused.
     SplitBrain {
@@ -277,8 +289,9 @@ pub fn advance(
         roles
             .iter()
             .zip(&outcomes)
-            .filter_map(|(role, outcome)| match (role, outcome) {
-                (Role::Primary, Outcome::Checked(Ok(p))) => Some(p),
+            .enumerate()
+            .filter_map(|(i, (role, outcome))| match (role, outcome) {
+                (Role::Primary, Outcome::Checked(Ok(p))) => Some((i, p)),
                 _ => None,
             });
     // Lag is measured against the primary only when there is exactly one.
@@ -286,6 +299,31 @@ pub fn advance(
         (Some(p), None) => Some(p),
         _ => None,
     };
+    let window = rules.lag.history_window();
+    let mut wal = previous.wal.clone();
+    if let Some((
+        i,
+        Probe {
+            at,
+            current: Some(lsn),
+            timeline,
+            ..
+        },
+    )) = primary
+    {
+        wal.record(i, *timeline, *at, *lsn, window);
+    }
+    let primary_view = primary.and_then(|(_, p)| {
+        Some(lag::PrimaryView {
+            lsn: p.current?,
+            timeline: p.timeline,
+            history: &wal,
+            window,
+        })
+    });
+    let primary_node = primary
+        .and_then(|(i, _)| previous.nodes.get(i))
+        .map(|n| &n.node);
 
     let mut events = Vec::new();
     let mut nodes = Vec::with_capacity(previous.nodes.len());
@@ -297,6 +335,7 @@ pub fn advance(
                 lsn: None,
                 lag_bytes: None,
                 lag_time: None,
+                upstream: None,
                 eligible: false,
                 ..before.clone()
             },
@@ -325,6 +364,7 @@ pub fn advance(
                     lsn: None,
                     lag_bytes: None,
                     lag_time: None,
+                    upstream: None,
                     // Kept: a lagging standby that blips must still prove it caught up.
                     lag_status: before.lag_status,
                     eligible: false,
@@ -339,36 +379,52 @@ pub fn advance(
                         failures: ban.failures,
                     });
                 }
-                let (lag_bytes, lag_time, lag_status) = if *role == Role::Standby {
+                let (lag, lag_status, upstream) = if *role == Role::Standby {
+                    let receiver = probe.receiver.as_ref();
+                    let source = receiver.and_then(|r| {
+                        upstream::upstream_of(r, previous.nodes.iter().map(|n| &n.node))
+                    });
+                    let from_primary = source.is_some() && source == primary_node;
+                    let row = primary.and_then(|(_, p)| {
+                        upstream::row_for(&before.node, receiver, from_primary, &p.replicas)
+                    });
+                    let streaming = row.is_some() || receiver.is_some_and(|r| r.streaming());
                     let inputs = lag::LagInputs {
-                        primary_lsn: primary.and_then(|p| p.current),
+                        primary: primary_view,
                         replay_lsn: probe.replay,
-                        replay_lag: primary
-                            .and_then(|p| p.replicas.iter().find(|r| r.application_name == *name))
-                            .and_then(|r| r.replay_lag),
-                        since_last_replay: probe.since_last_replay,
-                        streaming: primary.is_some_and(|p| {
-                            p.replicas.iter().any(|r| r.application_name == *name)
-                        }),
+                        at: probe.at,
+                        replay_lag: row.and_then(|r| r.replay_lag),
+                        streaming,
+                        timeline: receiver.and_then(|r| r.timeline),
                     };
-                    let (bytes, time) = lag::measure(&inputs);
-                    let status = lag::next_status(before.lag_status, bytes, time, &rules.lag);
+                    let lag = lag::measure(&inputs);
+                    let status = lag::next_status(before.lag_status, &lag, &rules.lag);
                     match (before.lag_status.excluded(), status.excluded()) {
                         (false, true) => events.push(Event::Lagging {
                             node: name.clone(),
-                            bytes,
-                            time,
+                            lag,
                         }),
                         (true, false) => events.push(Event::Readmitted {
                             node: name.clone(),
-                            bytes,
-                            time,
+                            lag,
                         }),
                         _ => {}
                     }
-                    (bytes, time, status)
+                    let upstream = match (receiver, source) {
+                        (Some(r), _) if !r.streaming() => Some(match &r.status {
+                            Some(status) => format!("not streaming ({status})"),
+                            None => "not streaming".to_owned(),
+                        }),
+                        (Some(_), Some(node)) => Some(node.name.clone()),
+                        (Some(r), None) => match (&r.sender_host, r.sender_port) {
+                            (Some(host), Some(port)) => Some(format!("{host}:{port}")),
+                            _ => None,
+                        },
+                        (None, _) => Some("not streaming".to_owned()),
+                    };
+                    (lag, status, upstream)
                 } else {
-                    (None, None, LagStatus::Within)
+                    (Lag::default(), LagStatus::Within, None)
                 };
                 NodeState {
                     role: *role,
@@ -379,8 +435,10 @@ pub fn advance(
                         receive: probe.receive,
                         replay: probe.replay,
                     }),
-                    lag_bytes,
-                    lag_time,
+                    lag_bytes: lag.bytes,
+                    lag_time: lag.time,
+                    stall: lag.stall,
+                    upstream,
                     lag_status,
                     eligible: !lag_status.excluded(),
                     ban: None,
@@ -413,7 +471,7 @@ pub fn advance(
     } else if was.len() > 1 && now_primaries.len() <= 1 {
         events.push(Event::SplitBrainOver);
     }
-    (Topology { nodes }, events)
+    (Topology { nodes, wal }, events)
 }
 
 /// Writes one log line per event, at a level that fits.
@@ -434,13 +492,13 @@ fn log(event: &Event, rules: &Rules) {
         Event::Lifted { node, failures } => {
             tracing::info!(%node, failures, "node answers again: ban lifted")
         }
-        Event::Lagging { node, bytes, time } => tracing::warn!(
-            %node, lag_bytes = ?bytes, lag_time = ?time,
+        Event::Lagging { node, lag } => tracing::warn!(
+            %node, %lag,
             max_lag_bytes = rules.lag.max_bytes, max_lag_time = ?rules.lag.max_time,
             "standby lagging: no more reads until it catches up"
         ),
-        Event::Readmitted { node, bytes, time } => tracing::info!(
-            %node, lag_bytes = ?bytes, lag_time = ?time,
+        Event::Readmitted { node, lag } => tracing::info!(
+            %node, %lag,
             polls = rules.lag.readmit_after_polls,
             "standby caught up: re-admitted to reads"
         ),

@@ -9,22 +9,31 @@ use crate::config::{Node, Settings};
 use super::lsn::Lsn;
 use super::Outcome;
 
-/// Role and WAL positions in one round trip. The current LSN only exists outside
-/// recovery (the function errors on a standby), hence the CASE. The age of the last
-/// replayed commit is computed by the server so no timestamp parsing is needed here.
+/// Role, WAL positions and the standby's own WAL receiver in one round trip. The current
+/// LSN and timeline only exist outside recovery (the functions error on a standby), hence
+/// the CASEs; the timeline is the first 8 hex digits of the current WAL file's name (the
+/// checkpoint's timeline lags a promotion). `pg_stat_wal_receiver` has at most one row,
+/// none on a primary or a standby that is not receiving; its columns other than `pid`
+/// need `pg_read_all_stats` (part of `pg_monitor`) and are NULL without it.
 const NODE_QUERY: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END, \
+     CASE WHEN pg_is_in_recovery() THEN NULL \
+          ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END, \
      pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
-     extract(epoch FROM now() - pg_last_xact_replay_timestamp())";
+     r.pid, r.status, r.received_tli, r.sender_host, r.sender_port, r.slot_name, r.conninfo \
+     FROM (VALUES (1)) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true";
 
-/// What the primary knows about each connected standby (`pg_monitor` shows every column).
-const REPLICATION_QUERY: &str = "SELECT application_name, state, replay_lsn, \
-     extract(epoch FROM replay_lag) FROM pg_stat_replication";
+/// What the primary knows about each connected standby (`pg_monitor` shows every
+/// column), with the replication slot each walsender serves, if any.
+const REPLICATION_QUERY: &str = "SELECT r.application_name, r.state, r.replay_lsn, \
+     extract(epoch FROM r.replay_lag), host(r.client_addr), s.slot_name \
+     FROM pg_stat_replication AS r LEFT JOIN pg_replication_slots AS s ON s.active_pid = r.pid";
 
 /// A standby as one row of the primary's `pg_stat_replication`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Replica {
-    /// `application_name` from the standby's `primary_conninfo`; matched to a node's name.
+    /// The standby's `application_name` (`walreceiver` unless its `primary_conninfo` or
+    /// `cluster_name` names one).
     pub application_name: String,
     /// `streaming`, `catchup`, …
     pub state: Option<String>,
@@ -32,6 +41,36 @@ pub struct Replica {
     pub replay_lsn: Option<Lsn>,
     /// Time the primary measured for its WAL to be replayed there; NULL once idle.
     pub replay_lag: Option<Duration>,
+    /// The standby's IP address as the primary sees it; None over a Unix socket.
+    pub client_addr: Option<String>,
+    /// The replication slot this walsender streams for, if any.
+    pub slot_name: Option<String>,
+}
+
+/// A standby's WAL receiver, as its `pg_stat_wal_receiver` row says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Receiver {
+    /// `streaming`, `waiting`, `stopping`, …; None when the monitor role may not see it.
+    pub status: Option<String>,
+    /// Timeline of the last WAL received.
+    pub timeline: Option<u32>,
+    /// The upstream it streams from: `sender_host` (a host, an IP or a socket directory).
+    pub sender_host: Option<String>,
+    /// `sender_port`.
+    pub sender_port: Option<u16>,
+    /// `primary_slot_name`, if it streams through a slot.
+    pub slot_name: Option<String>,
+    /// The name it gives the upstream: `application_name` of its connection string, else
+    /// `fallback_application_name` (`cluster_name`, else `walreceiver`).
+    pub application_name: Option<String>,
+}
+
+impl Receiver {
+    /// Whether WAL is arriving: status `streaming`, or a receiver whose status the
+    /// monitor role may not see (it exists, which is all that is known).
+    pub fn streaming(&self) -> bool {
+        self.status.as_deref().is_none_or(|s| s == "streaming")
+    }
 }
 
 /// The answer of one successful check.
@@ -43,12 +82,14 @@ pub struct Probe {
     pub in_recovery: bool,
     /// `pg_current_wal_lsn()` (primary only).
     pub current: Option<Lsn>,
+    /// The timeline the primary writes on (primary only).
+    pub timeline: Option<u32>,
     /// `pg_last_wal_receive_lsn()` (standby only).
     pub receive: Option<Lsn>,
     /// `pg_last_wal_replay_lsn()` (standby only).
     pub replay: Option<Lsn>,
-    /// `now() - pg_last_xact_replay_timestamp()` (standby only, once a commit was replayed).
-    pub since_last_replay: Option<Duration>,
+    /// The standby's WAL receiver, when one is running (standby only).
+    pub receiver: Option<Receiver>,
     /// `pg_stat_replication` (primary only).
     pub replicas: Vec<Replica>,
 }
@@ -153,8 +194,13 @@ fn parse_node(rows: &Rows, at: Instant) -> Result<Probe, String> {
     let [row] = rows else {
         return Err(format!("check query returned {} rows, not 1", rows.len()));
     };
-    let [recovery, current, receive, replay, since] = row.as_slice() else {
-        return Err(format!("check query returned {} columns, not 5", row.len()));
+    let [recovery, current, timeline, receive, replay, pid, status, received_tli, sender_host, sender_port, slot, conninfo] =
+        row.as_slice()
+    else {
+        return Err(format!(
+            "check query returned {} columns, not 12",
+            row.len()
+        ));
     };
     let in_recovery = match recovery.as_deref() {
         Some("t") => true,
@@ -165,9 +211,26 @@ fn parse_node(rows: &Rows, at: Instant) -> Result<Probe, String> {
         at,
         in_recovery,
         current: lsn(current, "pg_current_wal_lsn()")?,
+        timeline: timeline
+            .as_deref()
+            .map(|hex| {
+                u32::from_str_radix(hex, 16)
+                    .map_err(|_| format!("timeline: \"{hex}\" is not hexadecimal"))
+            })
+            .transpose()?,
         receive: lsn(receive, "pg_last_wal_receive_lsn()")?,
         replay: lsn(replay, "pg_last_wal_replay_lsn()")?,
-        since_last_replay: seconds(since, "age of the last replayed commit")?,
+        receiver: match pid {
+            None => None,
+            Some(_) => Some(Receiver {
+                status: status.clone(),
+                timeline: number(received_tli, "pg_stat_wal_receiver.received_tli")?,
+                sender_host: sender_host.clone(),
+                sender_port: number(sender_port, "pg_stat_wal_receiver.sender_port")?,
+                slot_name: slot.clone(),
+                application_name: conninfo.as_deref().and_then(application_name),
+            }),
+        },
         replicas: Vec::new(),
     })
 }
@@ -176,9 +239,10 @@ fn parse_node(rows: &Rows, at: Instant) -> Result<Probe, String> {
 fn parse_replicas(rows: &Rows) -> Result<Vec<Replica>, String> {
     rows.iter()
         .map(|row| {
-            let [name, state, replay_lsn, replay_lag] = row.as_slice() else {
+            let [name, state, replay_lsn, replay_lag, client_addr, slot_name] = row.as_slice()
+            else {
                 return Err(format!(
-                    "pg_stat_replication query returned {} columns, not 4",
+                    "pg_stat_replication query returned {} columns, not 6",
                     row.len()
                 ));
             };
@@ -187,6 +251,8 @@ fn parse_replicas(rows: &Rows) -> Result<Vec<Replica>, String> {
                 state: state.clone(),
                 replay_lsn: lsn(replay_lsn, "pg_stat_replication.replay_lsn")?,
                 replay_lag: seconds(replay_lag, "pg_stat_replication.replay_lag")?,
+                client_addr: client_addr.clone(),
+                slot_name: slot_name.clone(),
             })
         })
         .collect()
@@ -197,6 +263,71 @@ fn lsn(value: &Option<String>, what: &str) -> Result<Option<Lsn>, String> {
         .as_deref()
         .map(|text| text.parse().map_err(|e| format!("{what}: {e}")))
         .transpose()
+}
+
+/// An integer column (a port, a timeline).
+fn number<T: std::str::FromStr>(value: &Option<String>, what: &str) -> Result<Option<T>, String> {
+    value
+        .as_deref()
+        .map(|text| {
+            text.parse()
+                .map_err(|_| format!("{what}: \"{text}\" is not a number"))
+        })
+        .transpose()
+}
+
+/// The name a WAL receiver's connection gives its upstream, from the connection string
+/// `pg_stat_wal_receiver.conninfo` shows (`key=value` pairs, values quoted with `'` and
+/// backslash escapes when they hold spaces): `application_name`, else
+/// `fallback_application_name`.
+fn application_name(conninfo: &str) -> Option<String> {
+    let pairs = conninfo_pairs(conninfo);
+    let find = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    find("application_name").or_else(|| find("fallback_application_name"))
+}
+
+/// Splits a libpq `key=value` connection string; a malformed tail ends the list.
+fn conninfo_pairs(conninfo: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        if key.is_empty() {
+            return pairs;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return pairs;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\\') => value.extend(chars.next()),
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => return pairs,
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
 }
 
 /// Seconds as `extract(epoch …)` prints them. Negative values (clocks of primary and
@@ -227,49 +358,115 @@ mod tests {
     #[test]
     fn a_primary_and_a_standby_answer_differently() {
         let at = Instant::now();
-        let primary = parse_node(
-            &[row(&[Some("f"), Some("0/3000148"), None, None, None])],
-            at,
-        )
-        .unwrap();
+        let mut primary_row = vec![Some("f"), Some("0/3000148"), Some("0000000A")];
+        primary_row.extend([None; 9]);
+        let primary = parse_node(&[row(&primary_row)], at).unwrap();
         assert!(!primary.in_recovery);
         assert_eq!(primary.current, Some(Lsn(0x300_0148)));
-        assert_eq!((primary.replay, primary.since_last_replay), (None, None));
+        assert_eq!(primary.timeline, Some(10));
+        assert_eq!((primary.replay, primary.receiver), (None, None));
 
+        let conninfo = "user=replicator passfile=/x channel_binding=prefer \
+             dbname=replication host=10.0.0.1 port=5432 \
+             fallback_application_name=walreceiver sslmode=prefer";
         let standby = parse_node(
             &[row(&[
                 Some("t"),
                 None,
+                None,
                 Some("0/3000200"),
                 Some("0/3000148"),
-                Some("1.250000"),
+                Some("4242"),
+                Some("streaming"),
+                Some("3"),
+                Some("10.0.0.1"),
+                Some("5432"),
+                Some("slot_b"),
+                Some(conninfo),
             ])],
             at,
         )
         .unwrap();
         assert!(standby.in_recovery);
-        assert_eq!(standby.current, None);
+        assert_eq!((standby.current, standby.timeline), (None, None));
         assert_eq!(standby.receive, Some(Lsn(0x300_0200)));
         assert_eq!(standby.replay, Some(Lsn(0x300_0148)));
-        assert_eq!(standby.since_last_replay, Some(Duration::from_millis(1250)));
+        assert_eq!(
+            standby.receiver,
+            Some(Receiver {
+                status: Some("streaming".into()),
+                timeline: Some(3),
+                sender_host: Some("10.0.0.1".into()),
+                sender_port: Some(5432),
+                slot_name: Some("slot_b".into()),
+                application_name: Some("walreceiver".into()),
+            })
+        );
+
+        // Without pg_read_all_stats only the receiver's pid shows: it exists, and that
+        // is all that is known, so it counts as streaming.
+        let mut hidden = vec![
+            Some("t"),
+            None,
+            None,
+            Some("0/1"),
+            Some("0/1"),
+            Some("4242"),
+        ];
+        hidden.extend([None; 6]);
+        let receiver = parse_node(&[row(&hidden)], at).unwrap().receiver.unwrap();
+        assert_eq!(receiver, Receiver::default());
+        assert!(receiver.streaming());
+        assert!(!Receiver {
+            status: Some("waiting".into()),
+            ..receiver
+        }
+        .streaming());
+    }
+
+    #[test]
+    fn the_receivers_application_name_comes_from_its_connection_string() {
+        let cases = [
+            (
+                "host=a fallback_application_name=walreceiver",
+                Some("walreceiver"),
+            ),
+            (
+                "host=a fallback_application_name=main application_name=s1",
+                Some("s1"),
+            ),
+            ("application_name='two words' host=a", Some("two words")),
+            (r"application_name='it\'s' host=a", Some("it's")),
+            ("host=a port=5432", None),
+            ("", None),
+            ("application_name='unterminated", None),
+            ("=x application_name=s1", None),
+        ];
+        for (conninfo, want) in cases {
+            assert_eq!(application_name(conninfo).as_deref(), want, "{conninfo}");
+        }
     }
 
     #[test]
     fn malformed_answers_fail_the_check_without_panicking() {
         let at = Instant::now();
+        let with = |cells: &[(usize, &str)]| {
+            let mut values = vec![None; 12];
+            for &(i, v) in cells {
+                values[i] = Some(v);
+            }
+            row(&values)
+        };
         let cases: Vec<Vec<Vec<Option<String>>>> = vec![
             vec![],
             vec![row(&[Some("t")])],
-            vec![row(&[Some("x"), None, None, None, None])],
-            vec![row(&[None, None, None, None, None])],
-            vec![row(&[Some("t"), None, Some("zz"), None, None])],
-            vec![row(&[Some("t"), None, None, None, Some("soon")])],
-            vec![row(&[Some("t"), None, None, None, Some("NaN")])],
-            vec![row(&[Some("t"), None, None, None, Some("1e300")])],
-            vec![
-                row(&[Some("f"), None, None, None, None]),
-                row(&[Some("f"), None, None, None, None]),
-            ],
+            vec![with(&[(0, "x")])],
+            vec![with(&[])],
+            vec![with(&[(0, "t"), (3, "zz")])],
+            vec![with(&[(0, "f"), (1, "0/1"), (2, "timeline")])],
+            vec![with(&[(0, "t"), (5, "1"), (7, "three")])],
+            vec![with(&[(0, "t"), (5, "1"), (9, "99999")])],
+            vec![with(&[(0, "f")]), with(&[(0, "f")])],
         ];
         for rows in cases {
             assert!(parse_node(&rows, at).is_err(), "{rows:?} should be refused");
@@ -284,14 +481,25 @@ mod tests {
                 Some("streaming"),
                 Some("0/5000000"),
                 Some("0.002"),
+                Some("10.0.0.2"),
+                Some("slot_1"),
             ]),
-            row(&[Some("standby2"), Some("catchup"), None, None]),
-            row(&[Some("standby3"), Some("streaming"), None, Some("-0.5")]),
+            row(&[Some("standby2"), Some("catchup"), None, None, None, None]),
+            row(&[
+                Some("standby3"),
+                Some("streaming"),
+                None,
+                Some("-0.5"),
+                None,
+                None,
+            ]),
         ];
         let replicas = parse_replicas(&rows).unwrap();
         assert_eq!(replicas[0].application_name, "standby1");
         assert_eq!(replicas[0].replay_lsn, Some(Lsn(0x500_0000)));
         assert_eq!(replicas[0].replay_lag, Some(Duration::from_millis(2)));
+        assert_eq!(replicas[0].client_addr.as_deref(), Some("10.0.0.2"));
+        assert_eq!(replicas[0].slot_name.as_deref(), Some("slot_1"));
         assert_eq!(
             (replicas[1].replay_lsn, replicas[1].replay_lag),
             (None, None)

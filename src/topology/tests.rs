@@ -1,6 +1,6 @@
 //! Snapshot assembly: roles, lag, bans and events from one poll's answers.
 
-use super::probe::Replica;
+use super::probe::{Receiver, Replica};
 use super::*;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -43,31 +43,50 @@ fn primary_probe(at: Instant, current: u64, replicas: &[(&str, Option<u64>)]) ->
         at,
         in_recovery: false,
         current: Some(Lsn(current)),
+        timeline: Some(1),
         receive: None,
         replay: None,
-        since_last_replay: None,
+        receiver: None,
         replicas: replicas
             .iter()
             .map(|(name, lag_ms)| Replica {
                 application_name: (*name).into(),
                 state: Some("streaming".into()),
-                replay_lsn: None,
                 replay_lag: lag_ms.map(MS),
+                ..Replica::default()
             })
             .collect(),
     }))
 }
 
-fn standby_probe(at: Instant, replay: u64, since_last_replay_ms: Option<u64>) -> Outcome {
+/// A WAL receiver streaming from node `from` (addresses are `name:5432`) on timeline 1,
+/// under the default application name.
+fn streaming_from(from: &str) -> Receiver {
+    Receiver {
+        status: Some("streaming".into()),
+        timeline: Some(1),
+        sender_host: Some(from.into()),
+        sender_port: Some(5432),
+        slot_name: None,
+        application_name: Some("walreceiver".into()),
+    }
+}
+
+fn standby_with(at: Instant, replay: u64, receiver: Option<Receiver>) -> Outcome {
     Outcome::Checked(Ok(Probe {
         at,
         in_recovery: true,
         current: None,
+        timeline: None,
         receive: Some(Lsn(replay)),
         replay: Some(Lsn(replay)),
-        since_last_replay: since_last_replay_ms.map(MS),
+        receiver,
         replicas: Vec::new(),
     }))
+}
+
+fn standby_probe(at: Instant, replay: u64) -> Outcome {
+    standby_with(at, replay, Some(streaming_from("p")))
 }
 
 fn failed(reason: &str) -> Outcome {
@@ -90,6 +109,7 @@ fn primary_is_the_single_node_out_of_recovery() {
     ];
     for (roles, want) in cases {
         let t = Topology {
+            wal: WalHistory::default(),
             nodes: roles
                 .iter()
                 .enumerate()
@@ -107,8 +127,8 @@ fn a_healthy_cluster_measures_lag_against_the_primary() {
         &three_unknown(),
         vec![
             primary_probe(t0, 5000, &[("s1", Some(20)), ("s2", None)]),
-            standby_probe(t0, 4900, Some(3000)),
-            standby_probe(t0, 5000, Some(60_000)),
+            standby_probe(t0, 4900),
+            standby_probe(t0, 5000),
         ],
         t0,
         &rules(),
@@ -138,33 +158,34 @@ fn a_healthy_cluster_measures_lag_against_the_primary() {
 #[test]
 fn a_lagging_standby_is_excluded_at_once_and_readmitted_after_good_polls() {
     let t0 = Instant::now();
-    let poll = |t: &Topology, primary: u64, s1: u64, s1_age: Option<u64>| {
+    let poll = |t: &Topology, at: Instant, primary: u64, s1: u64| {
         advance(
             t,
             vec![
-                primary_probe(t0, primary, &[("s1", None), ("s2", None)]),
-                standby_probe(t0, s1, s1_age),
-                standby_probe(t0, primary, None),
+                primary_probe(at, primary, &[("s1", None), ("s2", None)]),
+                standby_probe(at, s1),
+                standby_probe(at, primary),
             ],
-            t0,
+            at,
             &rules(),
         )
     };
-    let (t, _) = poll(&three_unknown(), 1000, 1000, None);
+    let (t, _) = poll(&three_unknown(), t0, 1000, 1000);
     assert!(t.nodes[1].eligible);
 
-    // (primary LSN, s1 replay, s1 last-commit age, eligible after, event expected)
+    // Two seconds apart: (primary LSN, s1 replay, eligible after, event expected).
     let steps = [
-        (3000, 1000, Some(100), false, Some("lagging")), // 2000 B behind
-        (3000, 2800, Some(100), false, None),            // 200 B: first good poll
-        (3000, 2200, Some(100), false, None),            // 800 B: between bounds, count resets
-        (3000, 3000, Some(100), false, None),            // first good poll again
-        (3000, 3000, Some(100), true, Some("readmitted")), // second: back
-        (3000, 2500, Some(11_000), false, Some("lagging")), // over the time bound
+        (3000, 1000, false, Some("lagging")),   // 2000 B behind
+        (3000, 2800, false, None),              // 200 B: first good poll
+        (3000, 2200, false, None),              // 800 B: between bounds, count resets
+        (3000, 3000, false, None),              // first good poll again
+        (3000, 3000, true, Some("readmitted")), // second: back
+        (3000, 2500, false, Some("lagging")),   // the primary passed 2500 10.5 s ago
     ];
     let mut t = t;
-    for (i, (primary, s1, age, eligible, event)) in steps.into_iter().enumerate() {
-        let (next, events) = poll(&t, primary, s1, age);
+    for (i, (primary, s1, eligible, event)) in steps.into_iter().enumerate() {
+        let at = t0 + MS(2000 * (i as u64 + 1));
+        let (next, events) = poll(&t, at, primary, s1);
         assert_eq!(next.nodes[1].eligible, eligible, "step {i}: {next:?}");
         let seen = events.iter().find_map(|e| match e {
             Event::Lagging { node, .. } if node == "s1" => Some("lagging"),
@@ -175,7 +196,135 @@ fn a_lagging_standby_is_excluded_at_once_and_readmitted_after_good_polls() {
         t = next;
     }
     assert_eq!(t.nodes[1].lag_bytes, Some(500));
-    assert_eq!(t.nodes[1].lag_time, Some(MS(11_000)));
+    assert_eq!(t.nodes[1].lag_time, Some(MS(10_500)));
+}
+
+/// Polls every 500 ms while the primary writes 1000 bytes per poll; `standbys` gives each
+/// standby's probe from the poll's instant and the primary's position.
+fn under_write_load(
+    polls: u64,
+    replicas: &[(&str, Option<u64>)],
+    standbys: &dyn Fn(Instant, u64) -> Vec<Outcome>,
+) -> (Topology, Vec<Event>) {
+    let t0 = Instant::now();
+    let mut t = three_unknown();
+    let mut all = Vec::new();
+    for i in 0..polls {
+        let at = t0 + MS(500 * i);
+        let primary = 10_000 + 1000 * i;
+        let mut outcomes = vec![primary_probe(at, primary, replicas)];
+        outcomes.extend(standbys(at, primary));
+        let (next, events) = advance(&t, outcomes, at, &rules());
+        all.extend(events);
+        t = next;
+    }
+    (t, all)
+}
+
+#[test]
+fn standbys_under_default_names_are_timed_from_the_primarys_history() {
+    // Both standbys stream as `walreceiver` from the same host: no row can be told apart,
+    // so their lag is timed from when the primary passed their replay positions.
+    let (t, events) = under_write_load(
+        10,
+        &[("walreceiver", Some(5)), ("walreceiver", Some(5))],
+        &|at, primary| {
+            vec![
+                standby_probe(at, primary - 264),
+                standby_probe(at, primary - 600),
+            ]
+        },
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Lagging { .. })),
+        "{events:?}"
+    );
+    assert!(t.nodes[1].eligible && t.nodes[2].eligible, "{t:?}");
+    // 264 of the 1000 bytes written in the last 500 ms: 132 ms behind.
+    assert_eq!(
+        (t.nodes[1].lag_bytes, t.nodes[1].lag_time),
+        (Some(264), Some(MS(132)))
+    );
+    assert_eq!(
+        (t.nodes[2].lag_bytes, t.nodes[2].lag_time),
+        (Some(600), Some(MS(300)))
+    );
+    assert_eq!(t.nodes[1].upstream.as_deref(), Some("p"));
+}
+
+#[test]
+fn a_cascading_standby_is_measured_and_shows_its_upstream() {
+    let (t, events) = under_write_load(10, &[("s1", Some(2))], &|at, primary| {
+        vec![
+            standby_probe(at, primary),
+            standby_with(at, primary - 500, Some(streaming_from("s1"))),
+        ]
+    });
+    assert!(
+        events.iter().all(|e| !matches!(e, Event::Lagging { .. })),
+        "{events:?}"
+    );
+    assert_eq!(t.nodes[2].upstream.as_deref(), Some("s1"));
+    assert_eq!(
+        (t.nodes[2].lag_bytes, t.nodes[2].lag_time),
+        (Some(500), Some(MS(250)))
+    );
+    assert!(t.nodes[2].eligible);
+}
+
+#[test]
+fn a_standby_that_cannot_catch_up_is_excluded_and_says_why() {
+    let not_streaming = Receiver {
+        status: Some("waiting".into()),
+        ..streaming_from("p")
+    };
+    let other_timeline = Receiver {
+        timeline: Some(2),
+        ..streaming_from("p")
+    };
+    let (t, events) = under_write_load(3, &[], &|at, primary| {
+        vec![
+            standby_with(at, primary - 10, Some(not_streaming.clone())),
+            standby_with(at, primary, Some(other_timeline.clone())),
+        ]
+    });
+    assert_eq!(t.nodes[1].stall, Some(Stall::NotStreaming));
+    assert_eq!(
+        t.nodes[1].upstream.as_deref(),
+        Some("not streaming (waiting)")
+    );
+    assert_eq!(
+        t.nodes[2].stall,
+        Some(Stall::OtherTimeline {
+            standby: 2,
+            primary: 1
+        })
+    );
+    assert!(!t.nodes[1].eligible && !t.nodes[2].eligible);
+    let why: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Lagging { node, lag } => Some(format!("{node}: {lag}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        why,
+        [
+            // First poll: one sample of the primary, too short a history to time it.
+            "s1: 10 bytes, unknown time (behind and not streaming)",
+            "s2: 0 bytes, 0.000s (on timeline 2, the primary on 1)"
+        ]
+    );
+    // No receiver at all and behind: not streaming either; caught up, it may serve.
+    let (t, _) = under_write_load(3, &[], &|at, primary| {
+        vec![
+            standby_with(at, primary - 1, None),
+            standby_with(at, primary, None),
+        ]
+    });
+    assert_eq!(t.nodes[1].stall, Some(Stall::NotStreaming));
+    assert!(t.nodes[2].eligible && t.nodes[2].stall.is_none());
 }
 
 #[test]
@@ -185,8 +334,8 @@ fn a_failing_node_is_banned_left_alone_then_lifted() {
         &three_unknown(),
         vec![
             primary_probe(t0, 10, &[]),
-            standby_probe(t0, 10, None),
-            standby_probe(t0, 10, None),
+            standby_probe(t0, 10),
+            standby_probe(t0, 10),
         ],
         t0,
         &rules(),
@@ -194,7 +343,7 @@ fn a_failing_node_is_banned_left_alone_then_lifted() {
     let poll = |t: &Topology, at: Instant, s2: Outcome| {
         advance(
             t,
-            vec![primary_probe(at, 10, &[]), standby_probe(at, 10, None), s2],
+            vec![primary_probe(at, 10, &[]), standby_probe(at, 10), s2],
             at,
             &rules(),
         )
@@ -227,7 +376,7 @@ fn a_failing_node_is_banned_left_alone_then_lifted() {
 
     // One success lifts it and resets the backoff.
     let t2 = t1 + MS(200);
-    let (t, events) = poll(&t, t2, standby_probe(t2, 10, None));
+    let (t, events) = poll(&t, t2, standby_probe(t2, 10));
     assert!(t.nodes[2].ban.is_none() && t.nodes[2].eligible);
     assert!(events.contains(&Event::Lifted {
         node: "s2".into(),
@@ -261,8 +410,8 @@ fn two_primaries_are_reported_once_and_lag_is_unknown_meanwhile() {
         &three_unknown(),
         vec![
             primary_probe(t0, 100, &[]),
-            standby_probe(t0, 100, None),
-            standby_probe(t0, 100, None),
+            standby_probe(t0, 100),
+            standby_probe(t0, 100),
         ],
         t0,
         &rules(),
@@ -270,7 +419,7 @@ fn two_primaries_are_reported_once_and_lag_is_unknown_meanwhile() {
     let split = vec![
         primary_probe(t0, 100, &[]),
         primary_probe(t0, 200, &[]),
-        standby_probe(t0, 0, Some(999_000)),
+        standby_probe(t0, 0),
     ];
     let (t, events) = advance(&t, split.clone(), t0, &rules());
     assert!(events.contains(&Event::SplitBrain {
@@ -292,7 +441,7 @@ fn two_primaries_are_reported_once_and_lag_is_unknown_meanwhile() {
         vec![
             primary_probe(t0, 100, &[]),
             failed("stopped"),
-            standby_probe(t0, 100, None),
+            standby_probe(t0, 100),
         ],
         t0,
         &rules(),
@@ -308,8 +457,8 @@ fn replayed_since_compares_a_fresh_enough_primary_sample() {
         &three_unknown(),
         vec![
             primary_probe(t1, 5000, &[]),
-            standby_probe(t1, 5000, None),
-            standby_probe(t1, 4999, None),
+            standby_probe(t1, 5000),
+            standby_probe(t1, 4999),
         ],
         t1,
         &rules(),
@@ -333,12 +482,12 @@ fn a_primary_keeps_its_role_through_one_slow_check_only() {
     let t0 = Instant::now();
     let healthy = vec![
         primary_probe(t0, 5000, &[("s1", None), ("s2", None)]),
-        standby_probe(t0, 5000, None),
-        standby_probe(t0, 5000, None),
+        standby_probe(t0, 5000),
+        standby_probe(t0, 5000),
     ];
     let (up, _) = advance(&three_unknown(), healthy, t0, &rules());
     let slow = || Outcome::TimedOut("check query timed out after 1s".into());
-    let standbys = |at| vec![standby_probe(at, 5000, None), standby_probe(at, 5000, None)];
+    let standbys = |at| vec![standby_probe(at, 5000), standby_probe(at, 5000)];
     let poll = |before: &Topology, primary: Outcome, at: Instant| {
         let mut outcomes = vec![primary];
         outcomes.extend(standbys(at));

@@ -193,7 +193,7 @@ mod tests {
                 ..NodeState::unknown(node(i + 1))
             });
         }
-        Topology { nodes }
+        Topology::new(nodes)
     }
 
     #[test]
