@@ -1,8 +1,11 @@
 //! Function volatility from `pg_proc`, per database, read from the primary at start,
-//! on `function_refresh_interval`, and soon after a client changes a function.
+//! on `function_refresh_interval`, when a client changed a function through pgsplit, and
+//! when a statement names a function the catalog does not know (at most once a second).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
@@ -24,7 +27,15 @@ pub struct FunctionCatalogs {
     unloaded: ArcSwap<Functions>,
     wanted: Mutex<HashSet<String>>,
     refresh: Notify,
+    /// When a refresh was last asked for an unknown function, in milliseconds since `born`.
+    unknown_asked: AtomicU64,
+    born: Instant,
 }
+
+/// The least time between two refreshes asked for by unknown functions: a statement that
+/// names a function that never exists (a typo, a missing extension) must not have the
+/// catalog read on every call.
+const UNKNOWN_REFRESH_GAP: Duration = Duration::from_secs(1);
 
 impl FunctionCatalogs {
     /// No catalog loaded yet.
@@ -36,6 +47,8 @@ impl FunctionCatalogs {
             unloaded,
             wanted: Mutex::new(HashSet::new()),
             refresh: Notify::new(),
+            unknown_asked: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -70,6 +83,24 @@ impl FunctionCatalogs {
     /// A client changed a function: reload soon.
     pub fn changed(&self) {
         self.refresh.notify_one();
+    }
+
+    /// A statement named a function the catalog does not know: reload soon, unless an
+    /// unknown function asked for it less than [`UNKNOWN_REFRESH_GAP`] ago. The statement
+    /// itself does not wait: it goes to the primary.
+    pub fn unknown_function(&self) {
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let gap = UNKNOWN_REFRESH_GAP.as_millis() as u64;
+        let last = self.unknown_asked.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= gap;
+        if due
+            && self
+                .unknown_asked
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.refresh.notify_one();
+        }
     }
 
     /// Reloads wanted catalogs on every interval or request until `stop` changes.

@@ -59,6 +59,11 @@ pub enum Decision {
     LockingRead,
     /// A function that must run on the primary.
     VolatileFunction,
+    /// A function the catalog does not know (yet).
+    UnknownFunction,
+    /// A statement of a shape a standby refused (`25006`): sent again to the primary,
+    /// and sent there from then on.
+    StandbyRefused,
     /// Sequence functions.
     Sequence,
     /// Statements that leave state on the connection (LISTEN, WITH HOLD, advisory locks).
@@ -88,11 +93,13 @@ pub enum Decision {
 
 impl Decision {
     /// Every decision, in the order of [`StatsSnapshot::decisions`].
-    pub const ALL: [Decision; 15] = [
+    pub const ALL: [Decision; 17] = [
         Decision::Read,
         Decision::Write,
         Decision::LockingRead,
         Decision::VolatileFunction,
+        Decision::UnknownFunction,
+        Decision::StandbyRefused,
         Decision::Sequence,
         Decision::SessionState,
         Decision::TransactionMode,
@@ -113,6 +120,8 @@ impl Decision {
             Decision::Write => "write",
             Decision::LockingRead => "locking_read",
             Decision::VolatileFunction => "volatile_function",
+            Decision::UnknownFunction => "unknown_function",
+            Decision::StandbyRefused => "standby_refused",
             Decision::Sequence => "sequence",
             Decision::SessionState => "session_state",
             Decision::TransactionMode => "transaction_mode",
@@ -135,6 +144,8 @@ impl From<Reason> for Decision {
             Reason::Write => Decision::Write,
             Reason::LockingRead => Decision::LockingRead,
             Reason::VolatileFunction => Decision::VolatileFunction,
+            Reason::UnknownFunction => Decision::UnknownFunction,
+            Reason::StandbyRefused => Decision::StandbyRefused,
             Reason::Sequence => Decision::Sequence,
             Reason::SessionState => Decision::SessionState,
             Reason::TransactionMode => Decision::TransactionMode,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use super::{classify, normalize, Classification, Functions};
+use super::{classify, normalize, Classification, Functions, Reason, Route};
 
 /// Cache counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,8 +35,42 @@ pub struct Classifier {
     /// unnamed statements of the extended protocol): a hit skips normalizing, which
     /// costs more than the lookup.
     exact: Option<Mutex<Exact>>,
+    /// Normalized texts of statements a standby refused: primary-bound whatever the
+    /// classifier says, learned at run time. Bounded; consulted only on cache misses.
+    refused: Mutex<LruCache<String, ()>>,
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+/// Shapes of refused statements remembered at most.
+const REFUSED_CAPACITY: NonZeroUsize = match NonZeroUsize::new(1024) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// The answer of [`Classifier::explain`]: a statement's classification and where it came
+/// from.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    /// What the session would be told.
+    pub class: Arc<Classification>,
+    /// Whether it was in the cache (for the same catalog snapshot).
+    pub cached: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked mid-update of an LRU whose
+    // entries are immutable values: keep using it.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `class` sent to the primary because a standby refused its shape.
+fn refused(class: &Classification) -> Classification {
+    Classification {
+        route: Route::Primary,
+        reason: Reason::StandbyRefused,
+        ..class.clone()
+    }
 }
 
 impl Classifier {
@@ -45,6 +79,7 @@ impl Classifier {
         Classifier {
             cache: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
             exact: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
+            refused: Mutex::new(LruCache::new(REFUSED_CAPACITY)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -55,30 +90,88 @@ impl Classifier {
     pub fn classify(&self, sql: &str, functions: &Functions) -> Arc<Classification> {
         let Some(cache) = &self.cache else {
             self.misses.fetch_add(1, Ordering::Relaxed);
-            return Arc::new(classify(sql, functions));
+            return Arc::new(self.classify_fresh(sql, None, functions));
         };
         let key = (functions.id(), normalize(sql));
-        // A poisoned lock only means another thread panicked mid-update of an LRU whose
-        // entries are immutable values: keep using it.
-        let cached = cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&key)
-            .cloned();
+        let cached = lock(cache).get(&key).cloned();
         if let Some(found) = cached {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return found;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         // Classify without the lock held: parsing takes microseconds.
-        let result = Arc::new(classify(sql, functions));
+        let result = Arc::new(self.classify_fresh(sql, Some(&key.1), functions));
         if result.cacheable {
-            cache
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .put(key, Arc::clone(&result));
+            lock(cache).put(key, Arc::clone(&result));
         }
         result
+    }
+
+    /// The classifier's answer, unless a standby refused this shape before; `normalized`
+    /// is `sql` normalized when the caller has it.
+    fn classify_fresh(
+        &self,
+        sql: &str,
+        normalized: Option<&str>,
+        functions: &Functions,
+    ) -> Classification {
+        let class = classify(sql, functions);
+        if class.route == Route::Primary {
+            return class;
+        }
+        let refused_shapes = lock(&self.refused);
+        if refused_shapes.is_empty() {
+            return class;
+        }
+        let was_refused = match normalized {
+            Some(key) => refused_shapes.contains(key),
+            None => refused_shapes.contains(&normalize(sql)),
+        };
+        if was_refused {
+            refused(&class)
+        } else {
+            class
+        }
+    }
+
+    /// A standby refused `sql` as a write (`25006`): statements of its shape go to the
+    /// primary from now on. True the first time this shape is refused.
+    pub fn refused_by_standby(&self, sql: &str, functions: &Functions) -> bool {
+        let normalized = normalize(sql);
+        let new = lock(&self.refused).put(normalized.clone(), ()).is_none();
+        if let Some(exact) = &self.exact {
+            lock(exact).pop(sql);
+        }
+        if let Some(cache) = &self.cache {
+            lock(cache).pop(&(functions.id(), normalized));
+        }
+        new
+    }
+
+    /// How `sql` is classified now, and whether the answer was cached, without changing
+    /// the cache (for the console's `EXPLAIN ROUTE`).
+    pub fn explain(&self, sql: &str, functions: &Functions) -> Explained {
+        let normalized = normalize(sql);
+        let exact = self.exact.as_ref().and_then(|exact| {
+            lock(exact)
+                .peek(sql)
+                .filter(|(id, _)| *id == functions.id())
+                .map(|(_, class)| Arc::clone(class))
+        });
+        let cached = exact.or_else(|| {
+            let cache = self.cache.as_ref()?;
+            lock(cache).peek(&(functions.id(), normalized.clone())).cloned()
+        });
+        match cached {
+            Some(class) => Explained {
+                class,
+                cached: true,
+            },
+            None => Explained {
+                class: Arc::new(self.classify_fresh(sql, Some(&normalized), functions)),
+                cached: false,
+            },
+        }
     }
 
     /// As [`Classifier::classify`], for the text of a Parse message: looked up as sent
@@ -87,12 +180,7 @@ impl Classifier {
         let Some(exact) = &self.exact else {
             return self.classify(sql, functions);
         };
-        let lock = || {
-            exact
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-        };
-        if let Some((id, found)) = lock().get(sql) {
+        if let Some((id, found)) = lock(exact).get(sql) {
             if *id == functions.id() {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Arc::clone(found);
@@ -100,19 +188,14 @@ impl Classifier {
         }
         let result = self.classify(sql, functions);
         if result.cacheable {
-            lock().put(sql.to_owned(), (functions.id(), Arc::clone(&result)));
+            lock(exact).put(sql.to_owned(), (functions.id(), Arc::clone(&result)));
         }
         result
     }
 
     /// Hit and miss counts and the number of entries held.
     pub fn stats(&self) -> CacheStats {
-        let entries = self.cache.as_ref().map_or(0, |cache| {
-            cache
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .len()
-        });
+        let entries = self.cache.as_ref().map_or(0, |cache| lock(cache).len());
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
@@ -123,7 +206,6 @@ impl Classifier {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Route;
     use super::*;
 
     #[test]
@@ -143,6 +225,52 @@ mod tests {
         assert_eq!(c.route, Route::Primary);
         classifier.classify_parsed("SELECT f($1)", &functions);
         assert_eq!(classifier.stats().misses, misses + 2);
+    }
+
+    #[test]
+    fn a_shape_a_standby_refused_goes_to_the_primary_from_then_on() {
+        for capacity in [100, 0] {
+            let classifier = Classifier::new(capacity);
+            let functions = Functions::empty();
+            let sql = "SELECT * FROM writing_view WHERE id = 1";
+            assert_eq!(classifier.classify(sql, &functions).route, Route::Standby);
+            assert_eq!(classifier.classify_parsed(sql, &functions).route, Route::Standby);
+            assert!(classifier.refused_by_standby(sql, &functions), "first refusal");
+            assert!(!classifier.refused_by_standby(sql, &functions), "logged once");
+            for other in ["select * from writing_view where id = 2", sql] {
+                let class = classifier.classify(other, &functions);
+                assert_eq!(
+                    (class.route, class.reason),
+                    (Route::Primary, Reason::StandbyRefused),
+                    "{capacity}: {other}"
+                );
+            }
+            let parsed = classifier.classify_parsed(sql, &functions);
+            assert_eq!(parsed.reason, Reason::StandbyRefused, "{capacity}");
+            // A new catalog snapshot does not forget it.
+            let reloaded = Functions::empty();
+            assert_eq!(classifier.classify(sql, &reloaded).reason, Reason::StandbyRefused);
+            let unrelated = classifier.classify("SELECT 1", &functions);
+            assert_eq!(unrelated.route, Route::Standby);
+        }
+    }
+
+    #[test]
+    fn explain_says_whether_the_answer_was_cached_and_changes_nothing() {
+        let classifier = Classifier::new(100);
+        let functions = Functions::empty();
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 7";
+        let before = classifier.explain(sql, &functions);
+        assert!(!before.cached);
+        assert_eq!(before.class.route, Route::Standby);
+        assert_eq!(classifier.stats().entries, 0, "explain caches nothing");
+        classifier.classify(sql, &functions);
+        let stats = classifier.stats();
+        let after = classifier.explain("select abalance from pgbench_accounts where aid = 9", &functions);
+        assert!(after.cached);
+        assert_eq!(classifier.stats(), stats, "explain counts no hit");
+        classifier.classify_parsed("SELECT $1::int", &functions);
+        assert!(classifier.explain("SELECT $1::int", &functions).cached);
     }
 
     #[test]

@@ -347,7 +347,9 @@ fn calls(words: &Words, functions: &Functions, out: &mut Classification) {
             Decision::Unpin(p) => out.effects.push(Effect::Unpin(p)),
             Decision::SetConfig => out.effects.push(Effect::Pin(Pin::Unknown)),
             Decision::SequenceState => out.effects.push(Effect::ReadsSequence),
-            Decision::Route(_) => {}
+            // Any identifier before a parenthesis counts here (VALUES, IN, …): an unknown
+            // one is no reason to read the catalog again.
+            Decision::Route(_) | Decision::Unknown => {}
         }
     }
 }

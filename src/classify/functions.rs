@@ -42,6 +42,9 @@ pub(crate) enum Decision {
     SetConfig,
     /// `currval` / `lastval`: primary, reading the sequence state of its connection.
     SequenceState,
+    /// Not in the catalog (created since it was read, or a typo): primary, and the
+    /// catalog is worth reading again.
+    Unknown,
 }
 
 /// The function catalog as the classifier needs it, plus the operator's overrides.
@@ -141,8 +144,8 @@ impl Functions {
                 }
             }
         }
-        // Unknown: a function created after the last catalog load, or a typo that will fail.
-        Decision::Route(Route::Primary)
+        // A function created after the last catalog load, or a typo that will fail.
+        Decision::Unknown
     }
 }
 
@@ -437,12 +440,9 @@ mod tests {
             (call(None, "mixed"), Decision::Route(Route::Primary)),
             (call(Some("app"), "lookup"), Decision::Route(Route::Standby)),
             // Qualified with a schema that has no such function: unknown.
-            (
-                call(Some("other"), "lookup"),
-                Decision::Route(Route::Primary),
-            ),
+            (call(Some("other"), "lookup"), Decision::Unknown),
             // Loaded catalog, absent name: rule of doubt.
-            (call(None, "count"), Decision::Route(Route::Primary)),
+            (call(None, "count"), Decision::Unknown),
             (
                 call(None, "pg_advisory_lock"),
                 Decision::Pin(Pin::AdvisoryLock),
@@ -469,10 +469,7 @@ mod tests {
             ),
             (call(None, "set_config"), Decision::SetConfig),
             // A user's schema-qualified function of a built-in's name is not the built-in.
-            (
-                call(Some("app"), "nextval"),
-                Decision::Route(Route::Primary),
-            ),
+            (call(Some("app"), "nextval"), Decision::Unknown),
         ];
         for (name, want) in cases {
             assert_eq!(f.decide(&name), want, "{name:?}");
@@ -490,14 +487,8 @@ mod tests {
             f.decide(&call(Some("pg_catalog"), "lower")),
             Decision::Route(Route::Standby)
         );
-        assert_eq!(
-            f.decide(&call(None, "get_user")),
-            Decision::Route(Route::Primary)
-        );
-        assert_eq!(
-            f.decide(&call(Some("public"), "count")),
-            Decision::Route(Route::Primary)
-        );
+        assert_eq!(f.decide(&call(None, "get_user")), Decision::Unknown);
+        assert_eq!(f.decide(&call(Some("public"), "count")), Decision::Unknown);
     }
 
     #[test]

@@ -44,7 +44,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-pub use cache::{CacheStats, Classifier};
+pub use cache::{CacheStats, Classifier, Explained};
 pub use functions::Functions;
 pub use lexer::{executed_name, normalize};
 
@@ -73,9 +73,12 @@ pub enum Reason {
     Write,
     /// Takes row locks, which a standby refuses: `FOR UPDATE`, `FOR SHARE`.
     LockingRead,
-    /// Calls a function that must run on the primary: volatile, with side effects
-    /// (`txid_current()`, `pg_notify()`), or not in the catalog.
+    /// Calls a function that must run on the primary: volatile, or with side effects
+    /// (`txid_current()`, `pg_notify()`).
     VolatileFunction,
+    /// Calls a function the catalog does not know (yet): the rule of doubt until the
+    /// catalog, read again at once, says otherwise.
+    UnknownFunction,
     /// Uses sequence state: `nextval()`, `setval()`, `currval()`, `lastval()`.
     Sequence,
     /// Leaves state on its connection: LISTEN, a `WITH HOLD` cursor, a session advisory
@@ -89,6 +92,10 @@ pub enum Reason {
     /// Not understood (text sqlparser rejects, a procedure call, a FunctionCall): the rule
     /// of doubt.
     Unclassified,
+    /// A standby refused a statement of this shape (`25006`, read-only transaction): it
+    /// writes in a way the text does not show (a view over a function that writes, a
+    /// function declared STABLE that writes), learned at run time.
+    StandbyRefused,
 }
 
 /// A kind of state that ties a session to its primary connection.
@@ -162,6 +169,8 @@ pub struct Classification {
     pub cacheable: bool,
     /// How many statements the text holds (a bare `BEGIN` is 1).
     pub statements: usize,
+    /// Whether it calls a function the catalog does not know.
+    pub unknown_function: bool,
 }
 
 impl Classification {
@@ -172,6 +181,7 @@ impl Classification {
             effects: Vec::new(),
             cacheable: true,
             statements: 0,
+            unknown_function: false,
         }
     }
 
@@ -213,6 +223,7 @@ impl Classification {
 
     /// Raises the route to `other`'s, with its reason (a batch, an EXPLAIN, a PREPARE).
     pub fn join(&mut self, other: &Classification) {
+        self.unknown_function |= other.unknown_function;
         match other.route {
             Route::Primary => self.need_primary(other.reason),
             route => self.raise(route),

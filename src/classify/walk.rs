@@ -116,6 +116,10 @@ impl<'a> Walk<'a> {
         }
         match self.functions.decide(&call) {
             Decision::Route(Route::Primary) => self.out.need_primary(Reason::VolatileFunction),
+            Decision::Unknown => {
+                self.out.need_primary(Reason::UnknownFunction);
+                self.out.unknown_function = true;
+            }
             Decision::Route(route) => self.out.raise(route),
             Decision::Pin(pin) => {
                 self.out.need_primary(match pin {

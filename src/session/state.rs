@@ -637,6 +637,7 @@ mod tests {
             effects,
             cacheable: false,
             statements: 1,
+            unknown_function: false,
         }
     }
 

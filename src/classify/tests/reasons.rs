@@ -34,7 +34,7 @@ const REASONS: &[(&str, Reason)] = &[
     ("SELECT bump(1)", VolatileFunction),
     ("SELECT txid_current()", VolatileFunction),
     ("SELECT * FROM t WHERE a = mixed(1)", VolatileFunction),
-    ("SELECT no_such_function()", VolatileFunction),
+    ("SELECT no_such_function()", UnknownFunction),
     ("SELECT cache_stats()", VolatileFunction),
     // Sequences.
     ("SELECT nextval('s')", Sequence),
@@ -108,4 +108,21 @@ fn a_batch_keeps_the_reason_of_its_first_primary_statement() {
     }
     assert_eq!((batch.route, batch.reason), (Route::Primary, LockingRead));
     assert_eq!(Classification::primary().reason, Unclassified);
+}
+
+#[test]
+fn a_function_the_catalog_does_not_know_is_flagged_for_a_catalog_read() {
+    let functions = catalog();
+    let cases = [
+        ("SELECT no_such_function()", true),
+        ("SELECT 1 FROM t WHERE x = other.no_such_function(1)", true),
+        ("SELECT now()", false),
+        ("SELECT nextval('s')", false),
+        ("SELECT count(*) FROM t", false),
+        // Not parsed: words before parentheses are not function names for sure.
+        ("THIS IS NOT SQL (1)", false),
+    ];
+    for (sql, unknown) in cases {
+        assert_eq!(classify(sql, &functions).unknown_function, unknown, "{sql}");
+    }
 }

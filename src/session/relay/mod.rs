@@ -404,6 +404,9 @@ pub struct Relay<'a> {
     injected_error: Option<(Conn, String)>,
     /// A request that may write was sent to the primary since the last commit.
     wrote: bool,
+    /// A function was created, changed or dropped: the catalog is read again once the
+    /// change commits.
+    functions_changed: bool,
     /// Read-your-writes: when this client's last write committed, until a standby is
     /// known to have replayed it.
     written_at: Option<Instant>,
@@ -497,6 +500,7 @@ impl<'a> Relay<'a> {
             after_sync: None,
             injected_error: None,
             wrote: false,
+            functions_changed: false,
             written_at: None,
             draining: false,
             primary_read: None,
@@ -1332,13 +1336,24 @@ impl<'a> Relay<'a> {
 
     fn classify(&self, text: &str) -> Arc<Classification> {
         let functions = self.shared.functions.for_database(&self.startup.database);
-        self.shared.classifier.classify(text, &functions)
+        let class = self.shared.classifier.classify(text, &functions);
+        self.note_unknown_functions(&class);
+        class
     }
 
     /// As [`Relay::classify`], for the text of a Parse message (looked up as sent first).
     fn classify_parse_text(&self, text: &str) -> Arc<Classification> {
         let functions = self.shared.functions.for_database(&self.startup.database);
-        self.shared.classifier.classify_parsed(text, &functions)
+        let class = self.shared.classifier.classify_parsed(text, &functions);
+        self.note_unknown_functions(&class);
+        class
+    }
+
+    /// A function the catalog does not know may have been created since it was read.
+    fn note_unknown_functions(&self, class: &Classification) {
+        if class.unknown_function {
+            self.shared.functions.unknown_function();
+        }
     }
 
     /// Resolves a batch once, as it arrives: its route is the strictest of the statements
@@ -1502,6 +1517,9 @@ impl<'a> Relay<'a> {
         };
         if conn == Conn::Primary && class.route == Route::Primary {
             self.wrote = true;
+        }
+        if class.effects.contains(&Effect::FunctionsChanged) {
+            self.functions_changed = true;
         }
         // An autocommit read can run again elsewhere until its answer starts: nothing
         // of it reached the client, and running it twice changes nothing. Not the end of
@@ -1946,6 +1964,9 @@ impl<'a> Relay<'a> {
                         if let Some(lease) = slot.conn.as_mut() {
                             lease.gucs = before;
                         }
+                    }
+                    if status == b'I' && std::mem::take(&mut self.functions_changed) {
+                        self.shared.functions.changed();
                     }
                     if conn == Conn::Primary && status == b'I' && self.wrote {
                         self.wrote = false;
