@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use super::{classify, normalize, Classification, Functions, Reason, Route};
+use super::{classify, normalize, Classification, Functions, Route};
 
 /// Cache counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,16 +61,9 @@ pub struct Explained {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked mid-update of an LRU whose
     // entries are immutable values: keep using it.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// `class` sent to the primary because a standby refused its shape.
-fn refused(class: &Classification) -> Classification {
-    Classification {
-        route: Route::Primary,
-        reason: Reason::StandbyRefused,
-        ..class.clone()
-    }
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Classifier {
@@ -128,7 +121,7 @@ impl Classifier {
             None => refused_shapes.contains(&normalize(sql)),
         };
         if was_refused {
-            refused(&class)
+            class.refused_by_standby()
         } else {
             class
         }
@@ -160,7 +153,9 @@ impl Classifier {
         });
         let cached = exact.or_else(|| {
             let cache = self.cache.as_ref()?;
-            lock(cache).peek(&(functions.id(), normalized.clone())).cloned()
+            lock(cache)
+                .peek(&(functions.id(), normalized.clone()))
+                .cloned()
         });
         match cached {
             Some(class) => Explained {
@@ -206,6 +201,7 @@ impl Classifier {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Reason;
     use super::*;
 
     #[test]
@@ -234,9 +230,18 @@ mod tests {
             let functions = Functions::empty();
             let sql = "SELECT * FROM writing_view WHERE id = 1";
             assert_eq!(classifier.classify(sql, &functions).route, Route::Standby);
-            assert_eq!(classifier.classify_parsed(sql, &functions).route, Route::Standby);
-            assert!(classifier.refused_by_standby(sql, &functions), "first refusal");
-            assert!(!classifier.refused_by_standby(sql, &functions), "logged once");
+            assert_eq!(
+                classifier.classify_parsed(sql, &functions).route,
+                Route::Standby
+            );
+            assert!(
+                classifier.refused_by_standby(sql, &functions),
+                "first refusal"
+            );
+            assert!(
+                !classifier.refused_by_standby(sql, &functions),
+                "logged once"
+            );
             for other in ["select * from writing_view where id = 2", sql] {
                 let class = classifier.classify(other, &functions);
                 assert_eq!(
@@ -249,7 +254,10 @@ mod tests {
             assert_eq!(parsed.reason, Reason::StandbyRefused, "{capacity}");
             // A new catalog snapshot does not forget it.
             let reloaded = Functions::empty();
-            assert_eq!(classifier.classify(sql, &reloaded).reason, Reason::StandbyRefused);
+            assert_eq!(
+                classifier.classify(sql, &reloaded).reason,
+                Reason::StandbyRefused
+            );
             let unrelated = classifier.classify("SELECT 1", &functions);
             assert_eq!(unrelated.route, Route::Standby);
         }
@@ -266,7 +274,10 @@ mod tests {
         assert_eq!(classifier.stats().entries, 0, "explain caches nothing");
         classifier.classify(sql, &functions);
         let stats = classifier.stats();
-        let after = classifier.explain("select abalance from pgbench_accounts where aid = 9", &functions);
+        let after = classifier.explain(
+            "select abalance from pgbench_accounts where aid = 9",
+            &functions,
+        );
         assert!(after.cached);
         assert_eq!(classifier.stats(), stats, "explain counts no hit");
         classifier.classify_parsed("SELECT $1::int", &functions);

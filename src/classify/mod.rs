@@ -221,6 +221,15 @@ impl Classification {
         }
     }
 
+    /// This classification, sent to the primary because a standby refused it as a write.
+    pub fn refused_by_standby(&self) -> Classification {
+        Classification {
+            route: Route::Primary,
+            reason: Reason::StandbyRefused,
+            ..self.clone()
+        }
+    }
+
     /// Raises the route to `other`'s, with its reason (a batch, an EXPLAIN, a PREPARE).
     pub fn join(&mut self, other: &Classification) {
         self.unknown_function |= other.unknown_function;

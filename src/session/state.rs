@@ -51,6 +51,24 @@ pub struct Prepared {
     pub shape: Option<bytes::Bytes>,
 }
 
+impl Target {
+    /// The identity of the statement on the servers.
+    fn id(&self) -> u64 {
+        match self {
+            Target::Named(statement) => statement.id,
+            Target::Unnamed { id, .. } => *id,
+        }
+    }
+
+    /// The Parse message that creates it.
+    pub fn parse(&self) -> &[u8] {
+        match self {
+            Target::Named(statement) => &statement.parse,
+            Target::Unnamed { parse, .. } => parse,
+        }
+    }
+}
+
 impl Prepared {
     /// A statement just parsed, not described yet.
     pub fn new(class: Arc<Classification>, target: Target) -> Prepared {
@@ -130,6 +148,17 @@ fn is_on(value: &str) -> bool {
 }
 
 impl RoutingState {
+    /// A standby refused the statement `target` stands for as a write: the client's
+    /// statements that run it go to the primary from now on.
+    pub fn refused_by_standby(&mut self, target: &Target) {
+        let id = target.id();
+        for p in self.statements.values_mut() {
+            if p.target.id() == id && p.class.route != Route::Primary {
+                p.class = Arc::new(p.class.refused_by_standby());
+            }
+        }
+    }
+
     /// A fresh session with the settings of its startup packet.
     pub fn new(mode: TransactionRouting, defaults: Gucs) -> Self {
         RoutingState {

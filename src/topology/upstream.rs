@@ -134,7 +134,13 @@ mod tests {
 
     /// (why, the primary's rows, the standby's receiver, streams from the primary, the
     /// row expected).
-    type Case<'a> = (&'a str, &'a [Replica], Option<&'a Receiver>, bool, Option<usize>);
+    type Case<'a> = (
+        &'a str,
+        &'a [Replica],
+        Option<&'a Receiver>,
+        bool,
+        Option<usize>,
+    );
 
     #[test]
     fn a_row_is_matched_only_when_exactly_one_fits() {

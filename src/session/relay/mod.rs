@@ -118,9 +118,15 @@ struct Slot {
     /// An autocommit read whose answer has not started yet: if the server dies now,
     /// it is sent again elsewhere.
     retry: Option<(Request, Arc<Classification>)>,
-    /// Notices and FATAL errors that arrived before a retryable read's answer: a server
-    /// shutting down says so before it closes, and then the read is retried instead.
+    /// What arrived before a retryable read's first row: notices and FATAL errors (a
+    /// server shutting down says so before it closes, and then the read is retried
+    /// instead), ParseComplete, BindComplete and descriptions. Passed on with the first
+    /// row or the end of the answer; dropped when the read runs again elsewhere.
     early: BytesMut,
+    /// The standby refused the retryable read in flight as a write (`25006`): nothing of
+    /// its answer reaches the client, and the read runs on the primary at its
+    /// ReadyForQuery.
+    refused: bool,
     /// The client request being answered here, counted at its ReadyForQuery.
     answering: Option<Answering>,
     /// The settings applied here before the open transaction (`None`: unknown), which
@@ -167,6 +173,7 @@ impl Slot {
             last_synced: false,
             retry: None,
             early: BytesMut::new(),
+            refused: false,
             answering: None,
             applied_before: None,
             renamed: None,
@@ -310,6 +317,40 @@ enum Op {
 /// to a server anyway, when it is not yet known which one (libpq's pipeline mode sends
 /// statements and waits for an error that PostgreSQL sends at once). Messages arriving
 /// apart, as some drivers write them, are not split over servers by a shorter pause.
+/// SQLSTATE of a hot standby refusing a write: `read_only_sql_transaction`.
+const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+
+/// The statement an extended-protocol message creates or runs, as the servers know it.
+fn op_target(op: &Op) -> Option<Target> {
+    match op {
+        Op::Parse(_, statement) => Some(Target::Named(Arc::clone(statement))),
+        Op::ParseUnnamed(frame, id) => Some(Target::Unnamed {
+            parse: frame.raw.clone(),
+            id: *id,
+        }),
+        Op::Uses(_, target, _) => Some(target.clone()),
+        _ => None,
+    }
+}
+
+/// The SQL texts a request runs or prepares.
+fn request_texts(request: &Request) -> Vec<String> {
+    let parse_text = |parse: &[u8]| {
+        let mut body = parse.get(5..)?;
+        read_cstr(&mut body)?;
+        read_cstr(&mut body)
+    };
+    match request {
+        Request::Query(frame, _) => vec![query_text(frame.body()).to_owned()],
+        Request::Batch { ops, .. } => ops
+            .iter()
+            .filter_map(op_target)
+            .filter_map(|target| parse_text(target.parse()))
+            .collect(),
+        Request::Function(_) => Vec::new(),
+    }
+}
+
 const UNSYNCED_WAIT: Duration = Duration::from_millis(5);
 
 /// Messages without Sync or Flush beyond this many bytes go to a server without waiting:
@@ -407,6 +448,8 @@ pub struct Relay<'a> {
     /// A function was created, changed or dropped: the catalog is read again once the
     /// change commits.
     functions_changed: bool,
+    /// A read a standby refused as a write, to run on the primary now.
+    refused: Option<(Request, Arc<Classification>)>,
     /// Read-your-writes: when this client's last write committed, until a standby is
     /// known to have replayed it.
     written_at: Option<Instant>,
@@ -501,6 +544,7 @@ impl<'a> Relay<'a> {
             injected_error: None,
             wrote: false,
             functions_changed: false,
+            refused: None,
             written_at: None,
             draining: false,
             primary_read: None,
@@ -1800,6 +1844,9 @@ impl<'a> Relay<'a> {
             Ok(None) | Err(_) => return Box::pin(self.server_lost(conn, None)).await,
         };
         let injected_done = self.absorb_server_frame(conn, &frame);
+        if let Some((request, class)) = self.refused.take() {
+            Box::pin(self.run_refused_on_primary(request, &class)).await?;
+        }
         // The rare and large steps are boxed: this future stays small, as a message that
         // is only forwarded (most of them) should cost no allocation and no big copy.
         if injected_done && self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
@@ -1825,6 +1872,48 @@ impl<'a> Relay<'a> {
             }
         }
         Ok(Step::Continue)
+    }
+
+    /// Runs a read a standby refused as a write on the primary, and has statements of its
+    /// shape sent there from now on (logged once per shape).
+    async fn run_refused_on_primary(
+        &mut self,
+        request: Request,
+        class: &Classification,
+    ) -> Result<(), ProxyError> {
+        let functions = self.shared.functions.for_database(&self.startup.database);
+        for text in request_texts(&request) {
+            if self.shared.classifier.refused_by_standby(&text, &functions) {
+                tracing::warn!(
+                    statement = %crate::classify::normalize(&text),
+                    "a standby refused a read as a write (25006): it runs on the primary, and \
+                     statements of this shape go there from now on"
+                );
+            }
+        }
+        let request = match request {
+            Request::Batch {
+                ops, sync, bytes, ..
+            } => {
+                let refused = Arc::new(class.refused_by_standby());
+                for op in &ops {
+                    if let Some(target) = op_target(op) {
+                        self.state.refused_by_standby(&target);
+                    }
+                }
+                Request::Batch {
+                    ops,
+                    class: refused,
+                    sync,
+                    bytes,
+                }
+            }
+            other => other,
+        };
+        self.retried = true;
+        let sent = self.dispatch(request).await;
+        self.retried = false;
+        sent
     }
 
     /// What a server message changes in the session, and the message itself queued for
@@ -1897,6 +1986,17 @@ impl<'a> Relay<'a> {
         let slot = self.slot(conn);
         let swallowed = match (slot.swallow.front().copied(), frame.tag) {
             (None, _) if ours => true,
+            // A statement the classifier could not see writing (a view over a function
+            // that writes): the client never hears the standby's refusal.
+            (None, b'E')
+                if conn == Conn::Standby
+                    && slot.retry.is_some()
+                    && crate::protocol::ErrorFields::parse(frame.body()).code
+                        == READ_ONLY_SQL_TRANSACTION =>
+            {
+                slot.refused = true;
+                true
+            }
             (Some(Swallow::UntilReady), tag) => {
                 if tag == b'E' {
                     let fields = crate::protocol::ErrorFields::parse(frame.body());
@@ -1916,8 +2016,11 @@ impl<'a> Relay<'a> {
             // An error from a connection that owes the client nothing (an idle
             // session timeout, a recovery conflict) is not the client's: the loss of
             // the connection that usually follows is handled on its own.
-            (None, b'N' | b'E')
-                if slot.retry.is_some() && (frame.tag == b'N' || is_fatal(frame.body())) =>
+            // So are the answers before the first row (ParseComplete, BindComplete, the
+            // statement's description): a read that runs again elsewhere is answered
+            // there in full, and the client must not see them twice.
+            (None, b'N' | b'E' | b'1' | b'2' | b't' | b'T' | b'n')
+                if slot.retry.is_some() && (frame.tag != b'E' || is_fatal(frame.body())) =>
             {
                 slot.early.extend_from_slice(&frame.raw);
                 true
@@ -2008,6 +2111,16 @@ impl<'a> Relay<'a> {
                     }
                 }
                 _ => {}
+            }
+            let slot = self.slot(conn);
+            if slot.refused {
+                if frame.tag == b'Z' {
+                    slot.refused = false;
+                    slot.early.clear();
+                    slot.answering = None;
+                    self.refused = slot.retry.take();
+                }
+                return injected_done;
             }
             let notifier = (frame.tag == b'A')
                 .then(|| self.notifier_pid(conn, frame.body()))
