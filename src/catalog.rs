@@ -61,6 +61,24 @@ impl FunctionCatalogs {
             .unwrap_or_else(|| self.unloaded.load_full())
     }
 
+    /// The databases clients use, whose catalogs are kept loaded, sorted.
+    pub fn databases(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Whether `database`'s catalog has been read.
+    pub fn is_loaded(&self, database: &str) -> bool {
+        self.by_database.load().contains_key(database)
+    }
+
     /// Asks for `database`'s catalog to be kept loaded.
     pub fn want(&self, database: &str) {
         let new = self

@@ -163,6 +163,54 @@ async fn psql_runs_every_show_command_in_the_console() {
     );
 }
 
+/// "Why does this query hit my primary?", answered in the console without reading logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_route_in_psql_says_why_a_statement_goes_to_the_primary() {
+    let proxy = TestProxy::start_with(ADMIN, "").await;
+    // The database clients use, whose catalog EXPLAIN ROUTE reads by default.
+    reads(&proxy, APP_DATABASE, 2).await;
+    let explain = |sql: &str| {
+        let out = proxy.run(
+            "psql",
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-F",
+                "|",
+                "-d",
+                "pgsplit",
+                "-c",
+                &format!("EXPLAIN ROUTE {sql}"),
+            ],
+        );
+        assert!(out.status.success(), "{sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let locking = explain("SELECT * FROM pgbench_accounts WHERE aid = 1 FOR UPDATE");
+    assert!(locking.starts_with("primary|locking_read|"), "{locking}");
+    let read = explain("SELECT abalance FROM pgbench_accounts WHERE aid = 1");
+    assert!(read.starts_with("standby"), "{read}");
+    assert!(read.contains("|read|"), "{read}");
+    assert!(read.ends_with(&format!("|{APP_DATABASE}|loaded")), "{read}");
+    let pinned = explain("SELECT pg_advisory_lock(1); -- ; in a comment");
+    assert!(pinned.contains("session advisory lock"), "{pinned}");
+    // A statement clients ran is answered from the cache.
+    let client = proxy.connect().await;
+    client.simple_query("SELECT 41 + 1").await.unwrap();
+    let cached = proxy.console("EXPLAIN ROUTE SELECT 41 + 1").await.unwrap();
+    assert_eq!(cached[0]["cached"].as_deref(), Some("yes"), "{cached:?}");
+    let err = proxy
+        .console("EXPLAIN ROUTE DATABASE app")
+        .await
+        .expect_err("no statement");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("needs a statement"), "{err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_admin_users_get_the_console_and_bad_commands_get_clear_errors() {
     let proxy = TestProxy::start_with(ADMIN, "").await;

@@ -41,6 +41,13 @@ pub enum Command {
     Shutdown,
     /// `SET …` from drivers that set things on connect: accepted and ignored.
     Set,
+    /// `EXPLAIN ROUTE [DATABASE name] statement`: where the statement would go and why.
+    ExplainRoute {
+        /// The database whose function catalog decides; None: the one clients use.
+        database: Option<String>,
+        /// The statement, as a client would send it.
+        statement: String,
+    },
 }
 
 /// The commands, one line each, for errors and `SHOW HELP`.
@@ -83,6 +90,10 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("UNBAN node", "end a BAN"),
     ("SHUTDOWN", "stop pgsplit gracefully, as SIGTERM"),
+    (
+        "EXPLAIN ROUTE [DATABASE name] statement",
+        "where an autocommit statement would go and why: node kind, reason, session effects, whether the decision was cached",
+    ),
 ];
 
 /// The list of commands, for error messages.
@@ -93,6 +104,10 @@ pub fn command_list() -> String {
 /// Splits a query string into its commands (`;`-separated, quotes respected) and parses
 /// each; empty commands are dropped.
 pub fn parse_all(text: &str) -> Vec<Result<Command, String>> {
+    // The statement EXPLAIN ROUTE explains is SQL: its semicolons and quotes are its own.
+    if let Some(explained) = explain_route(text) {
+        return vec![explained];
+    }
     let mut commands = Vec::new();
     let mut current = String::new();
     let mut quoted = false;
@@ -182,8 +197,48 @@ pub fn parse(text: &str) -> Result<Command, String> {
         Some("BAN") => node(1).map(Command::Ban),
         Some("UNBAN") => node(1).map(Command::Unban),
         Some("SET") => Ok(Command::Set),
+        Some("EXPLAIN") => explain_route(text).unwrap_or_else(|| Err(unknown())),
         _ => Err(unknown()),
     }
+}
+
+/// `EXPLAIN ROUTE [DATABASE name] statement`, when `text` starts so.
+fn explain_route(text: &str) -> Option<Result<Command, String>> {
+    let mut rest = text.trim_start();
+    for keyword in ["EXPLAIN", "ROUTE"] {
+        let word = rest.get(..keyword.len())?;
+        let after = rest[keyword.len()..].chars().next();
+        if !word.eq_ignore_ascii_case(keyword) || after.is_some_and(|c| !c.is_whitespace()) {
+            return None;
+        }
+        rest = rest[keyword.len()..].trim_start();
+    }
+    let mut database = None;
+    let is_database = rest
+        .get(..8)
+        .is_some_and(|w| w.eq_ignore_ascii_case("DATABASE"))
+        && rest[8..].starts_with(char::is_whitespace);
+    if is_database {
+        let after = rest[8..].trim_start();
+        let (name, next) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((name, next)) => (name, next),
+                None => return Some(Err("unterminated quoted database name".into())),
+            },
+            None => after.split_at(after.find(char::is_whitespace).unwrap_or(after.len())),
+        };
+        database = Some(name.to_owned());
+        rest = next.trim_start();
+    }
+    let statement = rest.trim_end().trim_end_matches(';').trim_end();
+    Some(if statement.is_empty() {
+        Err("EXPLAIN ROUTE needs a statement, e.g. EXPLAIN ROUTE SELECT * FROM t FOR UPDATE".into())
+    } else {
+        Ok(Command::ExplainRoute {
+            database,
+            statement: statement.to_owned(),
+        })
+    })
 }
 
 /// Words separated by whitespace; a double-quoted word keeps its spaces (`""` is a quote).
@@ -273,6 +328,54 @@ mod tests {
                 Err(e) => assert!(e.contains(needle), "{text}: {e}"),
                 Ok(c) => panic!("{text}: parsed as {c:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn explain_route_takes_the_rest_as_sql() {
+        let explain = |database: Option<&str>, statement: &str| {
+            Ok(Command::ExplainRoute {
+                database: database.map(Into::into),
+                statement: statement.into(),
+            })
+        };
+        let cases = [
+            ("EXPLAIN ROUTE SELECT 1", explain(None, "SELECT 1")),
+            (
+                "explain  route\n SELECT ';' FROM t; ",
+                explain(None, "SELECT ';' FROM t"),
+            ),
+            (
+                "EXPLAIN ROUTE DATABASE app SELECT f(1); SELECT 2;",
+                explain(Some("app"), "SELECT f(1); SELECT 2"),
+            ),
+            (
+                "EXPLAIN ROUTE database \"my db\" SELECT 1",
+                explain(Some("my db"), "SELECT 1"),
+            ),
+            ("EXPLAIN ROUTE DATABASES", explain(None, "DATABASES")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_all(text), vec![want.clone()], "{text}");
+            assert_eq!(parse(text), want, "{text}");
+        }
+        for text in [
+            "EXPLAIN ROUTE",
+            "EXPLAIN ROUTE ;",
+            "EXPLAIN ROUTE DATABASE app",
+        ] {
+            let got = parse_all(text);
+            assert!(
+                matches!(&got[..], [Err(e)] if e.contains("needs a statement")),
+                "{text}: {got:?}"
+            );
+        }
+        for text in [
+            "EXPLAIN SELECT 1",
+            "EXPLAINROUTE SELECT 1",
+            "EXPLAIN ROUTES x",
+        ] {
+            assert!(parse(text).is_err(), "{text}");
         }
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::error::ProxyError;
 use crate::protocol::{encode, flush_to, BackendKey, FrameReader, Severity};
 use crate::proxy::{Phase, Shared};
+use crate::session::state::{Gucs, RoutingState};
 use crate::tls::{ClientRead, ClientWrite};
 use command::{Command, Show};
 use show::Table;
@@ -202,8 +203,50 @@ async fn run(
             encode::command_complete(out, "SHUTDOWN");
         }
         Command::Set => encode::command_complete(out, "SET"),
+        Command::ExplainRoute {
+            database,
+            statement,
+        } => {
+            let database = match database {
+                Some(name) => name,
+                None => default_database(shared)?,
+            };
+            let functions = shared.functions.for_database(&database);
+            let explained = shared.classifier.explain(&statement, &functions);
+            let mode = shared.settings.load().raw.routing.transaction_routing;
+            let mut fresh = RoutingState::new(mode, Gucs::new());
+            let single = explained.class.statements == 1;
+            let plan = fresh.plan_query(&explained.class, &statement, single, None);
+            let loaded = shared.functions.is_loaded(&database);
+            write_table(
+                out,
+                &show::explain_route(&explained, &plan, &database, loaded),
+            );
+            encode::command_complete(out, "EXPLAIN");
+        }
     }
     Ok(())
+}
+
+/// The database `EXPLAIN ROUTE` explains for when none is named: the only one clients
+/// use.
+fn default_database(shared: &Shared) -> Result<String, (&'static str, String)> {
+    let databases = shared.functions.databases();
+    match &databases[..] {
+        [only] => Ok(only.clone()),
+        [] => Err((
+            "42602",
+            "no client has used a database yet: name one, EXPLAIN ROUTE DATABASE name statement"
+                .into(),
+        )),
+        several => Err((
+            "42602",
+            format!(
+                "clients use several databases ({}): name one, EXPLAIN ROUTE DATABASE name statement",
+                several.join(", ")
+            ),
+        )),
+    }
 }
 
 /// The addresses of the configured node named `name`, or of every node.

@@ -3,9 +3,12 @@
 
 use std::time::{Instant, SystemTime};
 
+use crate::classify::{Effect, Explained, Pin, Route};
 use crate::config::Settings;
 use crate::pool::{IdleServer, PoolSnapshot};
 use crate::proxy::{CancelTarget, ClientInfo};
+use crate::session::state::{Conn, Plan};
+use crate::stats::Decision;
 use crate::stats::StatsSnapshot;
 use crate::topology::{Role, Topology};
 
@@ -130,6 +133,104 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
         ]);
     }
     t
+}
+
+/// `EXPLAIN ROUTE`: where a statement would go in a new session outside a transaction,
+/// and why.
+pub fn explain_route(explained: &Explained, plan: &Plan, database: &str, loaded: bool) -> Table {
+    let mut t = Table::new(&[
+        "node",
+        "reason",
+        "effects",
+        "statements",
+        "cached",
+        "database",
+        "catalog",
+    ]);
+    let class = &explained.class;
+    let node = match plan {
+        Plan::Send(Conn::Standby) | Plan::BeginThenSend(Conn::Standby, _) => {
+            "standby (the primary when none is eligible or read-your-writes waits)".to_owned()
+        }
+        Plan::Send(Conn::Primary) | Plan::BeginThenSend(Conn::Primary, _) => "primary".to_owned(),
+        Plan::DeferBegin => "none yet: the transaction's first statement picks it".to_owned(),
+        Plan::Answer(_) | Plan::EndDeferred(_) => "none: pgsplit answers it".to_owned(),
+        Plan::Refuse(code, why) => format!("none: refused ({code}): {why}"),
+    };
+    let reason = match class.route {
+        Route::Primary => Decision::from(class.reason).as_str(),
+        Route::Standby => "read",
+        Route::Any => "any",
+    };
+    let effects: Vec<String> = class.effects.iter().map(effect_text).collect();
+    t.push(vec![
+        some(node),
+        some(reason),
+        (!effects.is_empty()).then(|| effects.join("; ")),
+        some(class.statements),
+        yes(explained.cached),
+        some(database),
+        some(if loaded {
+            "loaded"
+        } else {
+            "not read yet: built-ins and configured overrides only"
+        }),
+    ]);
+    t
+}
+
+fn pin_text(pin: &Pin) -> &'static str {
+    match pin {
+        Pin::TempObjects => "temporary objects",
+        Pin::Listen => "LISTEN",
+        Pin::AdvisoryLock => "a session advisory lock",
+        Pin::HoldCursor => "a cursor WITH HOLD",
+        Pin::Sequence => "sequence state (nextval, setval)",
+        Pin::Unknown => "session state pgsplit cannot replay",
+    }
+}
+
+fn effect_text(effect: &Effect) -> String {
+    let mode = |read_only: &Option<bool>, serializable: &bool| {
+        let access = match read_only {
+            Some(true) => " READ ONLY",
+            Some(false) => " READ WRITE",
+            None => "",
+        };
+        let isolation = if *serializable { " SERIALIZABLE" } else { "" };
+        format!("{access}{isolation}")
+    };
+    match effect {
+        Effect::Begin {
+            read_only,
+            serializable,
+        } => format!("begins a transaction{}", mode(read_only, serializable)),
+        Effect::SetTransaction {
+            read_only,
+            serializable,
+        } => format!("sets the transaction{}", mode(read_only, serializable)),
+        Effect::EndTransaction => "ends the transaction".to_owned(),
+        Effect::Set { name, value } => {
+            format!("sets {name} = {value}, replayed on every server connection")
+        }
+        Effect::Reset { name } => format!("resets {name}"),
+        Effect::ResetAll => "resets every setting".to_owned(),
+        Effect::Pin(pin) => format!("pins the session to the primary: {}", pin_text(pin)),
+        Effect::Unpin(pin) => format!("ends the pin of {}", pin_text(pin)),
+        Effect::Prepare { name, .. } => format!("prepares {name}"),
+        Effect::Execute { name } => format!("executes {name}"),
+        Effect::Deallocate { name } => {
+            format!(
+                "deallocates {}",
+                name.as_deref().unwrap_or("every prepared statement")
+            )
+        }
+        Effect::DiscardAll => "discards the session's state".to_owned(),
+        Effect::ReadsSequence => {
+            "reads the sequence state nextval() left on its connection".to_owned()
+        }
+        Effect::FunctionsChanged => "changes functions: the catalog is read again".to_owned(),
+    }
 }
 
 /// `SHOW POOLS`: one row per pool, with the clients holding its connections.
@@ -347,6 +448,65 @@ pub fn help() -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One `EXPLAIN ROUTE` row for `sql` in a new session, against a catalog where
+    /// `stable_f` is STABLE and `bump` VOLATILE.
+    fn explain(sql: &str) -> Vec<Option<String>> {
+        use crate::classify::{Classifier, Functions};
+        use crate::config::TransactionRouting;
+        use crate::session::state::{Gucs, RoutingState};
+        let functions = Functions::new(
+            [
+                ("public".to_owned(), "stable_f".to_owned(), 's'),
+                ("public".to_owned(), "bump".to_owned(), 'v'),
+            ],
+            &[],
+            &[],
+        );
+        let explained = Classifier::new(10).explain(sql, &functions);
+        let mut fresh = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
+        let single = explained.class.statements == 1;
+        let plan = fresh.plan_query(&explained.class, sql, single, None);
+        explain_route(&explained, &plan, "app", true).rows.remove(0)
+    }
+
+    #[test]
+    fn explain_route_says_where_and_why_for_every_reason() {
+        #[rustfmt::skip]
+        let cases = [
+            // (statement, node starts with, reason, effects contain)
+            ("SELECT * FROM t", "standby", "read", None),
+            ("SELECT stable_f()", "standby", "read", None),
+            ("INSERT INTO t VALUES (1)", "primary", "write", None),
+            ("SELECT * FROM t FOR UPDATE", "primary", "locking_read", None),
+            ("SELECT bump()", "primary", "volatile_function", None),
+            ("SELECT not_in_the_catalog()", "primary", "unknown_function", None),
+            ("SELECT nextval('s')", "primary", "sequence", Some("sequence state")),
+            ("LISTEN ch", "primary", "session_state", Some("pins the session to the primary: LISTEN")),
+            ("CREATE TEMP TABLE x (a int)", "primary", "write", Some("temporary objects")),
+            ("BEGIN READ WRITE", "primary", "transaction_mode", Some("begins a transaction READ WRITE")),
+            ("BEGIN", "none yet", "any", Some("begins a transaction")),
+            ("/* pgsplit:primary */ SELECT 1", "primary", "hint", None),
+            ("THIS IS NOT SQL", "primary", "unclassified", None),
+            ("SET search_path = app", "primary", "any", Some("sets search_path = app")),
+            ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", "primary", "write", Some("the catalog is read again")),
+        ];
+        for (sql, node, reason, effect) in cases {
+            let row = explain(sql);
+            let cell = |i: usize| row[i].clone().unwrap_or_default();
+            assert!(cell(0).starts_with(node), "{sql}: node {:?}", cell(0));
+            assert_eq!(cell(1), reason, "{sql}");
+            match effect {
+                Some(text) => assert!(cell(2).contains(text), "{sql}: effects {:?}", cell(2)),
+                None => assert_eq!(row[2], None, "{sql}: effects"),
+            }
+            assert_eq!(
+                cell(4),
+                "no",
+                "{sql}: a fresh classifier has nothing cached"
+            );
+        }
+    }
     use crate::config::Node;
     use crate::stats::{NodeStats, Served};
     use crate::topology::{Ban, NodeState, WalHistory};
