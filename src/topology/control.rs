@@ -154,6 +154,8 @@ pub fn overlay(topology: &mut Topology, controls: &Controls) {
             n.lsn = None;
             n.lag_bytes = None;
             n.lag_time = None;
+            n.stall = None;
+            n.upstream = None;
             n.ban = None;
         }
         n.admin_ban = controls.banned.contains(&n.node.name);
