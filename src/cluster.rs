@@ -1,7 +1,8 @@
 //! Throwaway local PostgreSQL replication clusters for tests, the demo and benchmarks.
 //!
 //! [`Cluster::start`] builds one primary plus hot standbys from the installed server
-//! binaries. Everything is blocking (`std::process`) so it can be used from plain
+//! binaries; [`Cluster::build`] wires the standbys the ways users do ([`Shape`]: named
+//! `walreceiver` by `pg_basebackup -R`, by `cluster_name`, or cascading). Everything is blocking (`std::process`) so it can be used from plain
 //! `#[test]`s, from `main` before a runtime exists, and from benchmarks alike.
 //!
 //! Start-up is kept fast by running `initdb` once per machine and PostgreSQL version
@@ -10,6 +11,7 @@
 //! directory, and a detached watchdog process does the same if the owning process dies
 //! without dropping the cluster (killed, aborted, or the cluster lives in a `static`).
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -25,6 +27,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::{Pid, Uid, User};
+
+mod shape;
+pub use shape::{Link, Naming, Shape, WALRECEIVER};
 
 /// Superuser created by `initdb`.
 pub const SUPERUSER: &str = "postgres";
@@ -46,6 +51,9 @@ pub const APP_PASSWORD: &str = "pgsplit-app-pw";
 pub const APP_DATABASE: &str = "app";
 /// Number of standbys [`Cluster::start`] creates.
 pub const DEFAULT_STANDBYS: usize = 2;
+/// WAL the primary keeps for standbys without a slot: enough that one cloned while
+/// another backup checkpoints, or one that a test pauses, still finds its WAL.
+const SLOTLESS_WAL_KEEP: &str = "1GB";
 
 /// Bumped whenever the template's contents change, so stale templates are not reused.
 const TEMPLATE_REVISION: u32 = 1;
@@ -213,7 +221,9 @@ impl StopMode {
 /// One PostgreSQL server of the cluster.
 #[derive(Debug, Clone)]
 pub struct Node {
-    /// `primary`, `standby1`, …; equals the standby's `application_name`.
+    /// `primary`, `standby1`, …, whatever the [`Shape`]: pgsplit's demo configuration
+    /// names its nodes after these. Also a standby's `application_name`, but only with
+    /// [`Naming::NodeNames`]; see [`Cluster::link`].
     pub name: String,
     /// TCP port on 127.0.0.1.
     pub port: u16,
@@ -352,6 +362,9 @@ pub struct Cluster {
     who: Identity,
     base: PathBuf,
     nodes: Vec<Node>,
+    shape: Shape,
+    /// How standby `I` streams: `links[I - 1]`.
+    links: Vec<Link>,
     // Declared last so it is dropped (killed) only after `Drop::drop` has cleaned up.
     watchdog: Option<Watchdog>,
 }
@@ -359,13 +372,23 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a primary and [`DEFAULT_STANDBYS`] streaming standbys and waits until they are in sync.
     pub fn start() -> Result<Self> {
-        Self::with_standbys(DEFAULT_STANDBYS)
+        Self::build(Shape::default())
     }
 
-    /// Starts a primary and `standbys` streaming standbys and waits until they are in sync.
+    /// Starts a primary and `standbys` streaming standbys named after their nodes, and
+    /// waits until they are in sync.
     pub fn with_standbys(standbys: usize) -> Result<Self> {
+        Self::build(Shape::node_names(standbys))
+    }
+
+    /// Starts a primary and standbys wired as `shape` says, and waits until every standby
+    /// streams from its upstream and has replayed the primary's WAL.
+    pub fn build(shape: Shape) -> Result<Self> {
         let bin = find_pg_bin()?;
         let who = Identity::detect()?;
+        let version = server_version(&bin)?;
+        let major = version.split('.').next().unwrap_or(&version);
+        let links = shape.links(&format!("{major}/main"))?;
         let template = template_data_dir(&bin, &who)?;
         let base = tempfile::Builder::new()
             .prefix("pgsplit-cluster-")
@@ -378,6 +401,8 @@ impl Cluster {
             who,
             base,
             nodes: Vec::new(),
+            shape,
+            links,
             watchdog: None,
         };
         cluster.who.own(&cluster.base)?;
@@ -388,21 +413,37 @@ impl Cluster {
         run(copy.arg("-a").arg(&template).arg(&primary_dir))?;
         cluster.nodes.push(Node::new("primary", primary_dir));
         start_on_fresh_port(&cluster.bin, &cluster.who, &mut cluster.nodes[0])?;
+        if cluster.links.iter().any(|link| link.slot.is_none()) {
+            // Without a slot, only this keeps the WAL a standby still needs; the backups
+            // copy it, so standbys keep WAL for a cascading standby too.
+            let keep = format!("ALTER SYSTEM SET wal_keep_size = '{SLOTLESS_WAL_KEEP}'");
+            cluster.sql(0, "postgres", &keep)?;
+            cluster.sql(0, "postgres", "SELECT pg_reload_conf()")?;
+        }
         // Slots are created (reserving WAL now) before any backup starts: each backup
         // start switches WAL segment and checkpoints, which would otherwise remove
         // segments a concurrent backup still has to stream.
-        let slots: Vec<String> = (1..=standbys)
-            .map(|i| format!("pg_create_physical_replication_slot('standby{i}', true)"))
+        let slots: Vec<String> = cluster
+            .links
+            .iter()
+            .filter(|link| link.upstream == 0)
+            .filter_map(|link| link.slot.as_deref())
+            .map(|slot| format!("pg_create_physical_replication_slot('{slot}', true)"))
             .collect();
         if !slots.is_empty() {
             cluster.sql(0, "postgres", &format!("SELECT {}", slots.join(", ")))?;
         }
         // Base backups dominate start-up (file creation is slow on some disks) and
-        // overlap well, so all standbys are cloned concurrently.
+        // overlap well, so the primary's standbys are cloned concurrently; a cascading
+        // standby waits for its upstream to run.
+        let of_primary: Vec<usize> = (1..=shape.standbys)
+            .filter(|i| cluster.links[i - 1].upstream == 0)
+            .collect();
         let clones: Vec<Result<Node>> = std::thread::scope(|scope| {
             let this = &cluster;
-            let jobs: Vec<_> = (1..=standbys)
-                .map(|i| scope.spawn(move || this.clone_standby(i)))
+            let jobs: Vec<_> = of_primary
+                .iter()
+                .map(|i| scope.spawn(move || this.clone_standby(*i)))
                 .collect();
             jobs.into_iter()
                 .map(|job| {
@@ -414,8 +455,13 @@ impl Cluster {
                 })
                 .collect()
         });
-        for clone in clones {
-            let mut node = clone?;
+        let mut clones: BTreeMap<usize, Result<Node>> =
+            of_primary.into_iter().zip(clones).collect();
+        for i in 1..=shape.standbys {
+            let mut node = match clones.remove(&i) {
+                Some(clone) => clone?,
+                None => cluster.clone_cascading(i)?,
+            };
             start_on_fresh_port(&cluster.bin, &cluster.who, &mut node)?;
             cluster.nodes.push(node);
         }
@@ -423,44 +469,104 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Base-backs-up the primary into `standbyI` and configures it to stream from it.
+    /// Base-backs-up the primary into `standbyI` and configures it to stream from its
+    /// upstream as its [`Link`] says.
     fn clone_standby(&self, i: usize) -> Result<Node> {
         let name = format!("standby{i}");
         let dir = self.base.join(&name);
-        let conninfo = format!(
-            "host=127.0.0.1 port={} user={REPLICATION_USER} password={REPLICATION_PASSWORD}",
-            self.nodes[0].port
-        );
-        // -S streams the backup's WAL through the standby's own, already reserved slot.
-        run(self
-            .who
-            .command(self.bin.join("pg_basebackup"))
+        let link = &self.links[i - 1];
+        let from_primary = link.upstream == 0;
+        // `-R` writes standby.signal and primary_conninfo as users get them; the harness's
+        // own wiring writes both itself, as it always has.
+        let by_backup = self.shape.naming != Naming::NodeNames;
+        // -S streams the backup's WAL through the standby's own, already reserved slot;
+        // a cascading standby's slot is on its upstream, so its backup uses a temporary one.
+        let backup_slot = link.slot.as_deref().filter(|_| from_primary);
+        let mut backup = self.who.command(self.bin.join("pg_basebackup"));
+        backup
             .arg("-D")
             .arg(&dir)
-            .args(["-c", "fast", "-X", "stream", "-S", &name])
-            .args(["--no-sync", "-w", "-d", &conninfo]))?;
+            .args(["-c", "fast", "-X", "stream"]);
+        if let Some(slot) = backup_slot {
+            backup.args(["-S", slot]);
+        }
+        if by_backup {
+            backup.arg("-R");
+        }
+        let conninfo = replication_conninfo(self.nodes[0].port);
+        run(backup.args(["--no-sync", "-w", "-d", &conninfo]))?;
         // The copy carries the primary's log; a standby's errors must show its own.
         let _ = fs::remove_file(dir.join("postgres.log"));
-        write_owned(&self.who, &dir.join("standby.signal"), "")?;
-        append(
-            &dir.join("postgresql.auto.conf"),
-            &format!(
-                "primary_conninfo = '{conninfo} application_name={name}'\n\
-                 primary_slot_name = '{name}'\n"
-            ),
-        )?;
+
+        // Later lines win, so these override what -R wrote.
+        let mut settings = String::new();
+        if !by_backup || link.names_itself || !from_primary {
+            let conninfo = replication_conninfo(self.node(link.upstream)?.port);
+            let named = if link.names_itself {
+                format!(" application_name={}", link.application_name)
+            } else {
+                String::new()
+            };
+            settings.push_str(&format!("primary_conninfo = '{conninfo}{named}'\n"));
+        }
+        if let Some(slot) = &link.slot {
+            if !(by_backup && backup_slot.is_some()) {
+                settings.push_str(&format!("primary_slot_name = '{slot}'\n"));
+            }
+        }
+        if !by_backup {
+            write_owned(&self.who, &dir.join("standby.signal"), "")?;
+        }
+        if !settings.is_empty() {
+            append(&dir.join("postgresql.auto.conf"), &settings)?;
+        }
+        if self.shape.naming == Naming::ClusterName {
+            let setting = format!("cluster_name = '{}'\n", link.application_name);
+            append(&dir.join("postgresql.conf"), &setting)?;
+        }
         Ok(Node::new(&name, dir))
+    }
+
+    /// Clones `standbyI`, which streams from another standby, once that one runs: its
+    /// slot is made there, and the upstream must have the WAL the backup ends at before
+    /// it can send it on.
+    fn clone_cascading(&self, i: usize) -> Result<Node> {
+        let link = &self.links[i - 1];
+        if let Some(slot) = &link.slot {
+            let create = format!("SELECT pg_create_physical_replication_slot('{slot}', true)");
+            self.sql(link.upstream, "postgres", &create)?;
+        }
+        let node = self.clone_standby(i)?;
+        let lsn = self.sql(0, "postgres", "SELECT pg_current_wal_lsn()")?;
+        self.await_lsn(link.upstream, &lsn, Instant::now() + WAIT_TIMEOUT)?;
+        Ok(node)
     }
 
     fn wait_until_ready(&self) -> Result<()> {
         let deadline = Instant::now() + WAIT_TIMEOUT;
-        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+        // Each standby says whom it streams from: its name on the upstream need not be
+        // unique, and a cascading standby is not on the primary at all.
+        for (i, link) in (1..).zip(&self.links) {
+            let sql = format!(
+                "SELECT count(*) FROM pg_stat_wal_receiver \
+                 WHERE status = 'streaming' AND sender_port = {}",
+                self.node(link.upstream)?.port
+            );
+            self.await_sql(i, i, &sql, "1", deadline)?;
+        }
+        // Each upstream streams to as many standbys under each name as the shape says.
+        let mut names: BTreeMap<(usize, &str), (usize, usize)> = BTreeMap::new();
+        for (i, link) in (1..).zip(&self.links) {
+            let key = (link.upstream, link.application_name.as_str());
+            names.entry(key).or_insert((0, i)).0 += 1;
+        }
+        for ((upstream, name), (count, first)) in names {
             let sql = format!(
                 "SELECT count(*) FROM pg_stat_replication \
-                 WHERE state = 'streaming' AND application_name = '{}'",
-                node.name
+                 WHERE state = 'streaming' AND application_name = {}",
+                sql_literal(name)
             );
-            self.await_sql(0, i, &sql, "1", deadline)?;
+            self.await_sql(upstream, first, &sql, &count.to_string(), deadline)?;
         }
         let lsn = self.sql(0, "postgres", "SELECT pg_current_wal_lsn()")?;
         (1..self.nodes.len()).try_for_each(|i| self.await_lsn(i, &lsn, deadline))
@@ -496,6 +602,17 @@ impl Cluster {
     /// All nodes; index 0 is the original primary, then `standby1`, `standby2`, ….
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// How the standbys were built.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// How node `i` streams and what its upstream calls it; `None` for the primary
+    /// (index 0) and for an index past the last standby.
+    pub fn link(&self, i: usize) -> Option<&Link> {
+        self.links.get(i.checked_sub(1)?)
     }
 
     /// The original primary (index 0); after a failover it may be stopped or a standby.
@@ -1042,6 +1159,16 @@ fn log_tail(node: &Node) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// How a standby logs in to stream from the node on `port`.
+fn replication_conninfo(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user={REPLICATION_USER} password={REPLICATION_PASSWORD}")
+}
+
+/// A SQL string literal.
+fn sql_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// Quotes a libpq keyword/value so spaces, quotes and backslashes survive.
