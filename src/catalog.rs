@@ -3,6 +3,7 @@
 //! when a statement names a function the catalog does not know (at most once a second).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ pub struct FunctionCatalogs {
     refresh: Notify,
     /// When a refresh was last asked for an unknown function, in milliseconds since `born`.
     unknown_asked: AtomicU64,
+    /// A digest of each database's rows and overrides at its last read: an unchanged
+    /// catalog keeps its snapshot (and id), so the classification cache stays warm.
+    digests: Mutex<HashMap<String, u64>>,
     born: Instant,
 }
 
@@ -48,6 +52,7 @@ impl FunctionCatalogs {
             wanted: Mutex::new(HashSet::new()),
             refresh: Notify::new(),
             unknown_asked: AtomicU64::new(0),
+            digests: Mutex::new(HashMap::new()),
             born: Instant::now(),
         }
     }
@@ -150,7 +155,27 @@ impl FunctionCatalogs {
         let mut next = (**self.by_database.load()).clone();
         for database in databases {
             match self.load(&primary, &database).await {
-                Ok(rows) => {
+                Ok(mut rows) => {
+                    rows.sort_unstable();
+                    let digest = {
+                        let mut hasher = DefaultHasher::new();
+                        (
+                            &rows,
+                            &routing.read_only_functions,
+                            &routing.write_functions,
+                        )
+                            .hash(&mut hasher);
+                        hasher.finish()
+                    };
+                    let unchanged = self
+                        .digests
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(database.clone(), digest)
+                        == Some(digest);
+                    if unchanged && next.contains_key(&database) {
+                        continue;
+                    }
                     let functions = Functions::new(
                         rows,
                         &routing.read_only_functions,

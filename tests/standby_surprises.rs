@@ -38,10 +38,14 @@ async fn port_of(client: &Client, sql: &str) -> i32 {
 
 /// Runs `sql` on fresh clients until a standby answers it; how long that took.
 async fn until_a_standby_runs(proxy: &TestProxy, sql: &str, within: Duration) -> Duration {
+    let primary = proxy.topology().primary().map(|p| p.node.address.clone());
     let start = Instant::now();
     loop {
         let port = port_of(&proxy.connect().await, sql).await;
-        if port != primary_port() {
+        let on_primary = primary
+            .as_deref()
+            .is_some_and(|a| a.ends_with(&format!(":{port}")));
+        if !on_primary {
             return start.elapsed();
         }
         assert!(
@@ -226,4 +230,60 @@ async fn inside_a_read_only_transaction_the_refusal_reaches_the_client() {
         .unwrap()
         .get(0);
     assert!(n >= 1);
+}
+
+/// The catalog is read from the primary, so a new STABLE function is routed to the
+/// standbys before they have replayed it: the standby's "does not exist" is not the
+/// client's, the call runs on the primary.
+#[tokio::test]
+async fn a_function_the_standbys_have_not_replayed_yet_runs_on_the_primary() {
+    let cluster = common::own_cluster().await;
+    let proxy = TestProxy::start_for(
+        &cluster,
+        "",
+        "lag_check_interval = \"100ms\"",
+        "[routing]\nread_your_writes = \"off\"\n",
+    )
+    .await;
+    proxy
+        .connect()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for standby in 1..cluster.nodes().len() {
+        cluster.pause_replay(standby).unwrap();
+    }
+    proxy
+        .connect()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION s15_fresh() RETURNS int LANGUAGE sql STABLE \
+                 AS 'SELECT inet_server_port()'",
+        )
+        .await
+        .unwrap();
+    let primary = i32::from(cluster.nodes()[0].port);
+    // Within the lag bounds for seconds yet: the standbys are chosen, and lack it.
+    let before = proxy.stats().decided(Decision::StandbyRefused);
+    for _ in 0..5 {
+        let client = proxy.connect().await;
+        let port: i32 = client
+            .query_one("SELECT s15_fresh()", &[])
+            .await
+            .unwrap_or_else(|e| panic!("the client saw the standby's error: {e:?}"))
+            .get(0);
+        assert_eq!(port, primary);
+    }
+    let rerun = proxy.stats().decided(Decision::StandbyRefused) - before;
+    assert!(
+        rerun >= 1,
+        "no call was tried on a standby first: the test proved nothing"
+    );
+    for standby in 1..cluster.nodes().len() {
+        cluster.resume_replay(standby).unwrap();
+        cluster.wait_for_replay(standby).unwrap();
+    }
+    until_a_standby_runs(&proxy, "SELECT s15_fresh()", Duration::from_secs(10)).await;
 }

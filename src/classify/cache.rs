@@ -2,7 +2,7 @@
 //! application repeats with different constants are parsed once.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
@@ -38,6 +38,9 @@ pub struct Classifier {
     /// Normalized texts of statements a standby refused: primary-bound whatever the
     /// classifier says, learned at run time. Bounded; consulted only on cache misses.
     refused: Mutex<LruCache<String, ()>>,
+    /// Whether `refused` holds anything: until a standby refuses something, no lookup
+    /// normalizes or locks for it.
+    any_refused: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -73,6 +76,7 @@ impl Classifier {
             cache: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
             exact: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
             refused: Mutex::new(LruCache::new(REFUSED_CAPACITY)),
+            any_refused: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -109,17 +113,14 @@ impl Classifier {
         functions: &Functions,
     ) -> Classification {
         let class = classify(sql, functions);
-        if class.route == Route::Primary {
+        if class.route == Route::Primary || !self.any_refused.load(Ordering::Relaxed) {
             return class;
         }
-        let refused_shapes = lock(&self.refused);
-        if refused_shapes.is_empty() {
-            return class;
-        }
-        let was_refused = match normalized {
-            Some(key) => refused_shapes.contains(key),
-            None => refused_shapes.contains(&normalize(sql)),
+        let normalized = match normalized {
+            Some(key) => std::borrow::Cow::Borrowed(key),
+            None => std::borrow::Cow::Owned(normalize(sql)),
         };
+        let was_refused = lock(&self.refused).contains(normalized.as_ref());
         if was_refused {
             class.refused_by_standby()
         } else {
@@ -132,6 +133,7 @@ impl Classifier {
     pub fn refused_by_standby(&self, sql: &str, functions: &Functions) -> bool {
         let normalized = normalize(sql);
         let new = lock(&self.refused).put(normalized.clone(), ()).is_none();
+        self.any_refused.store(true, Ordering::Relaxed);
         if let Some(exact) = &self.exact {
             lock(exact).pop(sql);
         }

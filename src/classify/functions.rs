@@ -143,6 +143,9 @@ impl Functions {
                     return Decision::Route(Route::Standby);
                 }
             }
+            // Not loaded yet (or not loadable): its loading is asked for already, and a
+            // read per call would not help.
+            return Decision::Route(Route::Primary);
         }
         // A function created after the last catalog load, or a typo that will fail.
         Decision::Unknown
@@ -487,8 +490,14 @@ mod tests {
             f.decide(&call(Some("pg_catalog"), "lower")),
             Decision::Route(Route::Standby)
         );
-        assert_eq!(f.decide(&call(None, "get_user")), Decision::Unknown);
-        assert_eq!(f.decide(&call(Some("public"), "count")), Decision::Unknown);
+        assert_eq!(
+            f.decide(&call(None, "get_user")),
+            Decision::Route(Route::Primary)
+        );
+        assert_eq!(
+            f.decide(&call(Some("public"), "count")),
+            Decision::Route(Route::Primary)
+        );
     }
 
     #[test]

@@ -37,26 +37,27 @@ impl LagBounds {
             readmit_after_polls: monitor.readmit_after_polls,
         }
     }
-
     /// How much of the primary's WAL history to keep: past the time bound, so a standby
-    /// older than all of it is known to be over the bound, and at least a minute.
+    /// older than all of it is known to be over the bound, and at least a minute (what
+    /// `SHOW NODES` can show exactly).
     pub fn history_window(&self) -> Duration {
         self.max_time.max(MIN_HISTORY)
     }
-
     /// Whether a measured lag breaks a bound. An unknown measure breaks nothing: with no
-    /// primary to compare against, standbys keep serving the reads they can.
+    /// primary to compare against, standbys keep serving the reads they can. A lower
+    /// bound of the time over the bound breaks it.
     fn exceeded(&self, bytes: Option<u64>, time: Option<Duration>) -> bool {
         let over_bytes = self.max_bytes > 0 && bytes.is_some_and(|b| b > self.max_bytes);
         let over_time = !self.max_time.is_zero() && time.is_some_and(|t| t > self.max_time);
         over_bytes || over_time
     }
-
-    /// Whether a measured lag is back under both re-admit bounds. Unknown does not count:
-    /// re-admission needs evidence that the standby has caught up.
-    fn recovered(&self, bytes: Option<u64>, time: Option<Duration>) -> bool {
+    /// Whether a measured lag is back under both re-admit bounds. Unknown does not count,
+    /// nor does a lower bound of the time: re-admission needs evidence that the standby
+    /// has caught up.
+    fn recovered(&self, bytes: Option<u64>, time: Option<Duration>, time_exact: bool) -> bool {
         let bytes_ok = self.max_bytes == 0 || bytes.is_some_and(|b| b <= self.readmit_bytes);
-        let time_ok = self.max_time.is_zero() || time.is_some_and(|t| t <= self.readmit_time);
+        let time_ok =
+            self.max_time.is_zero() || (time_exact && time.is_some_and(|t| t <= self.readmit_time));
         bytes_ok && time_ok
     }
 }
@@ -115,6 +116,9 @@ pub struct Lag {
     pub bytes: Option<u64>,
     /// How long ago the primary was where its replay is now; None when unknown.
     pub time: Option<Duration>,
+    /// `time` is only a lower bound: the replay position is older than every sample of
+    /// the primary's positions kept.
+    pub time_at_least: bool,
     /// Set when it cannot catch up.
     pub stall: Option<Stall>,
 }
@@ -125,8 +129,9 @@ impl std::fmt::Display for Lag {
             Some(bytes) => write!(f, "{bytes} bytes")?,
             None => f.write_str("unknown bytes")?,
         }
+        let at_least = if self.time_at_least { "at least " } else { "" };
         match self.time {
-            Some(time) => write!(f, ", {:.3}s", time.as_secs_f64())?,
+            Some(time) => write!(f, ", {at_least}{:.3}s", time.as_secs_f64())?,
             None => f.write_str(", unknown time")?,
         }
         match self.stall {
@@ -142,7 +147,8 @@ impl std::fmt::Display for Lag {
 /// not flap.
 pub fn next_status(previous: LagStatus, lag: &Lag, bounds: &LagBounds) -> LagStatus {
     let exceeded = lag.stall.is_some() || bounds.exceeded(lag.bytes, lag.time);
-    let recovered = lag.stall.is_none() && bounds.recovered(lag.bytes, lag.time);
+    let recovered =
+        lag.stall.is_none() && bounds.recovered(lag.bytes, lag.time, !lag.time_at_least);
     match previous {
         LagStatus::Within if exceeded => LagStatus::Lagging { good_polls: 0 },
         LagStatus::Within => LagStatus::Within,
@@ -171,8 +177,10 @@ pub struct WalHistory {
     samples: VecDeque<(Instant, Lsn)>,
 }
 
-/// Samples kept at most, whatever the window: a bound on memory for tiny check intervals.
-const MAX_SAMPLES: usize = 8192;
+/// Samples kept over a window: a sample closer than window / `SAMPLES_PER_WINDOW` to the
+/// previous one is not kept, which bounds memory for tiny check intervals and long
+/// windows alike while the oldest sample still covers the window.
+const SAMPLES_PER_WINDOW: u32 = 4096;
 
 impl WalHistory {
     /// Adds the primary's position `lsn` sampled `at`; keeps what covers the last
@@ -195,30 +203,31 @@ impl WalHistory {
             self.samples.clear();
             self.source = Some((node, timeline));
         }
+        let gap = window / SAMPLES_PER_WINDOW;
+        if self.samples.back().is_some_and(|&(t, _)| at - t < gap) {
+            return;
+        }
         self.samples.push_back((at, lsn));
         let cutoff = at.checked_sub(window);
-        while self.samples.len() > MAX_SAMPLES
-            || cutoff.is_some_and(|c| self.samples.get(1).is_some_and(|&(t, _)| t <= c))
-        {
+        while cutoff.is_some_and(|c| self.samples.get(1).is_some_and(|&(t, _)| t <= c)) {
             self.samples.pop_front();
         }
     }
-
     /// How far behind, at `at`, a standby is that has replayed up to `replay`: the time
     /// since the primary passed that position, interpolated between the two samples
-    /// around it. Zero when it has everything of the newest sample; at least the age of
-    /// the oldest sample when it is older than all of them and they cover `window`;
-    /// unknown otherwise (no sample yet, or too short a history to tell).
-    pub fn lag(&self, replay: Lsn, at: Instant, window: Duration) -> Option<Duration> {
+    /// around it, and whether that is exact. Zero when it has everything of the newest
+    /// sample; at least the age of the oldest sample when it is older than all of them
+    /// (after a start or a promotion the history is short, but a lower bound over the
+    /// time bound still excludes); unknown with no sample yet.
+    pub fn lag(&self, replay: Lsn, at: Instant) -> Option<(Duration, bool)> {
         let &(_, newest) = self.samples.back()?;
         if replay >= newest {
-            return Some(Duration::ZERO);
+            return Some((Duration::ZERO, true));
         }
         let after = self.samples.partition_point(|&(_, lsn)| lsn <= replay);
         let Some(before) = after.checked_sub(1) else {
             let (oldest, _) = self.samples[0];
-            let age = at.saturating_duration_since(oldest);
-            return (age >= window).then_some(age);
+            return Some((at.saturating_duration_since(oldest), false));
         };
         let (t0, l0) = self.samples[before];
         let (t1, l1) = self.samples[after];
@@ -227,7 +236,7 @@ impl WalHistory {
         let into = u128::from(replay.0 - l0.0);
         let nanos = (t1 - t0).as_nanos() * into / span;
         let passed = t0 + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
-        Some(at.saturating_duration_since(passed))
+        Some((at.saturating_duration_since(passed), true))
     }
 }
 
@@ -240,8 +249,6 @@ pub struct PrimaryView<'a> {
     pub timeline: Option<u32>,
     /// Its positions over the last checks.
     pub history: &'a WalHistory,
-    /// How much of the history covers for sure (see [`WalHistory::lag`]).
-    pub window: Duration,
 }
 
 /// What a standby reported about itself, and what the primary reported about it.
@@ -256,8 +263,8 @@ pub struct LagInputs<'a> {
     /// `replay_lag` of the primary's `pg_stat_replication` row for this standby, when a
     /// row could be matched and the value is not NULL.
     pub replay_lag: Option<Duration>,
-    /// Whether WAL arrives: a matched `pg_stat_replication` row, or its own receiver
-    /// streaming (from the primary or, cascading, from another standby).
+    /// Whether WAL arrives: its own receiver is streaming (from the primary or,
+    /// cascading, from another standby).
     pub streaming: bool,
     /// The timeline its receiver last received, when known.
     pub timeline: Option<u32>,
@@ -265,10 +272,10 @@ pub struct LagInputs<'a> {
 
 /// Byte lag and time lag of a standby, and whether it can catch up.
 ///
-/// Bytes: primary's current LSN minus the standby's replay LSN. Time: the primary's
-/// `replay_lag` for it when a row matched; zero if nothing is left to replay; else when
-/// the primary passed its replay position ([`WalHistory::lag`]). Without a primary none
-/// of it is known.
+/// Bytes: primary's current LSN minus the standby's replay LSN. Time: zero if nothing is
+/// left to replay; else the longer of the primary's `replay_lag` for it (when a row
+/// matched) and the time since the primary passed its replay position
+/// ([`WalHistory::lag`]). Without a primary none of it is known.
 pub fn measure(inputs: &LagInputs) -> Lag {
     let Some(primary) = inputs.primary else {
         return Lag::default();
@@ -283,13 +290,23 @@ pub fn measure(inputs: &LagInputs) -> Lag {
         _ if !inputs.streaming && bytes.is_some_and(|b| b > 0) => Some(Stall::NotStreaming),
         _ => None,
     };
-    let time = match (inputs.replay_lag, bytes, inputs.replay_lsn) {
-        (Some(lag), _, _) => Some(lag),
-        (None, Some(0), _) => Some(Duration::ZERO),
-        (None, _, Some(replay)) => primary.history.lag(replay, inputs.at, primary.window),
-        (None, _, None) => None,
+    let (time, exact) = match (bytes, inputs.replay_lsn) {
+        (Some(0), _) => (Some(inputs.replay_lag.unwrap_or(Duration::ZERO)), true),
+        (_, Some(replay)) => match primary.history.lag(replay, inputs.at) {
+            Some((history, exact)) => (
+                Some(inputs.replay_lag.map_or(history, |lag| lag.max(history))),
+                exact,
+            ),
+            None => (inputs.replay_lag, true),
+        },
+        (_, None) => (None, true),
     };
-    Lag { bytes, time, stall }
+    Lag {
+        bytes,
+        time,
+        time_at_least: !exact,
+        stall,
+    }
 }
 
 #[cfg(test)]
@@ -302,7 +319,7 @@ mod tests {
         Lag {
             bytes,
             time,
-            stall: None,
+            ..Lag::default()
         }
     }
 
@@ -341,11 +358,7 @@ mod tests {
             ("over the bound again", lagging(1), Some(5000), Some(0), lagging(0)),
         ];
         for (why, before, bytes, time, want) in cases {
-            let lag = Lag {
-                bytes,
-                time: time.map(MS),
-                stall: None,
-            };
+            let lag = lag(bytes, time.map(MS));
             let got = next_status(before, &lag, &bounds());
             assert_eq!(got, want, "{why}: {before:?} with {bytes:?} B, {time:?} ms");
         }
@@ -416,9 +429,8 @@ mod tests {
     #[test]
     fn stalls_exclude_whatever_the_numbers_and_block_readmission() {
         let stalled = Lag {
-            bytes: Some(0),
-            time: Some(MS(0)),
             stall: Some(Stall::NotStreaming),
+            ..lag(Some(0), Some(MS(0)))
         };
         assert_eq!(
             next_status(LagStatus::Within, &stalled, &bounds()),
@@ -428,6 +440,34 @@ mod tests {
             next_status(LagStatus::Lagging { good_polls: 1 }, &stalled, &bounds()),
             LagStatus::Lagging { good_polls: 0 }
         );
+    }
+
+    #[test]
+    fn a_lower_bound_excludes_but_never_readmits() {
+        let at_least = |ms| Lag {
+            time_at_least: true,
+            ..lag(Some(0), Some(MS(ms)))
+        };
+        let cases = [
+            (
+                LagStatus::Within,
+                at_least(20_000),
+                LagStatus::Lagging { good_polls: 0 },
+            ),
+            (LagStatus::Within, at_least(3000), LagStatus::Within),
+            (
+                LagStatus::Lagging { good_polls: 1 },
+                at_least(3000),
+                LagStatus::Lagging { good_polls: 0 },
+            ),
+        ];
+        for (before, lag, want) in cases {
+            assert_eq!(
+                next_status(before, &lag, &bounds()),
+                want,
+                "{before:?} {lag}"
+            );
+        }
     }
 
     /// A primary that wrote 1000 bytes per second for ten seconds, sampled every second.
@@ -444,35 +484,40 @@ mod tests {
         let t0 = Instant::now();
         let history = steady_history(t0);
         let now = t0 + MS(10_000);
-        let window = MS(60_000);
-        #[rustfmt::skip]
+        let exact = |ms| Some((MS(ms), true));
         let cases = [
-            ("has the newest sample", 10_000, Some(0)),
-            ("ahead of the newest sample", 12_000, Some(0)),
-            ("exactly at a sample", 7000, Some(3000)),
-            ("between samples: interpolated", 7500, Some(2500)),
-            ("at the oldest sample", 0, Some(10_000)),
+            ("has the newest sample", 10_000, exact(0)),
+            ("ahead of the newest sample", 12_000, exact(0)),
+            ("exactly at a sample", 7000, exact(3000)),
+            ("between samples: interpolated", 7500, exact(2500)),
+            ("at the oldest sample", 0, exact(10_000)),
         ];
         for (why, replay, want) in cases {
-            assert_eq!(history.lag(Lsn(replay), now, window), want.map(MS), "{why}");
+            assert_eq!(history.lag(Lsn(replay), now), want, "{why}");
         }
         let mut late = WalHistory::default();
-        late.record(0, Some(1), t0 + MS(5000), Lsn(5000), window);
+        late.record(0, Some(1), t0 + MS(5000), Lsn(5000), MS(60_000));
         assert_eq!(
-            late.lag(Lsn(10), now, window),
-            None,
-            "older than a short history: unknown"
+            late.lag(Lsn(10), now),
+            Some((MS(5000), false)),
+            "older than every sample: at least the oldest one's age"
         );
         assert_eq!(
-            late.lag(Lsn(10), now, MS(4000)),
-            Some(MS(5000)),
-            "older than a full window: at least its age"
-        );
-        assert_eq!(
-            WalHistory::default().lag(Lsn(1), now, window),
+            WalHistory::default().lag(Lsn(1), now),
             None,
             "no sample: unknown"
         );
+    }
+
+    #[test]
+    fn samples_closer_than_the_window_allows_are_not_kept() {
+        let t0 = Instant::now();
+        let mut history = WalHistory::default();
+        // A 1 ms check interval over a 60 s window keeps one sample per 60 s / 4096.
+        for ms in 0..1000u64 {
+            history.record(0, Some(1), t0 + MS(ms), Lsn(ms), MS(60_000));
+        }
+        assert_eq!(history.samples.len(), 67, "{:?}", history.samples.back());
     }
 
     #[test]
@@ -512,7 +557,6 @@ mod tests {
             lsn: Lsn(10_000),
             timeline: Some(1),
             history: &history,
-            window: MS(60_000),
         });
         let standby =
             |replay: Option<u64>, replay_lag: Option<u64>, streaming, timeline| LagInputs {
@@ -526,11 +570,13 @@ mod tests {
         let lag = |bytes: Option<u64>, time: Option<u64>, stall| Lag {
             bytes,
             time: time.map(MS),
+            time_at_least: false,
             stall,
         };
         #[rustfmt::skip]
         let cases = [
-            ("replay_lag from a matched row wins", standby(Some(6000), Some(300), true, Some(1)), lag(Some(4000), Some(300), None)),
+            ("a matched row's replay_lag when it is longer", standby(Some(9900), Some(300), true, Some(1)), lag(Some(100), Some(300), None)),
+            ("the history when it is longer than replay_lag", standby(Some(6000), Some(300), true, Some(1)), lag(Some(4000), Some(4000), None)),
             ("fully replayed: zero", standby(Some(10_000), None, true, Some(1)), lag(Some(0), Some(0), None)),
             ("behind without a row: from the primary's history", standby(Some(9500), None, true, Some(1)), lag(Some(500), Some(500), None)),
             ("ahead of the sample: not negative", standby(Some(11_000), None, true, None), lag(Some(0), Some(0), None)),
@@ -553,19 +599,18 @@ mod tests {
     fn unknown_lag_prints_as_unknown() {
         let cases = [
             (Lag::default(), "unknown bytes, unknown time"),
+            (lag(Some(264), Some(MS(1500))), "264 bytes, 1.500s"),
             (
                 Lag {
-                    bytes: Some(264),
-                    time: Some(MS(1500)),
-                    stall: None,
+                    time_at_least: true,
+                    ..lag(Some(264), Some(MS(61_000)))
                 },
-                "264 bytes, 1.500s",
+                "264 bytes, at least 61.000s",
             ),
             (
                 Lag {
-                    bytes: Some(264),
-                    time: None,
                     stall: Some(Stall::NotStreaming),
+                    ..lag(Some(264), None)
                 },
                 "264 bytes, unknown time (behind and not streaming)",
             ),

@@ -318,12 +318,17 @@ pub fn advance(
             lsn: p.current?,
             timeline: p.timeline,
             history: &wal,
-            window,
         })
     });
     let primary_node = primary
         .and_then(|(i, _)| previous.nodes.get(i))
         .map(|n| &n.node);
+    let configured: Vec<&Node> = previous
+        .nodes
+        .iter()
+        .filter(|n| !n.removed)
+        .map(|n| &n.node)
+        .collect();
 
     let mut events = Vec::new();
     let mut nodes = Vec::with_capacity(previous.nodes.len());
@@ -335,6 +340,7 @@ pub fn advance(
                 lsn: None,
                 lag_bytes: None,
                 lag_time: None,
+                stall: None,
                 upstream: None,
                 eligible: false,
                 ..before.clone()
@@ -364,6 +370,7 @@ pub fn advance(
                     lsn: None,
                     lag_bytes: None,
                     lag_time: None,
+                    stall: None,
                     upstream: None,
                     // Kept: a lagging standby that blips must still prove it caught up.
                     lag_status: before.lag_status,
@@ -381,14 +388,27 @@ pub fn advance(
                 }
                 let (lag, lag_status, upstream) = if *role == Role::Standby {
                     let receiver = probe.receiver.as_ref();
-                    let source = receiver.and_then(|r| {
-                        upstream::upstream_of(r, previous.nodes.iter().map(|n| &n.node))
-                    });
+                    let source = receiver.and_then(|r| upstream::upstream_of(r, &configured));
                     let from_primary = source.is_some() && source == primary_node;
-                    let row = primary.and_then(|(_, p)| {
-                        upstream::row_for(&before.node, receiver, from_primary, &p.replicas)
-                    });
-                    let streaming = row.is_some() || receiver.is_some_and(|r| r.streaming());
+                    // A row ahead of the standby's own replay is not its own.
+                    let row = primary
+                        .and_then(|(_, p)| {
+                            upstream::row_for(
+                                &before.node,
+                                receiver,
+                                from_primary,
+                                &p.replicas,
+                                &configured,
+                            )
+                        })
+                        .filter(|r| {
+                            r.replay_lsn.is_none_or(|theirs| {
+                                probe.replay.is_some_and(|mine| theirs <= mine)
+                            })
+                        });
+                    // The standby's own word: the primary keeps a broken link's row until
+                    // wal_sender_timeout.
+                    let streaming = receiver.is_some_and(|r| r.streaming());
                     let inputs = lag::LagInputs {
                         primary: primary_view,
                         replay_lsn: probe.replay,

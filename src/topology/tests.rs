@@ -311,8 +311,8 @@ fn a_standby_that_cannot_catch_up_is_excluded_and_says_why() {
     assert_eq!(
         why,
         [
-            // First poll: one sample of the primary, too short a history to time it.
-            "s1: 10 bytes, unknown time (behind and not streaming)",
+            // First poll: older than the only sample of the primary, taken just now.
+            "s1: 10 bytes, at least 0.000s (behind and not streaming)",
             "s2: 0 bytes, 0.000s (on timeline 2, the primary on 1)"
         ]
     );

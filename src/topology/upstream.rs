@@ -12,16 +12,16 @@ use crate::config::Node;
 
 use super::probe::{Receiver, Replica};
 
-/// The configured node whose address the receiver's sender names, if one does.
-pub fn upstream_of<'a>(
-    receiver: &Receiver,
-    nodes: impl IntoIterator<Item = &'a Node>,
-) -> Option<&'a Node> {
+/// The configured node whose address the receiver's sender names, if one does. Host
+/// spellings are compared as text (no DNS lookups); loopback spellings count as one host
+/// only when every node is on loopback (one machine).
+pub fn upstream_of<'a>(receiver: &Receiver, nodes: &[&'a Node]) -> Option<&'a Node> {
     let host = receiver.sender_host.as_deref()?;
     let port = receiver.sender_port?;
-    nodes.into_iter().find(|node| {
+    let local = all_local(nodes);
+    nodes.iter().copied().find(|node| {
         let (node_host, node_port) = split_address(&node.address);
-        node_port == Some(port) && same_host(node_host, host)
+        node_port == Some(port) && same_host(node_host, host, local)
     })
 }
 
@@ -34,6 +34,7 @@ pub fn row_for<'a>(
     receiver: Option<&Receiver>,
     from_primary: bool,
     replicas: &'a [Replica],
+    nodes: &[&Node],
 ) -> Option<&'a Replica> {
     let only = |fits: &dyn Fn(&Replica) -> bool| {
         let mut rows = replicas.iter().filter(|r| fits(r));
@@ -47,12 +48,17 @@ pub fn row_for<'a>(
     }
     let receiver = receiver.filter(|_| from_primary)?;
     let (host, _) = split_address(&node.address);
-    let from_host = |r: &Replica| r.client_addr.as_deref().is_some_and(|a| same_host(a, host));
+    let local = all_local(nodes);
+    let from_host = |r: &Replica| {
+        r.client_addr
+            .as_deref()
+            .is_some_and(|a| same_host(a, host, local))
+    };
     let slot = receiver.slot_name.as_deref();
     let name = receiver.application_name.as_deref();
     slot.and_then(|slot| only(&|r| r.slot_name.as_deref() == Some(slot)))
-        .or_else(|| name.and_then(|name| only(&|r| r.application_name == name)))
         .or_else(|| name.and_then(|name| only(&|r| r.application_name == name && from_host(r))))
+        .or_else(|| name.and_then(|name| only(&|r| r.application_name == name)))
         .or_else(|| only(&from_host))
 }
 
@@ -65,11 +71,24 @@ fn split_address(address: &str) -> (&str, Option<u16>) {
     (host.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
-/// Whether two spellings name the same host: equal ignoring case, or both loopback.
-fn same_host(a: &str, b: &str) -> bool {
-    let loopback =
-        |h: &str| h.eq_ignore_ascii_case("localhost") || h == "::1" || h.starts_with("127.");
-    a.eq_ignore_ascii_case(b) || (loopback(a) && loopback(b))
+/// Whether a host spelling is this machine's loopback.
+fn loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether every configured node is on loopback: the cluster is on one machine, where
+/// `localhost`, `127.0.0.1` and `::1` are the same host.
+fn all_local(nodes: &[&Node]) -> bool {
+    nodes.iter().all(|n| loopback(split_address(&n.address).0))
+}
+
+/// Whether two spellings name the same host: equal ignoring case, or both loopback on a
+/// cluster that lives on one machine.
+fn same_host(a: &str, b: &str, local: bool) -> bool {
+    a.eq_ignore_ascii_case(b) || (local && loopback(a) && loopback(b))
 }
 
 #[cfg(test)]
@@ -117,17 +136,24 @@ mod tests {
             sender_port: Some(port),
             ..Receiver::default()
         };
+        let all: Vec<&Node> = nodes.iter().collect();
+        let local: Vec<&Node> = nodes[2..].iter().collect();
+        #[rustfmt::skip]
         let cases = [
-            (at("10.0.0.1", 5432), Some("pg1")),
-            (at("10.0.0.2", 5432), Some("pg2")),
-            (at("10.0.0.2", 5433), None),
-            (at("127.0.0.1", 6000), Some("local")),
-            (at("::1", 6001), Some("v6")),
-            (at("/var/run/postgresql", 5432), None),
-            (Receiver::default(), None),
+            (&all, at("10.0.0.1", 5432), Some("pg1")),
+            (&all, at("10.0.0.2", 5432), Some("pg2")),
+            (&all, at("10.0.0.2", 5433), None),
+            (&all, at("::1", 6001), Some("v6")),
+            // Another machine's loopback is not this cluster's node.
+            (&all, at("127.0.0.1", 6000), None),
+            // A cluster on one machine: every loopback spelling is the same host.
+            (&local, at("127.0.0.1", 6000), Some("local")),
+            (&local, at("127.1.2.3", 6001), Some("v6")),
+            (&local, at("/var/run/postgresql", 6000), None),
+            (&all, Receiver::default(), None),
         ];
-        for (receiver, want) in cases {
-            let got = upstream_of(&receiver, &nodes).map(|n| n.name.as_str());
+        for (nodes, receiver, want) in cases {
+            let got = upstream_of(&receiver, nodes).map(|n| n.name.as_str());
             assert_eq!(got, want, "{receiver:?}");
         }
     }
@@ -176,8 +202,9 @@ mod tests {
             ("no rows", &[], Some(&wr), true, None),
             ("a unique address with another name", &clustered[..1], Some(&receiver(Some("zzz"), None)), true, None),
         ];
+        let nodes = [&me];
         for (why, rows, receiver, from_primary, want) in cases {
-            let got = row_for(&me, receiver, from_primary, rows).map(|r| {
+            let got = row_for(&me, receiver, from_primary, rows, &nodes).map(|r| {
                 rows.iter()
                     .position(|x| std::ptr::eq(x, r))
                     .unwrap_or(usize::MAX)

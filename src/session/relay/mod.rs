@@ -123,10 +123,9 @@ struct Slot {
     /// instead), ParseComplete, BindComplete and descriptions. Passed on with the first
     /// row or the end of the answer; dropped when the read runs again elsewhere.
     early: BytesMut,
-    /// The standby refused the retryable read in flight as a write (`25006`): nothing of
-    /// its answer reaches the client, and the read runs on the primary at its
-    /// ReadyForQuery.
-    refused: bool,
+    /// The standby refused the retryable read in flight: nothing of its answer reaches
+    /// the client, and the read runs on the primary at its ReadyForQuery.
+    refused: Option<Refusal>,
     /// The client request being answered here, counted at its ReadyForQuery.
     answering: Option<Answering>,
     /// The settings applied here before the open transaction (`None`: unknown), which
@@ -173,7 +172,7 @@ impl Slot {
             last_synced: false,
             retry: None,
             early: BytesMut::new(),
-            refused: false,
+            refused: None,
             answering: None,
             applied_before: None,
             renamed: None,
@@ -317,23 +316,34 @@ enum Op {
 /// to a server anyway, when it is not yet known which one (libpq's pipeline mode sends
 /// statements and waits for an error that PostgreSQL sends at once). Messages arriving
 /// apart, as some drivers write them, are not split over servers by a shorter pause.
-/// SQLSTATE of a hot standby refusing a write: `read_only_sql_transaction`.
-const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+/// Why a standby refused a read that runs again on the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// `25006` (read_only_sql_transaction): the statement writes in a way its text does
+    /// not show; its shape goes to the primary from now on.
+    Writes,
+    /// `42883` or `42P01`: a function or table the standby has not replayed yet (the
+    /// catalog is read from the primary, so a new function is known before the
+    /// standbys have it); later statements may well run on a standby.
+    NotReplayed,
+}
 
-/// The statement an extended-protocol message creates or runs, as the servers know it.
-fn op_target(op: &Op) -> Option<Target> {
-    match op {
-        Op::Parse(_, statement) => Some(Target::Named(Arc::clone(statement))),
-        Op::ParseUnnamed(frame, id) => Some(Target::Unnamed {
-            parse: frame.raw.clone(),
-            id: *id,
-        }),
-        Op::Uses(_, target, _) => Some(target.clone()),
-        _ => None,
+impl Refusal {
+    /// The refusal an error from a standby stands for, if it is one.
+    fn of(code: &str) -> Option<Refusal> {
+        match code {
+            "25006" => Some(Refusal::Writes),
+            "42883" | "42P01" => Some(Refusal::NotReplayed),
+            _ => None,
+        }
     }
 }
 
-/// The SQL texts a request runs or prepares.
+/// The most a retryable read's answers may wait before its first row; past it they go
+/// to the client and the read is no longer retried (a batch of many Describes).
+const EARLY_LIMIT: usize = 64 * 1024;
+
+/// The SQL texts a request runs.
 fn request_texts(request: &Request) -> Vec<String> {
     let parse_text = |parse: &[u8]| {
         let mut body = parse.get(5..)?;
@@ -344,8 +354,10 @@ fn request_texts(request: &Request) -> Vec<String> {
         Request::Query(frame, _) => vec![query_text(frame.body()).to_owned()],
         Request::Batch { ops, .. } => ops
             .iter()
-            .filter_map(op_target)
-            .filter_map(|target| parse_text(target.parse()))
+            .filter_map(|op| match op {
+                Op::Uses(frame, target, _) if frame.tag == b'B' => parse_text(target.parse()),
+                _ => None,
+            })
             .collect(),
         Request::Function(_) => Vec::new(),
     }
@@ -448,8 +460,11 @@ pub struct Relay<'a> {
     /// A function was created, changed or dropped: the catalog is read again once the
     /// change commits.
     functions_changed: bool,
-    /// A read a standby refused as a write, to run on the primary now.
-    refused: Option<(Request, Arc<Classification>)>,
+    /// A read a standby refused, to run on the primary now.
+    refused: Option<(Request, Arc<Classification>, Refusal)>,
+    /// The request being dispatched runs again on the primary after a standby refused
+    /// it: it goes there whatever its text classifies as now.
+    rerun_on_primary: bool,
     /// Read-your-writes: when this client's last write committed, until a standby is
     /// known to have replayed it.
     written_at: Option<Instant>,
@@ -545,6 +560,7 @@ impl<'a> Relay<'a> {
             wrote: false,
             functions_changed: false,
             refused: None,
+            rerun_on_primary: false,
             written_at: None,
             draining: false,
             primary_read: None,
@@ -1180,8 +1196,27 @@ impl<'a> Relay<'a> {
         self.primary_read = None;
         let (plan, class) = self.plan(&request);
         let begins = matches!(plan, Plan::BeginThenSend(..));
+        // The client hears of no ParseComplete when the batch reaches no server.
+        let parsed: Vec<(String, u64)> = match &request {
+            Request::Batch { ops, .. } => ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Parse(name, statement) => Some((name.clone(), statement.id)),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         match self.execute(plan, class, request).await {
-            Err(e) if reached_no_server(&e) => self.answer_unsent(e, answered, begins).await,
+            Err(e) if reached_no_server(&e) => {
+                for (name, id) in parsed {
+                    let held = self.state.statements.get(&name);
+                    if held.is_some_and(|p| matches!(&p.target, Target::Named(s) if s.id == id)) {
+                        self.state.statements.remove(&name);
+                    }
+                }
+                self.answer_unsent(e, answered, begins).await
+            }
             result => result,
         }
     }
@@ -1339,7 +1374,10 @@ impl<'a> Relay<'a> {
         match request {
             Request::Query(frame, _) => {
                 let text = query_text(frame.body());
-                let class = self.classify(text);
+                let mut class = self.classify(text);
+                if self.rerun_on_primary && class.route != Route::Primary {
+                    class = Arc::new(class.refused_by_standby());
+                }
                 let plan = match self.sticky {
                     Some(conn) => Plan::Send(conn),
                     None => self
@@ -1844,8 +1882,8 @@ impl<'a> Relay<'a> {
             Ok(None) | Err(_) => return Box::pin(self.server_lost(conn, None)).await,
         };
         let injected_done = self.absorb_server_frame(conn, &frame);
-        if let Some((request, class)) = self.refused.take() {
-            Box::pin(self.run_refused_on_primary(request, &class)).await?;
+        if let Some((request, class, refusal)) = self.refused.take() {
+            Box::pin(self.run_refused_on_primary(request, &class, refusal)).await?;
         }
         // The rare and large steps are boxed: this future stays small, as a message that
         // is only forwarded (most of them) should cost no allocation and no big copy.
@@ -1874,36 +1912,42 @@ impl<'a> Relay<'a> {
         Ok(Step::Continue)
     }
 
-    /// Runs a read a standby refused as a write on the primary, and has statements of its
-    /// shape sent there from now on (logged once per shape).
+    /// Runs a read a standby refused on the primary. One refused as a write also has
+    /// statements of its shape sent there from now on (logged once per shape).
     async fn run_refused_on_primary(
         &mut self,
         request: Request,
         class: &Classification,
+        refusal: Refusal,
     ) -> Result<(), ProxyError> {
-        let functions = self.shared.functions.for_database(&self.startup.database);
-        for text in request_texts(&request) {
-            if self.shared.classifier.refused_by_standby(&text, &functions) {
-                tracing::warn!(
-                    statement = %crate::classify::normalize(&text),
-                    "a standby refused a read as a write (25006): it runs on the primary, and \
-                     statements of this shape go there from now on"
-                );
+        if refusal == Refusal::Writes {
+            let functions = self.shared.functions.for_database(&self.startup.database);
+            for text in request_texts(&request) {
+                if self.shared.classifier.refused_by_standby(&text, &functions) {
+                    tracing::warn!(
+                        statement = %crate::classify::normalize(&text),
+                        "a standby refused a read as a write (25006): it runs on the primary, \
+                         and statements of this shape go there from now on"
+                    );
+                }
             }
         }
         let request = match request {
             Request::Batch {
                 ops, sync, bytes, ..
             } => {
-                let refused = Arc::new(class.refused_by_standby());
-                for op in &ops {
-                    if let Some(target) = op_target(op) {
-                        self.state.refused_by_standby(&target);
+                if refusal == Refusal::Writes {
+                    for op in &ops {
+                        if let Op::Uses(frame, target, _) = op {
+                            if frame.tag == b'B' {
+                                self.state.refused_by_standby(target);
+                            }
+                        }
                     }
                 }
                 Request::Batch {
                     ops,
-                    class: refused,
+                    class: Arc::new(class.refused_by_standby()),
                     sync,
                     bytes,
                 }
@@ -1911,7 +1955,9 @@ impl<'a> Relay<'a> {
             other => other,
         };
         self.retried = true;
+        self.rerun_on_primary = true;
         let sent = self.dispatch(request).await;
+        self.rerun_on_primary = false;
         self.retried = false;
         sent
     }
@@ -1971,8 +2017,11 @@ impl<'a> Relay<'a> {
         let slot = self.slot(conn);
         let ours = slot.track_reply(frame.tag);
         if !slot.failed_parses.is_empty() {
-            // PostgreSQL creates no statement when its Parse fails.
-            for (name, id) in std::mem::take(&mut slot.failed_parses) {
+            let failed_parses = std::mem::take(&mut slot.failed_parses);
+            // PostgreSQL creates no statement when its Parse fails; a refused read's
+            // Parses run again on the primary, though.
+            let rerun = slot.refused.is_some();
+            for (name, id) in failed_parses.into_iter().filter(|_| !rerun) {
                 let failed = self
                     .state
                     .statements
@@ -1989,13 +2038,11 @@ impl<'a> Relay<'a> {
             // A statement the classifier could not see writing (a view over a function
             // that writes): the client never hears the standby's refusal.
             (None, b'E')
-                if conn == Conn::Standby
-                    && slot.retry.is_some()
-                    && crate::protocol::ErrorFields::parse(frame.body()).code
-                        == READ_ONLY_SQL_TRANSACTION =>
+                if conn == Conn::Standby && slot.retry.is_some() && slot.refused.is_none() =>
             {
-                slot.refused = true;
-                true
+                let refusal = Refusal::of(&crate::protocol::ErrorFields::parse(frame.body()).code);
+                slot.refused = refusal;
+                refusal.is_some()
             }
             (Some(Swallow::UntilReady), tag) => {
                 if tag == b'E' {
@@ -2020,7 +2067,9 @@ impl<'a> Relay<'a> {
             // statement's description): a read that runs again elsewhere is answered
             // there in full, and the client must not see them twice.
             (None, b'N' | b'E' | b'1' | b'2' | b't' | b'T' | b'n')
-                if slot.retry.is_some() && (frame.tag != b'E' || is_fatal(frame.body())) =>
+                if slot.retry.is_some()
+                    && slot.early.len() + frame.raw.len() <= EARLY_LIMIT
+                    && (frame.tag != b'E' || is_fatal(frame.body())) =>
             {
                 slot.early.extend_from_slice(&frame.raw);
                 true
@@ -2113,12 +2162,15 @@ impl<'a> Relay<'a> {
                 _ => {}
             }
             let slot = self.slot(conn);
-            if slot.refused {
+            if let Some(refusal) = slot.refused {
                 if frame.tag == b'Z' {
-                    slot.refused = false;
+                    slot.refused = None;
                     slot.early.clear();
                     slot.answering = None;
-                    self.refused = slot.retry.take();
+                    self.refused = slot
+                        .retry
+                        .take()
+                        .map(|(request, class)| (request, class, refusal));
                 }
                 return injected_done;
             }

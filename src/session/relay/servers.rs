@@ -220,6 +220,7 @@ impl Relay<'_> {
         let node = slot.node;
         let was_busy = slot.pending > 0;
         let retry = slot.retry.take();
+        let refused = slot.refused;
         let key = slot.conn.as_ref().map(|c| c.server.key);
         let told_fatal = slot.told_fatal;
         *slot = Slot::empty();
@@ -243,6 +244,14 @@ impl Relay<'_> {
             self.shared.stats.release(node);
             self.avoid
                 .push((node, Instant::now() + AVOID_FAILED_STANDBY));
+        }
+        if let (Some(refusal), Some((request, class))) = (refused, &retry) {
+            // It had refused the read before it went: the refusal stands.
+            let request = request.clone();
+            let class = Arc::clone(class);
+            Box::pin(self.run_refused_on_primary(request, &class, refusal)).await?;
+            self.release_held().await?;
+            return Ok(Step::Continue);
         }
         if let (true, Some((request, _))) = (was_busy, retry) {
             tracing::warn!(%address, ?conn, "server lost before answering a read: retrying it");
