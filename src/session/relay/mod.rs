@@ -118,6 +118,8 @@ struct Slot {
     /// An autocommit read whose answer has not started yet: if the server dies now,
     /// it is sent again elsewhere.
     retry: Option<(Request, Arc<Classification>)>,
+    /// How many times the request in flight here has been sent, this time included.
+    runs: u8,
     /// What arrived before a retryable read's first row: notices and FATAL errors (a
     /// server shutting down says so before it closes, and then the read is retried
     /// instead), ParseComplete, BindComplete and descriptions. Passed on with the first
@@ -171,6 +173,7 @@ impl Slot {
             reset_on_release: false,
             last_synced: false,
             retry: None,
+            runs: 0,
             early: BytesMut::new(),
             refused: None,
             answering: None,
@@ -329,15 +332,23 @@ enum Refusal {
 }
 
 impl Refusal {
-    /// The refusal an error from a standby stands for, if it is one.
-    fn of(code: &str) -> Option<Refusal> {
-        match code {
+    /// The refusal an ErrorResponse (its body) from a standby stands for, if it is one;
+    /// never a FATAL error, which ends the connection (and is retried as its loss).
+    fn of(error: &[u8]) -> Option<Refusal> {
+        if is_fatal(error) {
+            return None;
+        }
+        match crate::protocol::ErrorFields::parse(error).code.as_str() {
             "25006" => Some(Refusal::Writes),
             "42883" | "42P01" => Some(Refusal::NotReplayed),
             _ => None,
         }
     }
 }
+
+/// How many times an autocommit read is sent at most when servers are lost before it is
+/// answered.
+const MAX_RUNS: u8 = 3;
 
 /// The most a retryable read's answers may wait before its first row; past it they go
 /// to the client and the read is no longer retried (a batch of many Describes).
@@ -481,8 +492,9 @@ pub struct Relay<'a> {
     client_frames: u64,
     /// `client_frames` when a tick first saw the client idle in its transaction, and when.
     idle_mark: Option<(u64, Instant)>,
-    /// The request being dispatched is a retry: it is not retried again.
-    retried: bool,
+    /// How many times the request being dispatched ran before (on servers lost before
+    /// answering); at [`MAX_RUNS`] it is not retried again.
+    runs_before: u8,
     /// Fires when the client has left extended-protocol messages without Sync or Flush
     /// for [`UNSYNCED_WAIT`]: they go to the server then, as PostgreSQL runs them.
     quiet: Pin<Box<Sleep>>,
@@ -572,7 +584,7 @@ impl<'a> Relay<'a> {
             .filter(|t| !t.is_zero()),
             client_frames: 0,
             idle_mark: None,
-            retried: false,
+            runs_before: 0,
             quiet: Box::pin(tokio::time::sleep(Duration::ZERO)),
             quiet_armed: false,
         }
@@ -1605,9 +1617,11 @@ impl<'a> Relay<'a> {
         }
         // An autocommit read can run again elsewhere until its answer starts: nothing
         // of it reached the client, and running it twice changes nothing. Not the end of
-        // a Flush chain (its earlier statements would be lost), and only once.
+        // a Flush chain (its earlier statements would be lost), and a bounded number of
+        // times (a pooled connection to a primary that just stopped fails the first
+        // retry too; the next one finds it unreachable and reads from a standby).
         let retryable = !mid_chain
-            && !self.retried
+            && self.runs_before + 1 < MAX_RUNS
             && begin.is_none()
             && self.state.txn.is_none()
             && !self.state.holds(conn)
@@ -1617,7 +1631,10 @@ impl<'a> Relay<'a> {
                 request,
                 Request::Query(..) | Request::Batch { sync: true, .. }
             );
-        self.slot(conn).retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
+        let runs = self.runs_before + 1;
+        let slot = self.slot(conn);
+        slot.retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
+        slot.runs = runs;
         self.injected_error = None;
         // Inside its transaction the connection has exactly what the client set there;
         // a sync would only fail in an aborted transaction and block its ROLLBACK.
@@ -1954,11 +1971,11 @@ impl<'a> Relay<'a> {
             }
             other => other,
         };
-        self.retried = true;
+        self.runs_before = MAX_RUNS;
         self.rerun_on_primary = true;
         let sent = self.dispatch(request).await;
         self.rerun_on_primary = false;
-        self.retried = false;
+        self.runs_before = 0;
         sent
     }
 
@@ -2038,11 +2055,13 @@ impl<'a> Relay<'a> {
             // A statement the classifier could not see writing (a view over a function
             // that writes): the client never hears the standby's refusal.
             (None, b'E')
-                if conn == Conn::Standby && slot.retry.is_some() && slot.refused.is_none() =>
+                if conn == Conn::Standby
+                    && slot.retry.is_some()
+                    && slot.refused.is_none()
+                    && Refusal::of(frame.body()).is_some() =>
             {
-                let refusal = Refusal::of(&crate::protocol::ErrorFields::parse(frame.body()).code);
-                slot.refused = refusal;
-                refusal.is_some()
+                slot.refused = Refusal::of(frame.body());
+                true
             }
             (Some(Swallow::UntilReady), tag) => {
                 if tag == b'E' {

@@ -220,6 +220,7 @@ impl Relay<'_> {
         let node = slot.node;
         let was_busy = slot.pending > 0;
         let retry = slot.retry.take();
+        let runs = slot.runs;
         let refused = slot.refused;
         let key = slot.conn.as_ref().map(|c| c.server.key);
         let told_fatal = slot.told_fatal;
@@ -255,9 +256,9 @@ impl Relay<'_> {
         }
         if let (true, Some((request, _))) = (was_busy, retry) {
             tracing::warn!(%address, ?conn, "server lost before answering a read: retrying it");
-            self.retried = true;
+            self.runs_before = runs;
             let sent = self.dispatch(request).await;
-            self.retried = false;
+            self.runs_before = 0;
             sent?;
             // A request held behind the read goes out once nothing is in flight: also
             // when the retry itself could not reach a server and was answered here.
