@@ -281,52 +281,58 @@ fn number<T: std::str::FromStr>(value: &Option<String>, what: &str) -> Result<Op
 /// backslash escapes when they hold spaces): `application_name`, else
 /// `fallback_application_name`.
 fn application_name(conninfo: &str) -> Option<String> {
-    let pairs = conninfo_pairs(conninfo);
-    let find = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, v)| k == key && !v.is_empty())
-            .map(|(_, v)| v.clone())
-    };
-    find("application_name").or_else(|| find("fallback_application_name"))
+    conninfo_value(conninfo, "application_name")
+        .or_else(|| conninfo_value(conninfo, "fallback_application_name"))
 }
 
-/// Splits a libpq `key=value` connection string; a malformed tail ends the list.
-fn conninfo_pairs(conninfo: &str) -> Vec<(String, String)> {
-    let mut pairs = Vec::new();
+/// The non-empty value of `wanted` in a libpq `key=value` connection string; only that
+/// value is copied. A malformed tail ends the search.
+fn conninfo_value(conninfo: &str, wanted: &str) -> Option<String> {
     let mut chars = conninfo.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let key: String =
-            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
-        if key.is_empty() {
-            return pairs;
+        let mut key_matches = true;
+        let mut key_len = 0;
+        let mut expected = wanted.chars();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key_matches &= expected.next() == Some(c);
+            key_len += 1;
+        }
+        let wanted_here = key_matches && expected.next().is_none();
+        if key_len == 0 {
+            return None;
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return pairs;
+            return None;
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
+        let mut keep = |c: char| {
+            if wanted_here {
+                value.push(c);
+            }
+        };
         if chars.next_if_eq(&'\'').is_some() {
             loop {
                 match chars.next() {
-                    Some('\\') => value.extend(chars.next()),
+                    Some('\\') => chars.next().into_iter().for_each(&mut keep),
                     Some('\'') => break,
-                    Some(c) => value.push(c),
-                    None => return pairs,
+                    Some(c) => keep(c),
+                    None => return None,
                 }
             }
         } else {
             while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.extend(chars.next());
-                } else {
-                    value.push(c);
+                match c {
+                    '\\' => chars.next().into_iter().for_each(&mut keep),
+                    c => keep(c),
                 }
             }
         }
-        pairs.push((key, value));
+        if wanted_here && !value.is_empty() {
+            return Some(value);
+        }
     }
 }
 

@@ -120,11 +120,6 @@ struct Slot {
     retry: Option<(Request, Arc<Classification>)>,
     /// How many times the request in flight here has been sent, this time included.
     runs: u8,
-    /// What arrived before a retryable read's first row: notices and FATAL errors (a
-    /// server shutting down says so before it closes, and then the read is retried
-    /// instead), ParseComplete, BindComplete and descriptions. Passed on with the first
-    /// row or the end of the answer; dropped when the read runs again elsewhere.
-    early: BytesMut,
     /// The standby refused the retryable read in flight: nothing of its answer reaches
     /// the client, and the read runs on the primary at its ReadyForQuery.
     refused: Option<Refusal>,
@@ -174,7 +169,6 @@ impl Slot {
             last_synced: false,
             retry: None,
             runs: 0,
-            early: BytesMut::new(),
             refused: None,
             answering: None,
             applied_before: None,
@@ -471,6 +465,14 @@ pub struct Relay<'a> {
     /// A function was created, changed or dropped: the catalog is read again once the
     /// change commits.
     functions_changed: bool,
+    /// What arrived before the first row of the retryable read in flight (one request is
+    /// in flight at a time outside Flush chains, which are not retried): notices and
+    /// FATAL errors (a server shutting down says so before it closes, and then the read
+    /// is retried instead), ParseComplete, BindComplete and descriptions. Passed on with
+    /// the first row or the end of the answer; dropped when the read runs again
+    /// elsewhere. Kept here, not per server connection, so its allocation outlives the
+    /// pooled connections a session goes through.
+    early: BytesMut,
     /// A read a standby refused, to run on the primary now.
     refused: Option<(Request, Arc<Classification>, Refusal)>,
     /// The request being dispatched runs again on the primary after a standby refused
@@ -571,6 +573,7 @@ impl<'a> Relay<'a> {
             injected_error: None,
             wrote: false,
             functions_changed: false,
+            early: BytesMut::new(),
             refused: None,
             rerun_on_primary: false,
             written_at: None,
@@ -2049,7 +2052,10 @@ impl<'a> Relay<'a> {
                 }
             }
         }
-        let slot = self.slot(conn);
+        let (slot, early) = match conn {
+            Conn::Primary => (&mut self.primary, &mut self.early),
+            Conn::Standby => (&mut self.standby, &mut self.early),
+        };
         let swallowed = match (slot.swallow.front().copied(), frame.tag) {
             (None, _) if ours => true,
             // A statement the classifier could not see writing (a view over a function
@@ -2087,10 +2093,10 @@ impl<'a> Relay<'a> {
             // there in full, and the client must not see them twice.
             (None, b'N' | b'E' | b'1' | b'2' | b't' | b'T' | b'n')
                 if slot.retry.is_some()
-                    && slot.early.len() + frame.raw.len() <= EARLY_LIMIT
+                    && early.len() + frame.raw.len() <= EARLY_LIMIT
                     && (frame.tag != b'E' || is_fatal(frame.body())) =>
             {
-                slot.early.extend_from_slice(&frame.raw);
+                early.extend_from_slice(&frame.raw);
                 true
             }
             (None, b'E') if slot.pending == 0 && owes_nothing => {
@@ -2184,12 +2190,12 @@ impl<'a> Relay<'a> {
             if let Some(refusal) = slot.refused {
                 if frame.tag == b'Z' {
                     slot.refused = None;
-                    slot.early.clear();
                     slot.answering = None;
                     self.refused = slot
                         .retry
                         .take()
                         .map(|(request, class)| (request, class, refusal));
+                    self.early.clear();
                 }
                 return injected_done;
             }
@@ -2197,16 +2203,18 @@ impl<'a> Relay<'a> {
                 .then(|| self.notifier_pid(conn, frame.body()))
                 .flatten();
             let slot = self.slot(conn);
-            slot.retry = None;
+            // Only the read that held answers back passes them on.
+            let held_back = slot.retry.take().is_some();
             let renamed = match frame.tag {
                 b'E' | b'Z' => slot.renamed.take(),
                 _ => None,
             };
             let mut sent = frame.raw.len();
-            if !slot.early.is_empty() {
-                let early = slot.early.split();
-                sent += early.len();
-                self.to_client.extend_from_slice(&early);
+            if held_back && !self.early.is_empty() {
+                // Copied and cleared, not split off: the buffer keeps its capacity.
+                sent += self.early.len();
+                self.to_client.extend_from_slice(&self.early);
+                self.early.clear();
             }
             let at = self.to_client.len();
             match renamed.filter(|_| frame.tag == b'E') {

@@ -225,6 +225,10 @@ impl Relay<'_> {
         let key = slot.conn.as_ref().map(|c| c.server.key);
         let told_fatal = slot.told_fatal;
         *slot = Slot::empty();
+        if retry.is_some() {
+            // What the lost server said before the read's answer started goes with it.
+            self.early.clear();
+        }
         // Statements of a Flush chain ran here, answered without a Sync yet: they are
         // lost with the connection, and the client must hear so.
         let chained = self.sticky == Some(conn);
