@@ -143,13 +143,7 @@ impl FunctionCatalogs {
         let Some(primary) = topology.load().primary().map(|p| p.node.address.clone()) else {
             return;
         };
-        let databases: Vec<String> = self
-            .wanted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let databases = self.databases();
         let settings = self.settings.load_full();
         let routing = &settings.raw.routing;
         let mut next = (**self.by_database.load()).clone();

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestProxy;
+use common::{describe, TestProxy};
 use pgsplit::cluster::{Cluster, Naming, Shape, APP_DATABASE, APP_PASSWORD, APP_USER};
 use pgsplit::topology::{LagStatus, Topology};
 use tokio::task::block_in_place;
@@ -195,6 +195,16 @@ fn wiring(cluster: &Cluster) -> String {
         .join(", ")
 }
 
+/// `name=count` per node.
+fn per_node(nodes: &[pgsplit::cluster::Node], counts: &[usize]) -> String {
+    nodes
+        .iter()
+        .zip(counts)
+        .map(|(n, count)| format!("{}={count}", n.name))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn sql(cluster: &Cluster, node: usize, sql: &str) -> String {
     cluster
         .sql(node, APP_DATABASE, sql)
@@ -343,12 +353,7 @@ async fn reads_spread(cluster: &Cluster, proxy: &TestProxy) -> (String, Option<S
         (served, errors)
     };
     let ((served, mut wrong), eligible) = eligibility_during(proxy, reads).await;
-    let counts = nodes
-        .iter()
-        .zip(&served)
-        .map(|(n, count)| format!("{}={count}", n.name))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let counts = per_node(nodes, &served);
     let shares = (1..nodes.len())
         .map(|i| format!("{} {}%", nodes[i].name, eligible[i]))
         .collect::<Vec<_>>()
@@ -591,12 +596,7 @@ async fn own_writes(cluster: &Cluster, proxy: &TestProxy) -> (String, Option<Str
             stale.push((i, seen, node.map_or("?", |n| nodes[n].name.as_str())));
         }
     }
-    let counts = nodes
-        .iter()
-        .zip(&served)
-        .map(|(n, count)| format!("{}={count}", n.name))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let counts = per_node(nodes, &served);
     let report = format!("{} stale of {OWN_WRITES}, reads {counts}", stale.len());
     let failure = (!stale.is_empty()).then(|| {
         let first: Vec<String> = stale
@@ -629,24 +629,4 @@ async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// One line per node, for failure messages.
-fn describe(t: &Topology) -> String {
-    t.nodes
-        .iter()
-        .map(|n| {
-            format!(
-                "\n  {}: {:?} eligible={} lag_bytes={:?} lag_time={:?} lag={:?} ban={:?} error={:?}",
-                n.node.name,
-                n.role,
-                n.eligible,
-                n.lag_bytes,
-                n.lag_time,
-                n.lag_status,
-                n.ban.as_ref().map(|b| (&b.reason, b.failures)),
-                n.error
-            )
-        })
-        .collect()
 }

@@ -36,6 +36,17 @@ async fn port_of(client: &Client, sql: &str) -> i32 {
     row.get(0)
 }
 
+/// A client has used the app database, and its function catalog has had time to load.
+async fn catalog_loaded(proxy: &TestProxy) {
+    proxy
+        .connect()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 /// Runs `sql` on fresh clients until a standby answers it; how long that took.
 async fn until_a_standby_runs(proxy: &TestProxy, sql: &str, within: Duration) -> Duration {
     let primary = proxy.topology().primary().map(|p| p.node.address.clone());
@@ -60,13 +71,7 @@ async fn until_a_standby_runs(proxy: &TestProxy, sql: &str, within: Duration) ->
 async fn a_function_created_through_pgsplit_is_routed_by_its_volatility_at_once() {
     let proxy = proxy().await;
     // The catalog is loaded before the functions exist.
-    proxy
-        .connect()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    catalog_loaded(&proxy).await;
     proxy
         .connect()
         .await
@@ -95,13 +100,7 @@ async fn a_function_created_through_pgsplit_is_routed_by_its_volatility_at_once(
 #[tokio::test]
 async fn a_function_created_directly_on_the_primary_is_learned_from_its_first_call() {
     let proxy = proxy().await;
-    proxy
-        .connect()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    catalog_loaded(&proxy).await;
     cluster()
         .sql(
             0,
@@ -245,13 +244,7 @@ async fn a_function_the_standbys_have_not_replayed_yet_runs_on_the_primary() {
         "[routing]\nread_your_writes = \"off\"\n",
     )
     .await;
-    proxy
-        .connect()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    catalog_loaded(&proxy).await;
     for standby in 1..cluster.nodes().len() {
         cluster.pause_replay(standby).unwrap();
     }

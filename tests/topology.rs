@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{text, TestProxy};
+use common::{describe, text, TestProxy};
 use pgsplit::cluster::{Cluster, StopMode, APP_DATABASE};
 use pgsplit::topology::{LagStatus, Topology};
 
@@ -32,26 +32,6 @@ async fn cluster_and_proxy() -> (Cluster, TestProxy) {
     })
     .await;
     (cluster, proxy)
-}
-
-/// One line per node, for failure messages.
-fn describe(t: &Topology) -> String {
-    t.nodes
-        .iter()
-        .map(|n| {
-            format!(
-                "\n  {}: {:?} eligible={} lag_bytes={:?} lag_time={:?} lag={:?} ban={:?} error={:?}",
-                n.node.name,
-                n.role,
-                n.eligible,
-                n.lag_bytes,
-                n.lag_time,
-                n.lag_status,
-                n.ban.as_ref().map(|b| (&b.reason, b.failures)),
-                n.error
-            )
-        })
-        .collect()
 }
 
 /// Polls the proxy's snapshot until `ready` holds; returns how long that took.

@@ -227,6 +227,26 @@ pub async fn own_cluster() -> Cluster {
         .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"))
 }
 
+/// A topology snapshot, one line per node, for failure messages.
+pub fn describe(t: &pgsplit::topology::Topology) -> String {
+    t.nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "\n  {}: {:?} eligible={} lag_bytes={:?} lag_time={:?} lag={:?} ban={:?} error={:?}",
+                n.node.name,
+                n.role,
+                n.eligible,
+                n.lag_bytes,
+                n.lag_time,
+                n.lag_status,
+                n.ban.as_ref().map(|b| (&b.reason, b.failures)),
+                n.error
+            )
+        })
+        .collect()
+}
+
 /// The SQLSTATE of a tokio-postgres error, or a description of why there is none.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()
