@@ -10,6 +10,7 @@ pub mod backend;
 pub mod balance;
 pub mod catalog;
 pub mod classify;
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod demo;

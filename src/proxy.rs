@@ -1,11 +1,8 @@
 //! The listener: accepts clients within `max_client_conn`, runs the topology monitor,
 //! forwards cancel requests, and shuts down gracefully.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
@@ -14,11 +11,11 @@ use tokio::task::JoinHandle;
 
 use crate::catalog::FunctionCatalogs;
 use crate::classify::{CacheStats, Classifier};
+use crate::clients::CancelRegistry;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::pool::{Limit, PoolSnapshot, Pools};
 use crate::prepared::Registry;
-use crate::protocol::BackendKey;
 use crate::reload::{SharedSettings, Sources};
 use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
@@ -33,128 +30,6 @@ pub enum Phase {
     Draining,
     /// Every session ends now.
     Closing,
-}
-
-/// The server a cancel key points at.
-#[derive(Debug, Clone)]
-pub struct CancelTarget {
-    /// Server address.
-    pub address: String,
-    /// The server's own key for that backend.
-    pub key: BackendKey,
-    /// The connection's count of cancels on their way.
-    pub in_flight: Arc<AtomicUsize>,
-    /// When that server connection was opened.
-    pub connected_at: SystemTime,
-}
-
-/// Who a client is, for the admin console's SHOW CLIENTS.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// User name it logged in as.
-    pub user: String,
-    /// Role pgsplit uses for it on the servers.
-    pub server_user: String,
-    /// Database.
-    pub database: String,
-    /// Its address.
-    pub addr: Option<SocketAddr>,
-    /// pgsplit's address it reached.
-    pub local_addr: Option<SocketAddr>,
-    /// When it logged in.
-    pub connected_at: SystemTime,
-    /// Whether it speaks TLS.
-    pub tls: bool,
-    /// Its startup `application_name`.
-    pub application_name: String,
-}
-
-/// A logged-in client: who it is, and the server connection running its request, if
-/// any. The session points it at its server itself, without the registry's lock (that
-/// happens twice per request).
-pub struct ClientEntry {
-    /// Who the client is.
-    pub info: Arc<ClientInfo>,
-    /// The process id pgsplit told it (the pid of its cancel key).
-    pub pid: i32,
-    target: Mutex<Option<CancelTarget>>,
-}
-
-impl ClientEntry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<CancelTarget>> {
-        self.target.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Points the client's cancel key at the server now serving it, or at nothing.
-    pub fn point_at(&self, target: Option<CancelTarget>) {
-        let previous = std::mem::replace(&mut *self.lock(), target);
-        // Dropped outside the lock.
-        drop(previous);
-    }
-}
-
-/// The clients logged in, each under the cancel key pgsplit handed it.
-#[derive(Default)]
-pub struct CancelRegistry {
-    keys: Mutex<HashMap<BackendKey, Arc<ClientEntry>>>,
-}
-
-impl CancelRegistry {
-    /// Hands out a fresh random key for a client, pointing at no server yet.
-    pub fn register(&self, info: ClientInfo) -> (BackendKey, Arc<ClientEntry>) {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let info = Arc::new(info);
-        loop {
-            // Never 0, which stands for no client in `Pooled::serving`.
-            let key = BackendKey {
-                pid: (rand::random::<i32>() & i32::MAX).max(1),
-                secret: rand::random(),
-            };
-            if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(key) {
-                let entry = Arc::new(ClientEntry {
-                    info: Arc::clone(&info),
-                    pid: key.pid,
-                    target: Mutex::new(None),
-                });
-                slot.insert(Arc::clone(&entry));
-                return (key, entry);
-            }
-        }
-    }
-
-    /// Every client with the server connection it holds now.
-    pub fn clients(&self) -> Vec<(Arc<ClientInfo>, Option<CancelTarget>)> {
-        self.keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|e| (Arc::clone(&e.info), e.lock().clone()))
-            .collect()
-    }
-
-    /// The server running the request of the session behind a key, if any, counted as
-    /// having a cancel on its way (under the client's lock, so a session releasing that
-    /// connection either sees the count or has already unlinked it).
-    pub fn begin_cancel(&self, key: BackendKey) -> Option<CancelTarget> {
-        let entry = Arc::clone(
-            self.keys
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&key)?,
-        );
-        let target = entry.lock();
-        let target = target.as_ref()?;
-        target.in_flight.fetch_add(1, Ordering::SeqCst);
-        Some(target.clone())
-    }
-
-    /// Forgets a key when its session ends.
-    pub fn remove(&self, key: BackendKey) {
-        self.keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-    }
 }
 
 /// State every session shares.
@@ -432,48 +307,5 @@ pub async fn shutdown_signal() {
             // Without signal handlers Ctrl-C still works through tokio's portable handler.
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cancel_keys_are_unique_and_forgotten() {
-        let registry = CancelRegistry::default();
-        let target = CancelTarget {
-            address: "h:1".into(),
-            key: BackendKey { pid: 1, secret: 2 },
-            in_flight: Arc::default(),
-            connected_at: SystemTime::now(),
-        };
-        let info = ClientInfo {
-            user: "app".into(),
-            server_user: "app".into(),
-            database: "db".into(),
-            addr: None,
-            local_addr: None,
-            connected_at: SystemTime::now(),
-            tls: false,
-            application_name: String::new(),
-        };
-        let (a, entry_a) = registry.register(info.clone());
-        let (b, entry_b) = registry.register(info);
-        assert_eq!(registry.clients().len(), 2);
-        assert_ne!(a, b);
-        assert!(a.pid >= 0);
-        assert!(registry.begin_cancel(a).is_none());
-        entry_a.point_at(Some(target.clone()));
-        entry_b.point_at(Some(target.clone()));
-        assert_eq!(registry.begin_cancel(a).map(|t| t.key.pid), Some(1));
-        assert!(registry.begin_cancel(a).is_some());
-        assert_eq!(target.in_flight.load(Ordering::SeqCst), 2);
-        entry_b.point_at(None);
-        assert!(registry.begin_cancel(b).is_none());
-        registry.remove(a);
-        assert!(registry.begin_cancel(a).is_none());
-        entry_a.point_at(None);
-        assert!(registry.begin_cancel(a).is_none());
     }
 }

@@ -538,6 +538,66 @@ async fn cancel_with_the_clients_token_stops_its_query() {
 }
 
 #[tokio::test]
+async fn a_cancel_sent_while_the_query_waits_for_a_connection_stops_it_once_it_runs() {
+    let _shared = HEAVY.read().await;
+    let proxy = pooled_proxy("max_pool_size = 1\ncheckout_timeout = \"20s\"").await;
+    let holder = proxy.connect().await;
+    let waiter = proxy.connect().await;
+    let primary = direct(0).await;
+    let hold = format!("{ON_PRIMARY} SELECT pg_sleep(2), 'held'::text AS connection_holder");
+    let held = async {
+        let running = "SELECT count(*) FROM pg_stat_activity \
+                       WHERE state = 'active' AND query LIKE '%connection_holder%' \
+                       AND pid <> pg_backend_pid()";
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n: i64 = primary.query_one(running, &[]).await.unwrap().get(0);
+            if n >= 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the holder's query never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let holding = holder.simple_query(&hold);
+    // The waiter's query waits for the primary's only connection; its cancel arrives
+    // before that, while pgsplit has no server to send it to.
+    let waiting = async {
+        held.await;
+        let token = waiter.cancel_token();
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token
+                .cancel_query(NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("sending the cancel request: {e}"));
+        };
+        let sql = format!("{ON_PRIMARY} SELECT pg_sleep(30)");
+        tokio::join!(waiter.simple_query(&sql), cancel).0
+    };
+    let (held_result, waited) = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::join!(holding, waiting)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the cancelled query still ran 15 s later: its cancel was lost"));
+    let held_rows = held_result.expect("the holder's query is not the one cancelled");
+    let held_value = held_rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(1).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(held_value.as_deref(), Some("held"));
+    match waited {
+        Ok(_) => panic!("the waiter's query finished normally despite its cancel"),
+        Err(e) => assert_eq!(sqlstate(&e), "57014", "cancelled with {e}"),
+    }
+    assert_eq!(
+        one(&waiter, "SELECT 'after cancel'::text").await,
+        "after cancel",
+        "the client works after its query was cancelled"
+    );
+}
+
+#[tokio::test]
 async fn a_cancel_with_a_wrong_key_changes_nothing() {
     let _shared = HEAVY.read().await;
     let proxy = pooled_proxy("").await;

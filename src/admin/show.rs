@@ -4,9 +4,9 @@
 use std::time::{Instant, SystemTime};
 
 use crate::classify::{Effect, Explained, Pin, Route};
+use crate::clients::{CancelTarget, ClientInfo};
 use crate::config::Settings;
 use crate::pool::{IdleServer, PoolSnapshot};
-use crate::proxy::{CancelTarget, ClientInfo};
 use crate::session::state::{Conn, Plan};
 use crate::stats::Decision;
 use crate::stats::StatsSnapshot;

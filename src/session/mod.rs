@@ -14,13 +14,13 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::authenticate_client;
-use crate::backend::send_cancel;
+use crate::clients::{Cancel, CancelLink, ClientInfo};
 use crate::config::TlsMode;
 use crate::error::ProxyError;
 use crate::limits::Slot;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
-use crate::proxy::{ClientInfo, Phase, Shared};
+use crate::proxy::{Phase, Shared};
 use crate::tls::{ClientRead, ClientStream, ClientTls, ClientWrite};
 use crate::topology::Role;
 use relay::Relay;
@@ -156,7 +156,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: Option<OwnedSema
                 (conn, server, node),
                 &shared,
                 startup,
-                cancel,
+                CancelLink::new(cancel),
                 defaults,
             );
             relay.run(&mut phase).await
@@ -444,22 +444,17 @@ fn parse_params(
 }
 
 async fn forward_cancel(shared: &Shared, key: BackendKey) {
-    let Some(target) = shared.cancels.begin_cancel(key) else {
-        tracing::debug!("cancel request with an unknown key or nothing running ignored");
-        return;
-    };
-    if let Err(e) = send_cancel(
-        &target.address,
-        target.key,
-        shared.settings.load().raw.connect_timeout,
-    )
-    .await
-    {
-        tracing::warn!(error = %e, "could not forward a cancel request");
+    match shared.cancels.begin_cancel(key) {
+        Cancel::Now(target) => {
+            tracing::debug!(server = %target.address, "forwarding a cancel request");
+            target
+                .send(shared.settings.load().raw.connect_timeout)
+                .await
+        }
+        Cancel::Owed => tracing::debug!("cancel request held until its request reaches a server"),
+        Cancel::Idle => tracing::debug!("cancel request for an idle session ignored"),
+        Cancel::Unknown => tracing::debug!("cancel request with an unknown key ignored"),
     }
-    target
-        .in_flight
-        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 #[cfg(test)]

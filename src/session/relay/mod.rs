@@ -18,12 +18,13 @@ use super::state::{apply_to_server, Conn, Gucs, Plan, Prepared, RoutingState, Ta
 use super::Startup;
 use crate::backend::send_cancel;
 use crate::classify::{executed_name, Classification, Effect, Reason, Route};
+use crate::clients::{CancelLink, CancelTarget};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::prepared::Statement;
-use crate::protocol::{encode, flush_to, read_cstr, BackendKey, Frame, FrameReader, Severity};
-use crate::proxy::{CancelTarget, ClientEntry, Phase, Shared};
+use crate::protocol::{encode, flush_to, read_cstr, Frame, FrameReader, Severity};
+use crate::proxy::{Phase, Shared};
 use crate::stats::Decision;
 use crate::tls::{ClientRead, ClientWrite};
 use crate::topology::Role;
@@ -414,8 +415,8 @@ pub struct Relay<'a> {
     client_out: ClientWrite,
     shared: &'a Shared,
     startup: Startup,
-    /// This client's entry under its cancel key, pointed at the server serving it.
-    cancel: Arc<ClientEntry>,
+    /// This client's cancel key, pointed at the server serving it.
+    cancel: CancelLink,
     /// Pools this session has used, by server address.
     pools: Vec<(String, Arc<crate::pool::Pool>)>,
     state: RoutingState,
@@ -454,8 +455,6 @@ pub struct Relay<'a> {
     guc_undo: Option<(Conn, Gucs)>,
     /// Standbys that failed this client recently, with when to try them again.
     avoid: Vec<(usize, Instant)>,
-    /// The server key the client's cancel key currently maps to.
-    cancel_points_at: Option<BackendKey>,
     /// A request sent once its connection's settings are in line.
     after_sync: Option<AfterSync>,
     /// The first error of a statement pgsplit injected, with its connection.
@@ -529,7 +528,7 @@ impl<'a> Relay<'a> {
         (first, server, node): (Conn, Lease, usize),
         shared: &'a Shared,
         startup: Startup,
-        cancel: Arc<ClientEntry>,
+        cancel: CancelLink,
         defaults: Gucs,
     ) -> Self {
         let (primary, standby) = match first {
@@ -568,7 +567,6 @@ impl<'a> Relay<'a> {
             txn_releases: Vec::new(),
             guc_undo: None,
             avoid: Vec::new(),
-            cancel_points_at: None,
             after_sync: None,
             injected_error: None,
             wrote: false,
@@ -806,7 +804,7 @@ impl<'a> Relay<'a> {
             self.shared.stats.set_active(false);
         }
         self.shared.stats.set_connected(false);
-        self.cancel.point_at(None);
+        self.cancel.clear();
         if let Err(ProxyError::ClientStalled(_)) = result {
             // Closing the connection stops its server only at its next write; a query
             // still computing is stopped now.
@@ -847,10 +845,7 @@ impl<'a> Relay<'a> {
         if conn == Conn::Standby {
             self.shared.stats.release(slot.node);
         }
-        if self.cancel_points_at == Some(lease.server.key) {
-            self.cancel.point_at(None);
-            self.cancel_points_at = None;
-        }
+        self.cancel.unlink(lease.server.key);
         Some(lease)
     }
 
@@ -1204,6 +1199,7 @@ impl<'a> Relay<'a> {
         if self.answer_locally(&request).await? {
             return Ok(());
         }
+        self.cancel.hold();
         let answered = matches!(
             request,
             Request::Query(..) | Request::Function(_) | Request::Batch { sync: true, .. }
@@ -1222,7 +1218,7 @@ impl<'a> Relay<'a> {
                 .collect(),
             _ => Vec::new(),
         };
-        match self.execute(plan, class, request).await {
+        let result = match self.execute(plan, class, request).await {
             Err(e) if reached_no_server(&e) => {
                 for (name, id) in parsed {
                     let held = self.state.statements.get(&name);
@@ -1233,7 +1229,11 @@ impl<'a> Relay<'a> {
                 self.answer_unsent(e, answered, begins).await
             }
             result => result,
+        };
+        if self.after_sync.is_none() {
+            self.cancel.release();
         }
+        result
     }
 
     /// Answers a request that reached no server like a failed statement; the session
@@ -1794,22 +1794,24 @@ impl<'a> Relay<'a> {
             .any(|e| matches!(e, Effect::DiscardAll | Effect::Deallocate { name: None }));
         self.shared.stats.record(conn, self.slot(conn).node);
         self.last = Some(conn);
-        let server_key = self.slot(conn).conn.as_ref().map(|c| c.server.key);
-        if server_key.is_some() && server_key != self.cancel_points_at {
-            let pid = self.cancel.pid;
-            if let Some(lease) = self.slot(conn).conn.as_ref() {
+        let pid = self.cancel.pid();
+        // Fields borrowed apart: the slot's lease builds the target the link keeps.
+        let slot = match conn {
+            Conn::Primary => &self.primary,
+            Conn::Standby => &self.standby,
+        };
+        if let Some(lease) = slot.conn.as_ref() {
+            self.cancel.point_at(lease.server.key, || {
                 lease
                     .serving
                     .store(pid, std::sync::atomic::Ordering::Relaxed);
-                let target = CancelTarget {
+                CancelTarget {
                     address: lease.server.address.clone(),
                     key: lease.server.key,
                     in_flight: Arc::clone(&lease.server.cancels_in_flight),
                     connected_at: lease.server.connected_at,
-                };
-                self.cancel.point_at(Some(target));
-            }
-            self.cancel_points_at = server_key;
+                }
+            });
         }
         let sent = match request {
             // Ignored by a server skipping to the chain's Sync: no answer comes, and the
@@ -1834,6 +1836,12 @@ impl<'a> Relay<'a> {
                 self.send_batch(conn, ops, sync).await
             }
         };
+        if sent.is_ok() {
+            if let Some(owed) = self.cancel.request_sent() {
+                tracing::debug!(server = %owed.address, "sending a cancel request held for this request");
+                tokio::spawn(owed.send(self.shared.settings.load().raw.connect_timeout));
+            }
+        }
         if drops_statements {
             // After the batch is written: statements it used were recorded as held.
             if let Some(lease) = self.slot(conn).conn.as_mut() {
@@ -1910,6 +1918,9 @@ impl<'a> Relay<'a> {
         if injected_done && self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
             if let Some(waiting) = self.after_sync.take() {
                 Box::pin(self.after_settings(waiting)).await?;
+                if self.after_sync.is_none() {
+                    self.cancel.release();
+                }
             }
         }
         let more = self
@@ -2242,7 +2253,7 @@ impl<'a> Relay<'a> {
         let pid = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
         let lease = self.slot_ref(conn).conn.as_ref()?;
         if lease.server.key.pid == pid {
-            return Some(self.cancel.pid);
+            return Some(self.cancel.pid());
         }
         self.shared
             .pools
