@@ -4,8 +4,8 @@ use crate::cluster::{
     Cluster, APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER, SUPERUSER,
 };
 use crate::config::{ConfigError, Settings};
+use crate::context::Sources;
 use crate::proxy;
-use crate::reload::Sources;
 use std::io::Write;
 use std::sync::Arc;
 

@@ -13,6 +13,7 @@ pub mod classify;
 pub mod clients;
 pub mod cluster;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod error;
 pub mod hba;

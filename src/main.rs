@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use pgsplit::config::{ConfigSource, LogFormat, Settings};
-use pgsplit::reload::Sources;
+use pgsplit::context::Sources;
 
 /// SQL-aware read/write load-balancing proxy for PostgreSQL.
 #[derive(Parser)]

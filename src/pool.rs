@@ -14,9 +14,9 @@ use tokio::io::AsyncRead;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{Login, ServerConn};
+use crate::config::SharedSettings;
 use crate::error::ProxyError;
 use crate::prepared::ServerStatements;
-use crate::reload::SharedSettings;
 use crate::session::state::Gucs;
 
 /// Which pool a connection belongs to.

@@ -13,58 +13,15 @@ use crate::catalog::FunctionCatalogs;
 use crate::classify::{CacheStats, Classifier};
 use crate::clients::CancelRegistry;
 use crate::config::Settings;
+use crate::config::SharedSettings;
+use crate::context::Sources;
+use crate::context::{Phase, Shared};
 use crate::metrics::Metrics;
 use crate::pool::{Limit, PoolSnapshot, Pools};
 use crate::prepared::Registry;
-use crate::reload::{SharedSettings, Sources};
 use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::topology::{Monitor, Publisher, SharedTopology, Topology};
-
-/// Where the proxy is in its life; sessions watch it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Serving.
-    Running,
-    /// No new clients; sessions end at their next idle moment.
-    Draining,
-    /// Every session ends now.
-    Closing,
-}
-
-/// State every session shares.
-pub struct Shared {
-    /// Validated configuration, swapped by a reload.
-    pub settings: SharedSettings,
-    /// Where a reload reads the configuration again.
-    pub sources: Sources,
-    /// Latest cluster snapshot.
-    pub topology: SharedTopology,
-    /// Publishes cluster snapshots: polls, reloads and operator commands.
-    pub publisher: Arc<Publisher>,
-    /// Clients admitted at once (`max_client_conn`).
-    pub clients: Limit,
-    /// Clients logged in per user and per database, for their connection limits.
-    pub logins: Arc<crate::limits::Logins>,
-    /// Set when the admin console asks the process to shut down.
-    pub shutdown_requested: watch::Sender<bool>,
-    /// Cancel keys.
-    pub cancels: CancelRegistry,
-    /// Lifecycle phase.
-    pub phase: watch::Sender<Phase>,
-    /// The client-side TLS acceptor; swapped when certificates are reloaded.
-    pub tls: ArcSwapOption<crate::tls::ClientTls>,
-    /// Statement classifier with its cache.
-    pub classifier: Classifier,
-    /// Function volatility per database.
-    pub functions: Arc<FunctionCatalogs>,
-    /// Routing counters.
-    pub stats: Stats,
-    /// Server connection pools.
-    pub pools: Arc<Pools>,
-    /// Prepared statements by text, under their server-side names.
-    pub statements: Registry,
-}
 
 /// A running proxy.
 pub struct ProxyHandle {

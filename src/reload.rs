@@ -6,41 +6,8 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::config::Settings;
-use crate::proxy::Shared;
-
-/// The configuration every part reads its current settings from.
-pub type SharedSettings = Arc<ArcSwap<Settings>>;
-
-/// Reads and validates the configuration again (file and environment).
-pub type Loader = Arc<dyn Fn() -> Result<Settings, String> + Send + Sync>;
-
-/// Applies a new log filter (`log_level`).
-pub type LogFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
-
-/// Where a reload gets its configuration and what it tells the logger.
-#[derive(Default)]
-pub struct Sources {
-    /// The configuration's source; without one, `RELOAD` has nothing to read.
-    pub loader: Option<Loader>,
-    /// The log filter's setter; without one, `log_level` changes need a restart.
-    pub log_filter: Option<LogFilter>,
-    /// One reload at a time (SIGHUP and RELOAD may coincide).
-    lock: std::sync::Mutex<()>,
-}
-
-impl Sources {
-    /// Reloads from `loader`, with `log_filter` when given.
-    pub fn new(loader: Loader, log_filter: Option<LogFilter>) -> Sources {
-        Sources {
-            loader: Some(loader),
-            log_filter,
-            lock: std::sync::Mutex::default(),
-        }
-    }
-}
+use crate::context::Shared;
 
 /// Keys a reload cannot change in a running process.
 pub(crate) const RESTART_ONLY: &[&str] = &[
@@ -53,11 +20,7 @@ pub(crate) const RESTART_ONLY: &[&str] = &[
 /// Reads the configuration from its source and applies it; the error says why nothing
 /// changed. Returns one line per change.
 pub fn reload(shared: &Shared) -> Result<Vec<String>, String> {
-    let _one_at_a_time = shared
-        .sources
-        .lock
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = shared.sources.one_at_a_time();
     let loader = shared
         .sources
         .loader

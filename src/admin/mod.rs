@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::BytesMut;
 use tokio::sync::watch;
 
+use crate::context::{Phase, Shared};
 use crate::error::ProxyError;
 use crate::protocol::{encode, flush_to, BackendKey, FrameReader, Severity};
-use crate::proxy::{Phase, Shared};
 use crate::session::state::{Gucs, RoutingState};
 use crate::tls::{ClientRead, ClientWrite};
 use command::{Command, Show};

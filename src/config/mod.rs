@@ -778,6 +778,9 @@ pub struct Node {
     pub weight: u32,
 }
 
+/// The settings every part reads its current copy from; a reload swaps them.
+pub type SharedSettings = std::sync::Arc<arc_swap::ArcSwap<Settings>>;
+
 /// A validated configuration: what the proxy runs on.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Metrics;
-use crate::proxy::{Phase, Shared};
+use crate::context::{Phase, Shared};
 use crate::topology::{Role, Topology};
 
 /// How often recorded latencies are moved into their buckets when nobody scrapes.

@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use crate::proxy::Shared;
+use crate::context::Shared;
 use crate::stats::Served;
 use crate::topology::Role;
 

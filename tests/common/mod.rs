@@ -147,7 +147,7 @@ impl TestProxy {
     /// read again.
     pub async fn start_reloadable(path: std::path::PathBuf) -> TestProxy {
         let settings = Settings::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        let sources = pgsplit::reload::Sources::new(
+        let sources = pgsplit::context::Sources::new(
             std::sync::Arc::new(move || Settings::load(&path).map_err(|e| e.to_string())),
             None,
         );
