@@ -16,8 +16,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::backend::{Login, ServerConn};
 use crate::config::SharedSettings;
 use crate::error::ProxyError;
+use crate::gucs::Gucs;
 use crate::prepared::ServerStatements;
-use crate::session::state::Gucs;
 
 /// Which pool a connection belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 
 use crate::classify::Reason;
-use crate::session::state::Conn;
+use crate::route::Conn;
 
 /// Longest query time the p99 histogram tells apart (longer ones count as this long).
 const LONGEST_RECORDED: Duration = Duration::from_secs(3600);

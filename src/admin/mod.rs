@@ -16,8 +16,9 @@ use tokio::sync::watch;
 
 use crate::context::{Phase, Shared};
 use crate::error::ProxyError;
+use crate::gucs::Gucs;
 use crate::protocol::{encode, flush_to, BackendKey, FrameReader, Severity};
-use crate::session::state::{Gucs, RoutingState};
+use crate::route::RoutingState;
 use crate::tls::{ClientRead, ClientWrite};
 use command::{Command, Show};
 use show::Table;

@@ -7,7 +7,7 @@ use crate::classify::{Effect, Explained, Pin, Route};
 use crate::clients::{CancelTarget, ClientInfo};
 use crate::config::Settings;
 use crate::pool::{IdleServer, PoolSnapshot};
-use crate::session::state::{Conn, Plan};
+use crate::route::{Conn, Plan};
 use crate::stats::Decision;
 use crate::stats::StatsSnapshot;
 use crate::topology::{Role, Topology};
@@ -454,7 +454,8 @@ mod tests {
     fn explain(sql: &str) -> Vec<Option<String>> {
         use crate::classify::{Classifier, Functions};
         use crate::config::TransactionRouting;
-        use crate::session::state::{Gucs, RoutingState};
+        use crate::gucs::Gucs;
+        use crate::route::RoutingState;
         let functions = Functions::new(
             [
                 ("public".to_owned(), "stable_f".to_owned(), 's'),

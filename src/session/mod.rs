@@ -3,7 +3,6 @@
 //! request by the routing state ([`state`]).
 
 mod relay;
-pub mod state;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,13 +17,14 @@ use crate::clients::{Cancel, CancelLink, ClientInfo};
 use crate::config::TlsMode;
 use crate::context::{Phase, Shared};
 use crate::error::ProxyError;
+use crate::gucs::{guc_sync_sql, startup_gucs, Gucs};
 use crate::limits::Slot;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, read_startup, BackendKey, FrameReader, StartupRequest};
+use crate::route::Conn;
 use crate::tls::{ClientRead, ClientStream, ClientTls, ClientWrite};
 use crate::topology::Role;
 use relay::Relay;
-use state::{guc_sync_sql, startup_gucs, Conn, Gucs};
 
 /// An authenticated client, its first server connection (which one, and on which node),
 /// its startup parameters, the settings they make, and its place under the user and

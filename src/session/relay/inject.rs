@@ -9,10 +9,11 @@ use std::sync::Arc;
 use super::wire::{encode_statement_message, statement_named, write_to};
 use super::{Described, InFlight, Op, ParseOf, Relay, Request, Shapes, Slot, Swallow};
 use crate::error::ProxyError;
+use crate::gucs::{guc_sync_sql, Gucs};
 use crate::pool::Lease;
 use crate::prepared::{same_shape, Statement};
 use crate::protocol::{encode, read_cstr, Frame};
-use crate::session::state::{guc_sync_sql, Conn, Gucs, Target};
+use crate::route::{Conn, Target};
 
 /// A name no statement has: a client's Close of its statement becomes a Close of this,
 /// which the server answers with CloseComplete without touching statements other

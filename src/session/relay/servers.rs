@@ -15,7 +15,7 @@ use crate::classify::Route;
 use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, Severity};
-use crate::session::state::Conn;
+use crate::route::Conn;
 use crate::topology::{Role, Topology};
 
 impl Relay<'_> {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::{Relay, Request, Slot};
 use crate::classify::{Classification, Route};
-use crate::session::state::Conn;
+use crate::route::Conn;
 use crate::stats::{Answered, Decision, Served, Stats};
 use crate::topology::{Role, Topology};
 
