@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::TestProxy;
-use pgsplit::stats::Decision;
+use pgsplit::route::Decision;
 use pgsplit::topology::Role;
 use prometheus_parse::{Scrape, Value};
 use tokio::net::TcpStream;

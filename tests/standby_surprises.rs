@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{cluster, TestProxy};
 use pgsplit::cluster::APP_DATABASE;
-use pgsplit::stats::Decision;
+use pgsplit::route::Decision;
 use tokio_postgres::Client;
 
 /// Read-your-writes would keep the creating client's reads on the primary for a while;

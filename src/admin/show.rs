@@ -7,8 +7,8 @@ use crate::classify::{Effect, Explained, Pin, Route};
 use crate::clients::{CancelTarget, ClientInfo};
 use crate::config::Settings;
 use crate::pool::{IdleServer, PoolSnapshot};
+use crate::route::Decision;
 use crate::route::{Conn, Plan};
-use crate::stats::Decision;
 use crate::stats::StatsSnapshot;
 use crate::topology::{Role, Topology};
 

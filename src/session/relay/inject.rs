@@ -267,9 +267,9 @@ impl Written {
         if self.renamed.is_some() {
             slot.renamed = self.renamed;
         }
-        slot.parses.extend(self.parses);
-        slot.closes.extend(self.closes);
-        slot.describes.extend(self.describes);
+        slot.owed.parses.extend(self.parses);
+        slot.owed.closes.extend(self.closes);
+        slot.owed.describes.extend(self.describes);
         self.bytes
     }
 }
@@ -293,7 +293,7 @@ impl Relay<'_> {
             .pool
             .prepared_statements_cache_size;
         let slot = self.slot(conn);
-        let batch = slot.syncs_sent;
+        let batch = slot.owed.syncs_sent;
         let Some(lease) = slot.conn.as_mut() else {
             return Err(ProxyError::NoPrimary);
         };
@@ -326,12 +326,12 @@ impl Relay<'_> {
             }
         })?;
         let slot = self.slot(conn);
-        slot.last_synced = sync;
+        slot.owed.last_synced = sync;
         if sync {
-            slot.pending += 1;
-            slot.syncs_sent += 1;
+            slot.owed.pending += 1;
+            slot.owed.syncs_sent += 1;
         } else {
-            slot.chain_due += answers_due(&bytes);
+            slot.owed.chain_due += answers_due(&bytes);
         }
         write_to(slot, &bytes).await
     }
@@ -395,9 +395,9 @@ impl Relay<'_> {
     async fn write_injected(&mut self, conn: Conn, mut bytes: BytesMut) -> Result<(), ProxyError> {
         encode::sync(&mut bytes);
         let slot = self.slot(conn);
-        slot.swallow.push_back(Swallow::UntilReady);
-        slot.pending += 1;
-        slot.syncs_sent += 1;
+        slot.owed.swallow.push_back(Swallow::UntilReady);
+        slot.owed.pending += 1;
+        slot.owed.syncs_sent += 1;
         write_to(slot, &bytes).await
     }
 
@@ -457,9 +457,9 @@ impl Relay<'_> {
         let mut out = BytesMut::new();
         encode::query(&mut out, sql);
         let slot = self.slot(conn);
-        slot.swallow.push_back(Swallow::UntilReady);
-        slot.pending += 1;
-        slot.syncs_sent += 1;
+        slot.owed.swallow.push_back(Swallow::UntilReady);
+        slot.owed.pending += 1;
+        slot.owed.syncs_sent += 1;
         if let Some(lease) = slot.conn.as_mut() {
             lease.unnamed = None;
         }

@@ -7,135 +7,131 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 
-use super::tally::why_primary;
-use super::{Relay, Slot, Step, AVOID_FAILED_STANDBY};
+use super::{Placed, Relay, Slot, Step, AVOID_FAILED_STANDBY};
 use crate::backend::send_cancel;
-use crate::balance::{pick_read, ReadTarget, Strategy};
-use crate::classify::Route;
+use crate::balance::Strategy;
 use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, Severity};
-use crate::route::Conn;
-use crate::topology::{Role, Topology};
+use crate::route::{
+    decide, Ask, Balance, Conn, Destination, Failure, OpenStandby, SessionView, To,
+};
+use crate::topology::Role;
 
 impl Relay<'_> {
-    /// Opens the connection a plan needs; a standby that cannot be reached is skipped
-    /// for another one, then for the primary (reads only).
-    pub(super) async fn ensure_open(
+    /// Asks the routing decision where a planned request runs, and opens that
+    /// connection. A standby that cannot be reached is avoided and the decision asked
+    /// again; so is a read sent to the primary only for read-your-writes when the primary
+    /// cannot be reached (a standby serves it rather than failing it).
+    pub(super) async fn place(
         &mut self,
-        conn: Conn,
-        route: Route,
-    ) -> Result<Conn, ProxyError> {
-        if conn == Conn::Primary {
-            return self.ensure_primary().await;
-        }
-        let topology = self.shared.topology.load_full();
-        if let Some(lease) = &self.standby.conn {
-            // A transaction (or a reply in flight, or SQL PREPAREs) finishes where it started.
-            let committed = self.state.txn == Some(Conn::Standby)
-                || self.standby.pending > 0
-                || self.state.holds(Conn::Standby);
-            let still_standby = topology.nodes.get(self.standby.node).is_some_and(|n| {
-                n.role == Role::Standby && n.eligible && n.node.address == lease.server.address
-            });
-            if committed || still_standby {
-                return Ok(Conn::Standby);
+        ask: Ask<'_>,
+        mut failure: Option<Failure>,
+    ) -> Result<Placed, ProxyError> {
+        loop {
+            let destination = self.decide(ask, failure);
+            if destination.caught_up {
+                self.written_at = None;
             }
-            let reset = self.standby.reset_on_release;
-            if let Some(old) = self.take_slot(Conn::Standby) {
-                if reset {
-                    old.reset_and_release(false);
-                } else {
-                    old.release();
+            if destination.release_standby {
+                let reset = self.standby.reset_on_release;
+                if let Some(old) = self.take_slot(Conn::Standby) {
+                    if reset {
+                        old.reset_and_release(false);
+                    } else {
+                        old.release();
+                    }
                 }
             }
+            let opened = match destination.to {
+                To::Open(conn) => Ok(conn),
+                To::Refuse(code, message) => return Ok(Placed::Refused(code, message)),
+                To::Nowhere(reason) => Err(ProxyError::ServerUnavailable {
+                    addr: "standbys".into(),
+                    reason: reason.into(),
+                }),
+                To::Primary => self.ensure_primary().await,
+                To::Standby(index) => {
+                    let topology = self.shared.topology.load_full();
+                    let Some(node) = topology.nodes.get(index) else {
+                        continue;
+                    };
+                    match self.connect(index, &node.node.address).await {
+                        Ok(server) => {
+                            self.standby = Slot::open(server, index);
+                            self.shared.stats.acquire(index);
+                            Ok(Conn::Standby)
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %node.node.name, error = %e, "standby unreachable; trying another node");
+                            self.avoid
+                                .push((index, Instant::now() + AVOID_FAILED_STANDBY));
+                            continue;
+                        }
+                    }
+                }
+            };
+            match opened {
+                Ok(conn) => return Ok(Placed::On(conn, destination.reason)),
+                // The primary went away before the monitor noticed: a read that only went
+                // there for read-your-writes is served by a standby rather than failed
+                // (this read only: the guarantee holds again for the next one).
+                Err(e)
+                    if destination.for_my_writes
+                        && failure.is_none()
+                        && (e.is_unreachable() || matches!(e, ProxyError::NoPrimary)) =>
+                {
+                    tracing::warn!(error = %e, "primary unreachable for a read-your-writes read; reading from a standby");
+                    failure = Some(Failure::PrimaryUnreachable);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let settings = self.shared.settings.load_full();
+    }
+
+    /// The routing decision for a planned request, from this session, the cluster
+    /// snapshot and the routing settings.
+    fn decide(&mut self, ask: Ask<'_>, failure: Option<Failure>) -> Destination {
+        let topology = self.shared.topology.load();
+        let settings = self.shared.settings.load();
         let routing = &settings.raw.routing;
-        let now = Instant::now();
-        self.avoid.retain(|(_, until)| *until > now);
-        let mut avoided: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
-        let mut exclude = avoided.clone();
-        // Without a primary no standby can be shown to have replayed the client's write:
-        // reads stay available instead (see `standby_has_my_writes`).
-        if let (Some(since), true) = (self.written_at, primary_answers(&topology)) {
-            exclude
-                .extend((0..topology.nodes.len()).filter(|i| !topology.replayed_since(*i, since)));
+        if !self.avoid.is_empty() {
+            let now = Instant::now();
+            self.avoid.retain(|(_, until)| *until > now);
         }
+        let avoid: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
         // Only least_outstanding looks at the load; the others need not gather it.
         let outstanding = if routing.balance_strategy == Strategy::LeastOutstanding {
             self.shared.stats.outstanding()
         } else {
             Vec::new()
         };
-        loop {
-            let target = pick_read(
-                &topology,
-                routing.balance_strategy,
-                routing.primary_reads,
-                &exclude,
-                &outstanding,
-                self.shared.stats.next_turn(),
-                rand::random(),
-            );
-            let index = match target {
-                ReadTarget::Standby(i) => i,
-                ReadTarget::Primary => {
-                    self.primary_read = Some(why_primary(&topology, &avoided, &exclude));
-                    return self.ensure_primary().await;
-                }
-                ReadTarget::Nowhere if route == Route::Any => {
-                    self.primary_read = Some(why_primary(&topology, &avoided, &exclude));
-                    return self.ensure_primary().await;
-                }
-                ReadTarget::Nowhere => {
-                    return Err(ProxyError::ServerUnavailable {
-                        addr: "standbys".into(),
-                        reason: "no standby is available and primary_reads = \"never\"".into(),
-                    })
-                }
-            };
-            match self
-                .connect(index, &topology.nodes[index].node.address)
-                .await
-            {
-                Ok(server) => {
-                    self.standby = Slot::open(server, index);
-                    self.shared.stats.acquire(index);
-                    return Ok(Conn::Standby);
-                }
-                Err(e) => {
-                    tracing::warn!(node = %topology.nodes[index].node.name, error = %e, "standby unreachable; trying another node");
-                    exclude.push(index);
-                    avoided.push(index);
-                    self.avoid.push((index, now + AVOID_FAILED_STANDBY));
-                }
-            }
-        }
-    }
-
-    /// Read-your-writes: whether a standby may serve this client's next read. After a
-    /// write commits, only a standby that has replayed the primary's WAL position sampled
-    /// after that commit may; until one has, reads go to the primary. While no primary
-    /// answers (stopped, frozen, not yet promoted) that cannot be shown either way, and a
-    /// read that waited for the primary would fail: it goes to a standby.
-    pub(super) fn standby_has_my_writes(&mut self) -> bool {
-        let Some(since) = self.written_at else {
-            return true;
-        };
-        let topology = self.shared.topology.load_full();
-        if !primary_answers(&topology) {
-            return true;
-        }
-        let fresh = match &self.standby.conn {
-            Some(_) => topology.replayed_since(self.standby.node, since),
-            None => (0..topology.nodes.len())
-                .any(|i| topology.nodes[i].eligible && topology.replayed_since(i, since)),
-        };
-        if fresh && self.standby.conn.is_some() {
-            self.written_at = None;
-        }
-        fresh
+        let standby = self.standby.conn.as_ref().map(|lease| OpenStandby {
+            node: self.standby.node,
+            address: &lease.server.address,
+            busy: self.standby.owed.pending > 0,
+        });
+        let stats = &self.shared.stats;
+        decide(
+            ask,
+            SessionView {
+                state: &self.state,
+                chain: self.sticky,
+                transaction_pooling: self.transaction_pooling,
+                standby,
+                written_at: self.written_at,
+                avoid: &avoid,
+            },
+            &topology,
+            Balance {
+                strategy: routing.balance_strategy,
+                primary_reads: routing.primary_reads,
+                outstanding: &outstanding,
+                dice: rand::random(),
+            },
+            failure,
+            &mut || stats.next_turn(),
+        )
     }
 
     /// Keeps the primary connection on the node that is primary now: after a promotion
@@ -157,7 +153,7 @@ impl Relay<'_> {
             (_, Some(_))
                 if self.state.txn == Some(Conn::Primary)
                     || self.state.pinned()
-                    || self.primary.pending > 0 =>
+                    || self.primary.owed.pending > 0 =>
             {
                 return Ok(Conn::Primary)
             }
@@ -218,7 +214,7 @@ impl Relay<'_> {
             .map(|c| c.server.address.clone())
             .unwrap_or_default();
         let node = slot.node;
-        let was_busy = slot.pending > 0;
+        let was_busy = slot.owed.pending > 0;
         let retry = slot.retry.take();
         let runs = slot.runs;
         let refused = slot.refused;
@@ -315,10 +311,4 @@ impl Relay<'_> {
         let _ = flush_to(&mut self.client_out, &mut out).await;
         Err(gone)
     }
-}
-
-/// Whether a primary exists and answered its last check: only then can a standby be
-/// shown to have replayed a client's write, and only then is the primary worth a read.
-fn primary_answers(topology: &Topology) -> bool {
-    topology.primary().is_some_and(|p| p.ban.is_none())
 }

@@ -1,0 +1,297 @@
+//! Where a planned request runs, and why: one pure function of the request, a read-only
+//! view of the session, the cluster snapshot and the routing settings. When the node it
+//! names cannot be reached, the relay asks again with that failure as input (a standby
+//! that failed joins the session's avoid list; an unreachable primary or a settings sync
+//! that failed on a standby is a [`Failure`]).
+
+use std::time::Instant;
+
+use super::{Conn, Decision, RoutingState};
+use crate::balance::{pick_read, PrimaryReads, ReadTarget, Strategy};
+use crate::classify::{Classification, Route};
+use crate::topology::{Role, Topology};
+
+/// Why a lone `currval()`/`lastval()` is refused under transaction pooling.
+const LOSES_SEQUENCE_STATE: &str = "currval() and lastval() read the sequence state of the \
+    server connection that ran nextval(), which pgsplit's transaction pooling has since \
+    handed back: call them in the same transaction or request as the INSERT, use INSERT ... \
+    RETURNING, call nextval() explicitly, or use pool mode \"session\"";
+
+/// The request to place: the connection its plan names, and what it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The connection the session's plan names.
+    pub conn: Conn,
+    /// The plan sends a deferred BEGIN first.
+    pub begins: bool,
+    /// What the request does.
+    pub class: &'a Classification,
+    /// A batch ending in Flush: the chain's next statements are not seen yet.
+    pub unsynced: bool,
+    /// A single statement on its own.
+    pub lone: bool,
+}
+
+/// The session's standby connection.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenStandby<'a> {
+    /// Topology index of its node.
+    pub node: usize,
+    /// The address it is connected to.
+    pub address: &'a str,
+    /// An answer is owed on it: what was started there finishes there.
+    pub busy: bool,
+}
+
+/// What the decision reads of the session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionView<'a> {
+    /// Transaction, pins and settings.
+    pub state: &'a RoutingState,
+    /// The request continues the Flush chain running on this connection.
+    pub chain: Option<Conn>,
+    /// Connections go back to their pools between transactions.
+    pub transaction_pooling: bool,
+    /// The standby connection the session holds.
+    pub standby: Option<OpenStandby<'a>>,
+    /// When the client's last write committed, while no standby is known to have it.
+    pub written_at: Option<Instant>,
+    /// Standbys that failed this client recently.
+    pub avoid: &'a [usize],
+}
+
+/// How reads are spread over the nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Balance<'a> {
+    /// The balancing strategy.
+    pub strategy: Strategy,
+    /// Whether the primary serves reads too.
+    pub primary_reads: PrimaryReads,
+    /// Clients reading from each node (only gathered for `least_outstanding`).
+    pub outstanding: &'a [usize],
+    /// A random number for `random`.
+    pub dice: u64,
+}
+
+/// What went wrong with the last decision for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The primary did not answer a read sent there for read-your-writes: a standby
+    /// serves it rather than failing it (this read only).
+    PrimaryUnreachable,
+    /// The session's settings could not be applied on the standby: an autocommit read
+    /// runs on the primary instead of with the wrong settings.
+    SettingsOnStandby,
+}
+
+/// The connection a request runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    /// This open connection, as it is (a Flush chain, a transaction, an answer owed).
+    Open(Conn),
+    /// The primary: the session's connection there, reopened if the primary moved.
+    Primary,
+    /// A new connection to this standby, the session's old one handed back.
+    Standby(usize),
+    /// Nowhere: refused here with this SQLSTATE and message.
+    Refuse(&'static str, &'static str),
+    /// Nowhere: no node can serve it, for this reason.
+    Nowhere(&'static str),
+}
+
+/// The routing decision for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination {
+    /// Where it runs.
+    pub to: To,
+    /// Why, as the statistics count it.
+    pub reason: Decision,
+    /// The open standby has replayed the client's last write: read-your-writes no longer
+    /// needs to wait for it.
+    pub caught_up: bool,
+    /// The session's standby connection is no longer one to read from: hand it back.
+    pub release_standby: bool,
+    /// A read goes to the primary only for read-your-writes: if the primary cannot be
+    /// reached, ask again with [`Failure::PrimaryUnreachable`].
+    pub for_my_writes: bool,
+}
+
+/// Where a planned request runs and why. `turn` advances the round-robin counter, and is
+/// called only when a standby is picked.
+pub fn decide(
+    ask: Ask<'_>,
+    session: SessionView<'_>,
+    topology: &Topology,
+    balance: Balance<'_>,
+    failure: Option<Failure>,
+    turn: &mut dyn FnMut() -> u64,
+) -> Destination {
+    let destination = |to: To, conn: Conn, read_on_primary: Option<Decision>| Destination {
+        to,
+        reason: reason(&ask, &session, conn, read_on_primary),
+        caught_up: false,
+        release_standby: false,
+        for_my_writes: false,
+    };
+    if let Some(conn) = session.chain {
+        return destination(To::Open(conn), conn, None);
+    }
+    if session.transaction_pooling
+        && !ask.begins
+        && session
+            .state
+            .loses_sequence_state(ask.class, ask.lone && ask.class.statements <= 1)
+    {
+        let to = To::Refuse("0A000", LOSES_SEQUENCE_STATE);
+        return destination(to, ask.conn, None);
+    }
+    if failure == Some(Failure::SettingsOnStandby) {
+        return destination(To::Primary, Conn::Primary, Some(Decision::FallbackPrimary));
+    }
+    if ask.conn == Conn::Primary {
+        return destination(To::Primary, Conn::Primary, None);
+    }
+    // Read-your-writes, unless the primary it would wait for cannot answer.
+    let written_at = match failure {
+        Some(Failure::PrimaryUnreachable) => None,
+        _ => session.written_at.filter(|_| primary_answers(topology)),
+    };
+    let mut caught_up = false;
+    if let (Some(since), None) = (written_at, session.state.txn) {
+        let fresh = match session.standby {
+            Some(open) => topology.replayed_since(open.node, since),
+            None => (0..topology.nodes.len())
+                .any(|i| topology.nodes[i].eligible && topology.replayed_since(i, since)),
+        };
+        if !fresh {
+            let why = why_not_my_writes(topology);
+            return Destination {
+                for_my_writes: true,
+                ..destination(To::Primary, Conn::Primary, Some(why))
+            };
+        }
+        caught_up = session.standby.is_some();
+    }
+    if let Some(open) = session.standby {
+        let committed = session.state.txn == Some(Conn::Standby)
+            || open.busy
+            || session.state.holds(Conn::Standby);
+        let still_standby = topology.nodes.get(open.node).is_some_and(|n| {
+            n.role == Role::Standby && n.eligible && n.node.address == open.address
+        });
+        if committed || still_standby {
+            return Destination {
+                caught_up,
+                ..destination(To::Open(Conn::Standby), Conn::Standby, None)
+            };
+        }
+    }
+    let mut exclude = session.avoid.to_vec();
+    if let (Some(since), false) = (written_at, caught_up) {
+        exclude.extend((0..topology.nodes.len()).filter(|i| !topology.replayed_since(*i, since)));
+    }
+    let release_standby = session.standby.is_some();
+    let target = pick_read(
+        topology,
+        balance.strategy,
+        balance.primary_reads,
+        &exclude,
+        balance.outstanding,
+        turn(),
+        balance.dice,
+    );
+    let picked = match target {
+        ReadTarget::Standby(i) => destination(To::Standby(i), Conn::Standby, None),
+        ReadTarget::Nowhere if ask.class.route != Route::Any => destination(
+            To::Nowhere("no standby is available and primary_reads = \"never\""),
+            Conn::Standby,
+            None,
+        ),
+        ReadTarget::Primary | ReadTarget::Nowhere => {
+            let why = why_primary(topology, session.avoid, &exclude);
+            destination(To::Primary, Conn::Primary, Some(why))
+        }
+    };
+    Destination {
+        release_standby,
+        ..picked
+    }
+}
+
+/// Why a request went where it went, with the transaction state it was planned in.
+fn reason(
+    ask: &Ask<'_>,
+    session: &SessionView<'_>,
+    conn: Conn,
+    read_on_primary: Option<Decision>,
+) -> Decision {
+    if session.state.txn == Some(conn) {
+        return Decision::InTransaction;
+    }
+    if ask.class.route == Route::Primary {
+        return ask.class.reason.into();
+    }
+    if conn == Conn::Standby {
+        return Decision::Read;
+    }
+    if let Some(why) = read_on_primary {
+        return why;
+    }
+    if session.state.pinned() {
+        return Decision::Pinned;
+    }
+    match ask.class.route {
+        Route::Any => Decision::Any,
+        // A chain's next statements are not seen yet, so it starts on the primary.
+        _ if ask.unsynced => Decision::Unclassified,
+        // A read that opens a read-write transaction, or under SERIALIZABLE.
+        _ => Decision::TransactionMode,
+    }
+}
+
+/// Whether a primary answers its checks now; while none does, no standby can be shown to
+/// have replayed the client's write, and reads stay available instead.
+fn primary_answers(topology: &Topology) -> bool {
+    topology.primary().is_some_and(|p| p.ban.is_none())
+}
+
+/// Why read-your-writes sends a read to the primary: the standbys have not replayed the
+/// client's write yet, or none could serve it anyway.
+fn why_not_my_writes(topology: &Topology) -> Decision {
+    if topology
+        .nodes
+        .iter()
+        .any(|n| n.role == Role::Standby && n.eligible)
+    {
+        Decision::ReadYourWrites
+    } else {
+        why_primary(topology, &[], &[])
+    }
+}
+
+/// Why a read planned for a standby goes to the primary. `avoided` are standbys that
+/// failed this client, `excluded` those and the ones read-your-writes rules out.
+/// `Read` when a standby was there to take it: the primary was picked as one more read
+/// node (`primary_reads = "always"`).
+fn why_primary(topology: &Topology, avoided: &[usize], excluded: &[usize]) -> Decision {
+    let standbys = || {
+        topology
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.role == Role::Standby && n.node.weight > 0)
+    };
+    if standbys().any(|(i, n)| n.eligible && !excluded.contains(&i)) {
+        Decision::Read
+    } else if standbys().any(|(i, n)| n.eligible && !avoided.contains(&i)) {
+        Decision::ReadYourWrites
+    } else if standbys().any(|(_, n)| !n.eligible && n.error.is_none()) {
+        // Up and answering, but outside the lag bounds (or streaming from no primary).
+        Decision::LagExcluded
+    } else {
+        Decision::FallbackPrimary
+    }
+}
+
+#[cfg(test)]
+mod tests;
