@@ -15,6 +15,31 @@ use crate::gucs::apply_to_server;
 use crate::protocol::{encode, flush_to, Frame, Severity};
 use crate::route::{Ask, Conn, Decision, Failure, Plan, Target};
 
+/// What the request in flight and the open transaction did: applied when they succeed,
+/// undone when they fail.
+#[derive(Default)]
+pub(super) struct Outcome {
+    /// Settings before the open transaction (or the current autocommit request).
+    pub gucs_before: Gucs,
+    /// The answer being relayed included a COMMIT: a transaction that ends without one
+    /// (ROLLBACK, a COMMIT that failed) undid its SETs.
+    pub committed: bool,
+    /// The answer being relayed included an error.
+    pub request_failed: bool,
+    /// What the request in flight releases (unpins, DEALLOCATE, DISCARD ALL), applied
+    /// once it succeeded.
+    pub releasing: Vec<Effect>,
+    /// Releases done inside the open transaction: they happen if it commits.
+    pub txn_releases: Vec<(Conn, Effect)>,
+    /// Settings before a request that changed them, restored if that request fails.
+    pub guc_undo: Option<(Conn, Gucs)>,
+    /// A request that may write was sent to the primary since the last commit.
+    pub wrote: bool,
+    /// A function was created, changed or dropped: the catalog is read again once the
+    /// change commits.
+    pub functions_changed: bool,
+}
+
 impl Relay<'_> {
     /// Sends a request, or holds it while an earlier one is still being answered: one
     /// request in flight keeps replies in order and lets pgsplit put its own messages
@@ -32,7 +57,7 @@ impl Relay<'_> {
                 || self.standby.owed.pending > 0
                 || self.sticky.is_some())
         {
-            self.held.push_back(request);
+            self.intake.held.push_back(request);
             return Ok(());
         }
         if let (Some(conn), Request::Query(..) | Request::Function(_)) = (self.sticky, &request) {
@@ -43,7 +68,7 @@ impl Relay<'_> {
                 let mut flush = BytesMut::new();
                 encode::flush(&mut flush);
                 write_to(self.slot(conn), &flush).await?;
-                self.held.push_back(request);
+                self.intake.held.push_back(request);
                 return Ok(());
             }
         }
@@ -80,7 +105,7 @@ impl Relay<'_> {
             }
             result => result,
         };
-        if self.after_sync.is_none() {
+        if self.injected.after_sync.is_none() {
             self.cancel.release();
         }
         result
@@ -100,18 +125,18 @@ impl Relay<'_> {
             self.state.fail_deferred_transaction();
         }
         encode::error(
-            &mut self.to_client,
+            &mut self.client.out,
             Severity::Error,
             e.sqlstate(),
             &e.to_string(),
         );
         if answered {
             let status = self.client_status();
-            encode::ready_for_query(&mut self.to_client, status);
+            encode::ready_for_query(&mut self.client.out, status);
         } else {
-            self.skip_to_sync = true;
+            self.intake.skip_to_sync = true;
         }
-        flush_to(&mut self.client_out, &mut self.to_client).await?;
+        flush_to(&mut self.client.writer, &mut self.client.out).await?;
         Ok(())
     }
 
@@ -145,12 +170,12 @@ impl Relay<'_> {
                 Op::Close(_) => b'3',
                 _ => continue,
             };
-            self.to_client.put_u8(tag);
-            self.to_client.put_i32(4);
+            self.client.out.put_u8(tag);
+            self.client.out.put_i32(4);
         }
         let status = self.client_status();
-        encode::ready_for_query(&mut self.to_client, status);
-        flush_to(&mut self.client_out, &mut self.to_client).await?;
+        encode::ready_for_query(&mut self.client.out, status);
+        flush_to(&mut self.client.writer, &mut self.client.out).await?;
         Ok(true)
     }
 
@@ -163,7 +188,7 @@ impl Relay<'_> {
         if let Some(conn) = self.copying() {
             let in_copy = |r: &mut Request| matches!(r, Request::Query(..) | Request::Function(_));
             if let Some(Request::Query(frame, _) | Request::Function(frame)) =
-                self.held.pop_front_if(in_copy)
+                self.intake.held.pop_front_if(in_copy)
             {
                 let slot = self.slot(conn);
                 tally::received(slot, frame.raw.len());
@@ -171,13 +196,13 @@ impl Relay<'_> {
             }
         }
         // In order, each once it can go out (the batches of a chain go out together).
-        while !self.held.is_empty()
+        while !self.intake.held.is_empty()
             && match self.sticky {
                 Some(conn) => self.chain_settled(conn),
                 None => self.primary.owed.pending == 0 && self.standby.owed.pending == 0,
             }
         {
-            if let Some(held) = self.held.pop_front() {
+            if let Some(held) = self.intake.held.pop_front() {
                 self.dispatch(held).await?;
             }
         }
@@ -203,7 +228,7 @@ impl Relay<'_> {
 
     /// Classifies a request and asks the routing state where it goes.
     pub(super) fn plan(&mut self, request: &Request) -> (Plan, Arc<Classification>) {
-        let open = self.last;
+        let open = self.intake.last;
         self.plan_request(request, open)
     }
 
@@ -216,7 +241,7 @@ impl Relay<'_> {
             Request::Query(frame, _) => {
                 let text = query_text(frame.body());
                 let mut class = self.classify(text);
-                if self.rerun_on_primary && class.route != Route::Primary {
+                if self.retries.rerun_on_primary && class.route != Route::Primary {
                     class = Arc::new(class.refused_by_standby());
                 }
                 let plan = match self.sticky {
@@ -332,10 +357,10 @@ impl Relay<'_> {
             Placed::Refused(code, message) => return self.refuse(&request, code, message).await,
         };
         if conn == Conn::Primary && class.route == Route::Primary {
-            self.wrote = true;
+            self.outcome.wrote = true;
         }
         if class.effects.contains(&Effect::FunctionsChanged) {
-            self.functions_changed = true;
+            self.outcome.functions_changed = true;
         }
         // An autocommit read can run again elsewhere until its answer starts: nothing
         // of it reached the client, and running it twice changes nothing. Not the end of
@@ -343,7 +368,7 @@ impl Relay<'_> {
         // times (a pooled connection to a primary that just stopped fails the first
         // retry too; the next one finds it unreachable and reads from a standby).
         let retryable = !mid_chain
-            && self.runs_before + 1 < MAX_RUNS
+            && self.retries.runs_before + 1 < MAX_RUNS
             && begin.is_none()
             && self.state.txn.is_none()
             && !self.state.holds(conn)
@@ -353,18 +378,18 @@ impl Relay<'_> {
                 request,
                 Request::Query(..) | Request::Batch { sync: true, .. }
             );
-        let runs = self.runs_before + 1;
+        let runs = self.retries.runs_before + 1;
         let slot = self.slot(conn);
         slot.retry = retryable.then(|| (request.clone(), Arc::clone(&class)));
         slot.runs = runs;
-        self.injected_error = None;
+        self.injected.error = None;
         // Inside its transaction the connection has exactly what the client set there;
         // a sync would only fail in an aborted transaction and block its ROLLBACK.
         let in_own_txn = self.state.txn == Some(conn);
         if !mid_chain && !in_own_txn && self.sync_settings(conn).await? {
             // The request waits for the settings: if they fail there (a role or schema
             // not replayed yet), it must not run with the wrong ones.
-            self.after_sync = Some(AfterSync {
+            self.injected.after_sync = Some(AfterSync {
                 conn,
                 reason,
                 begin,
@@ -386,14 +411,14 @@ impl Relay<'_> {
         code: &'static str,
         message: &'static str,
     ) -> Result<(), ProxyError> {
-        encode::error(&mut self.to_client, Severity::Error, code, message);
+        encode::error(&mut self.client.out, Severity::Error, code, message);
         if matches!(request, Request::Batch { sync: false, .. }) {
-            self.skip_to_sync = true;
+            self.intake.skip_to_sync = true;
         } else {
             let status = self.client_status();
-            encode::ready_for_query(&mut self.to_client, status);
+            encode::ready_for_query(&mut self.client.out, status);
         }
-        flush_to(&mut self.client_out, &mut self.to_client).await?;
+        flush_to(&mut self.client.writer, &mut self.client.out).await?;
         Ok(())
     }
 
@@ -401,7 +426,7 @@ impl Relay<'_> {
     /// failed, never run it with the wrong settings: an autocommit read goes to the
     /// primary instead, anything else gets the error.
     pub(super) async fn after_settings(&mut self, waiting: AfterSync) -> Result<(), ProxyError> {
-        match self.injected_error.take() {
+        match self.injected.error.take() {
             Some(_) if waiting.described => {
                 let AfterSync {
                     conn,
@@ -447,12 +472,12 @@ impl Relay<'_> {
                 if waiting.begin.is_some() {
                     self.state.fail_deferred_transaction();
                 }
-                encode::error(&mut self.to_client, Severity::Error, "08006", &message);
+                encode::error(&mut self.client.out, Severity::Error, "08006", &message);
                 if answered {
                     let status = self.client_status();
-                    encode::ready_for_query(&mut self.to_client, status);
+                    encode::ready_for_query(&mut self.client.out, status);
                 } else {
-                    self.skip_to_sync = true;
+                    self.intake.skip_to_sync = true;
                 }
                 Ok(())
             }
@@ -505,7 +530,7 @@ impl Relay<'_> {
         let (class, request) = match shapes {
             Shapes::Unknown(statements) if !described => {
                 self.describe_first(conn, statements).await?;
-                self.after_sync = Some(AfterSync {
+                self.injected.after_sync = Some(AfterSync {
                     conn,
                     reason,
                     begin: None,
@@ -523,7 +548,7 @@ impl Relay<'_> {
         };
         self.tally_request(conn, reason, &class, &request);
         if self.state.txn.is_none() {
-            self.gucs_before.clone_from(&self.state.gucs);
+            self.outcome.gucs_before.clone_from(&self.state.gucs);
             // Only a request that opens a transaction needs the record (a clone per
             // autocommit statement would not be free); one not seen opening it rolls
             // back to unknown settings.
@@ -542,7 +567,7 @@ impl Relay<'_> {
             .iter()
             .any(|e| matches!(e, Effect::DiscardAll | Effect::Deallocate { name: None }));
         self.shared.stats.record(conn, self.slot(conn).node);
-        self.last = Some(conn);
+        self.intake.last = Some(conn);
         let pid = self.cancel.pid();
         // Fields borrowed apart: the slot's lease builds the target the link keeps.
         let slot = match conn {
@@ -620,18 +645,18 @@ impl Relay<'_> {
     /// What a request sent to `conn` does to the session and to that connection's
     /// settings, recorded as it goes out (undone if it fails).
     pub(super) fn apply_effects(&mut self, conn: Conn, class: &Classification) {
-        self.committed = false;
-        self.request_failed = false;
+        self.outcome.committed = false;
+        self.outcome.request_failed = false;
         if class.effects.iter().any(|e| {
             matches!(
                 e,
                 Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll | Effect::DiscardAll
             )
         }) {
-            self.guc_undo = Some((conn, self.state.gucs.clone()));
+            self.outcome.guc_undo = Some((conn, self.state.gucs.clone()));
         }
         let releases = self.state.apply(class, conn);
-        self.releasing.extend(releases);
+        self.outcome.releasing.extend(releases);
         self.count_pinned();
         if let Some(lease) = self.slot(conn).conn.as_mut() {
             // This connection runs the SETs itself.
@@ -643,13 +668,13 @@ impl Relay<'_> {
 
     /// Answers a request without a server (deferred BEGIN and its empty end).
     pub(super) async fn reply_here(&mut self, tag: &str, status: u8) -> Result<(), ProxyError> {
-        let out = &mut self.to_client;
+        let out = &mut self.client.out;
         out.put_u8(b'C');
         out.put_i32((4 + tag.len() + 1) as i32);
         out.put_slice(tag.as_bytes());
         out.put_u8(0);
         encode::ready_for_query(out, status);
-        flush_to(&mut self.client_out, &mut self.to_client).await?;
+        flush_to(&mut self.client.writer, &mut self.client.out).await?;
         Ok(())
     }
 }

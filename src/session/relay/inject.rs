@@ -7,7 +7,7 @@ use bytes::{BufMut, BytesMut};
 use std::sync::Arc;
 
 use super::wire::{encode_statement_message, statement_named, write_to};
-use super::{Described, InFlight, Op, ParseOf, Relay, Request, Shapes, Slot, Swallow};
+use super::{AfterSync, Described, InFlight, Op, ParseOf, Relay, Request, Shapes, Slot, Swallow};
 use crate::error::ProxyError;
 use crate::gucs::{guc_sync_sql, Gucs};
 use crate::pool::Lease;
@@ -272,6 +272,15 @@ impl Written {
         slot.owed.describes.extend(self.describes);
         self.bytes
     }
+}
+
+/// What pgsplit sent ahead of a client request, and how it went.
+#[derive(Default)]
+pub(super) struct Injected {
+    /// A request sent once its connection's settings are in line.
+    pub after_sync: Option<AfterSync>,
+    /// The first error of a statement pgsplit injected, with its connection.
+    pub error: Option<(Conn, String)>,
 }
 
 impl Relay<'_> {

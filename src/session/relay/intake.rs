@@ -15,20 +15,54 @@ use crate::prepared::Statement;
 use crate::protocol::{encode, flush_to, read_cstr, Frame};
 use crate::route::{Conn, Prepared, Target};
 
+/// Client messages being grouped into requests, and requests waiting their turn.
+pub(super) struct Intake {
+    /// Extended-protocol messages waiting for their Sync or Flush.
+    pub batch: Vec<Frame>,
+    /// Their size in bytes.
+    pub bytes: usize,
+    /// Requests waiting for the connections to finish answering, in the client's order.
+    pub held: VecDeque<Request>,
+    /// After a failed request that did not end with Sync, client messages are dropped
+    /// until its Sync, which gets the ReadyForQuery (as the server itself would do).
+    pub skip_to_sync: bool,
+    /// Fires when the client has left extended-protocol messages without Sync or Flush
+    /// for [`UNSYNCED_WAIT`]: they go to the server then, as PostgreSQL runs them.
+    pub quiet: Pin<Box<Sleep>>,
+    /// Whether `quiet` is set.
+    pub quiet_armed: bool,
+    /// Connection of the last request (COPY data follows it).
+    pub last: Option<Conn>,
+}
+
+impl Intake {
+    pub fn new() -> Intake {
+        Intake {
+            batch: Vec::new(),
+            bytes: 0,
+            held: VecDeque::new(),
+            skip_to_sync: false,
+            quiet: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            quiet_armed: false,
+            last: None,
+        }
+    }
+}
+
 impl Relay<'_> {
     /// Whether a client message only joins the extended-protocol batch (Parse, Bind,
     /// Describe, Execute, Close before their Sync), which needs no I/O.
     pub(super) fn joins_batch(&self, frame: &Frame) -> bool {
         matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C')
             && self.copying().is_none()
-            && !self.skip_to_sync
+            && !self.intake.skip_to_sync
     }
 
     /// Adds a message to the batch that its Sync or Flush sends.
     pub(super) fn join_batch(&mut self, frame: Frame) -> Result<Step, ProxyError> {
-        self.batch_bytes += frame.raw.len();
-        self.batch.push(frame);
-        if self.batch_bytes > self.client.max_len() {
+        self.intake.bytes += frame.raw.len();
+        self.intake.batch.push(frame);
+        if self.intake.bytes > self.client.reader.max_len() {
             return Err(ProxyError::Protocol(
                 "too many extended-protocol messages without Sync or Flush".into(),
             ));
@@ -51,17 +85,17 @@ impl Relay<'_> {
                 if !e.is_disconnect() {
                     let mut out = BytesMut::new();
                     e.encode_fatal(&mut out);
-                    let _ = flush_to(&mut self.client_out, &mut out).await;
+                    let _ = flush_to(&mut self.client.writer, &mut out).await;
                 }
                 return Err(e);
             }
         };
-        if self.skip_to_sync && self.copying().is_none() {
+        if self.intake.skip_to_sync && self.copying().is_none() {
             if frame.tag == b'S' {
-                self.skip_to_sync = false;
+                self.intake.skip_to_sync = false;
                 let status = self.client_status();
-                encode::ready_for_query(&mut self.to_client, status);
-                flush_to(&mut self.client_out, &mut self.to_client).await?;
+                encode::ready_for_query(&mut self.client.out, status);
+                flush_to(&mut self.client.writer, &mut self.client.out).await?;
             }
             return Ok(Step::Continue);
         }
@@ -112,10 +146,10 @@ impl Relay<'_> {
             }
             b'H' | b'S' => {
                 let sync = frame.tag == b'S';
-                let bytes = self.batch_bytes + frame.raw.len();
-                self.batch.push(frame);
-                self.batch_bytes = 0;
-                let frames = std::mem::take(&mut self.batch);
+                let bytes = self.intake.bytes + frame.raw.len();
+                self.intake.batch.push(frame);
+                self.intake.bytes = 0;
+                let frames = std::mem::take(&mut self.intake.batch);
                 let (ops, class) = self.resolve_batch(frames);
                 self.dispatch(Request::Batch {
                     ops,
@@ -128,7 +162,7 @@ impl Relay<'_> {
             // COPY data and anything else belongs to the connection of the last request.
             _ => {
                 self.send_unsynced().await?;
-                let conn = self.last.unwrap_or(Conn::Primary);
+                let conn = self.intake.last.unwrap_or(Conn::Primary);
                 let slot = self.slot(conn);
                 if matches!(frame.tag, b'c' | b'f') && slot.owed.pending > 0 {
                     slot.owed.copy_ended_early = true;
@@ -150,14 +184,15 @@ impl Relay<'_> {
     pub(super) async fn on_client_pause(&mut self) -> Result<Step, ProxyError> {
         if self.state.txn.is_some()
             || self.sticky.is_some()
-            || self.batch_bytes >= UNSYNCED_BATCH_BYTES
+            || self.intake.bytes >= UNSYNCED_BATCH_BYTES
         {
             self.send_unsynced().await?;
         } else {
-            self.quiet
+            self.intake
+                .quiet
                 .as_mut()
                 .reset(tokio::time::Instant::now() + UNSYNCED_WAIT);
-            self.quiet_armed = true;
+            self.intake.quiet_armed = true;
         }
         Ok(Step::Continue)
     }
@@ -165,12 +200,12 @@ impl Relay<'_> {
     /// Sends the extended-protocol messages received since the last Sync or Flush, as
     /// the start of a chain (the server answers them at the next Sync, Flush or error).
     pub(super) async fn send_unsynced(&mut self) -> Result<(), ProxyError> {
-        self.quiet_armed = false;
-        if self.batch.is_empty() {
+        self.intake.quiet_armed = false;
+        if self.intake.batch.is_empty() {
             return Ok(());
         }
-        let bytes = std::mem::take(&mut self.batch_bytes);
-        let frames = std::mem::take(&mut self.batch);
+        let bytes = std::mem::take(&mut self.intake.bytes);
+        let frames = std::mem::take(&mut self.intake.batch);
         let (ops, class) = self.resolve_batch(frames);
         self.dispatch(Request::Batch {
             ops,

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -40,8 +40,15 @@ mod tally;
 mod watchdog;
 mod wire;
 
+use dispatch::Outcome;
+use inject::Injected;
+use intake::Intake;
 use owed::{Described, InFlight, ParseOf, Swallow};
+use replies::Retries;
+use servers::Placement;
 use slot::Slot;
+use tally::Gauges;
+use watchdog::Watch;
 
 /// How long a standby that failed a client is skipped by that client.
 const AVOID_FAILED_STANDBY: Duration = Duration::from_secs(10);
@@ -62,6 +69,18 @@ struct AfterSync {
     /// Its statements' shapes were asked for: the request goes out even if that failed
     /// (the server then reports the error to the client itself).
     described: bool,
+}
+
+/// Where a session stands from the client's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activity {
+    /// Nothing owed either way and no transaction: the session may end, and in
+    /// transaction pooling holds no connection it does not need.
+    Idle,
+    /// Nothing owed either way, inside a transaction (or with a BEGIN held back).
+    IdleInTransaction,
+    /// A request is being gathered, waits its turn, or is being answered (COPY included).
+    Busy,
 }
 
 /// Where a planned request ended up.
@@ -218,93 +237,40 @@ async fn next_phase(rx: Option<watch::Receiver<Phase>>) -> (Phase, Option<watch:
 
 /// The relay for one authenticated client.
 pub struct Relay<'a> {
-    client: FrameReader<ClientRead>,
-    client_out: ClientWrite,
+    /// The client's connection, and its answers waiting to be written.
+    client: ClientConn,
     shared: &'a Shared,
     startup: Startup,
     /// This client's cancel key, pointed at the server serving it.
     cancel: CancelLink,
-    /// Pools this session has used, by server address.
-    pools: Vec<(String, Arc<crate::pool::Pool>)>,
     state: RoutingState,
     primary: Slot,
     standby: Slot,
-    to_client: BytesMut,
-    /// Extended-protocol messages waiting for their Sync or Flush.
-    batch: Vec<Frame>,
-    batch_bytes: usize,
     /// After a Flush the rest of the batch must follow to the same connection.
     sticky: Option<Conn>,
-    /// Whether connections go back to their pools between transactions.
-    transaction_pooling: bool,
-    /// Whether this client is counted as holding a connection for a pin.
-    counted_pinned: bool,
-    /// Requests waiting for the connections to finish answering, in the client's order.
-    held: VecDeque<Request>,
-    /// Connection of the last request (COPY data follows it).
-    last: Option<Conn>,
-    /// After a failed request that did not end with Sync, client messages are dropped
-    /// until its Sync, which gets the ReadyForQuery (as the server itself would do).
-    skip_to_sync: bool,
-    /// Settings before the open transaction (or the current autocommit request).
-    gucs_before: Gucs,
-    /// The answer being relayed included a COMMIT: a transaction that ends without one
-    /// (ROLLBACK, a COMMIT that failed) undid its SETs.
-    committed: bool,
-    /// The answer being relayed included an error.
-    request_failed: bool,
-    /// What the request in flight releases (unpins, DEALLOCATE, DISCARD ALL), applied
-    /// once it succeeded.
-    releasing: Vec<Effect>,
-    /// Releases done inside the open transaction: they happen if it commits.
-    txn_releases: Vec<(Conn, Effect)>,
-    /// Settings before a request that changed them, restored if that request fails.
-    guc_undo: Option<(Conn, Gucs)>,
-    /// Standbys that failed this client recently, with when to try them again.
-    avoid: Vec<(usize, Instant)>,
-    /// A request sent once its connection's settings are in line.
-    after_sync: Option<AfterSync>,
-    /// The first error of a statement pgsplit injected, with its connection.
-    injected_error: Option<(Conn, String)>,
-    /// A request that may write was sent to the primary since the last commit.
-    wrote: bool,
-    /// A function was created, changed or dropped: the catalog is read again once the
-    /// change commits.
-    functions_changed: bool,
-    /// What arrived before the first row of the retryable read in flight (one request is
-    /// in flight at a time outside Flush chains, which are not retried): notices and
-    /// FATAL errors (a server shutting down says so before it closes, and then the read
-    /// is retried instead), ParseComplete, BindComplete and descriptions. Passed on with
-    /// the first row or the end of the answer; dropped when the read runs again
-    /// elsewhere. Kept here, not per server connection, so its allocation outlives the
-    /// pooled connections a session goes through.
-    early: BytesMut,
-    /// A read a standby refused, to run on the primary now.
-    refused: Option<(Request, Arc<Classification>, Refusal)>,
-    /// The request being dispatched runs again on the primary after a standby refused
-    /// it: it goes there whatever its text classifies as now.
-    rerun_on_primary: bool,
-    /// Read-your-writes: when this client's last write committed, until a standby is
-    /// known to have replayed it.
-    written_at: Option<Instant>,
+    /// Client messages being grouped into requests, and requests waiting their turn.
+    intake: Intake,
+    /// What the request in flight and the open transaction did, kept until they end.
+    outcome: Outcome,
+    /// What lets an autocommit read run again elsewhere.
+    retries: Retries,
+    /// Where reads may go: pools used, standbys avoided, read-your-writes.
+    placement: Placement,
+    /// What pgsplit sent ahead of a request, and how it went.
+    injected: Injected,
+    /// The watchdog's timer and marks.
+    watch: Watch,
+    /// The client's share of the connection gauges.
+    gauges: Gauges,
     draining: bool,
-    /// Whether this client is counted as holding a server connection.
-    counted_active: bool,
-    /// Ticks while a server owes an answer or the client idles in a transaction.
-    watchdog: Pin<Box<Sleep>>,
-    /// `idle_in_transaction_timeout` as the session started; `None` when off.
-    idle_in_transaction_timeout: Option<Duration>,
-    /// Messages received from the client.
-    client_frames: u64,
-    /// `client_frames` when a tick first saw the client idle in its transaction, and when.
-    idle_mark: Option<(u64, Instant)>,
-    /// How many times the request being dispatched ran before (on servers lost before
-    /// answering); at [`MAX_RUNS`] it is not retried again.
-    runs_before: u8,
-    /// Fires when the client has left extended-protocol messages without Sync or Flush
-    /// for [`UNSYNCED_WAIT`]: they go to the server then, as PostgreSQL runs them.
-    quiet: Pin<Box<Sleep>>,
-    quiet_armed: bool,
+}
+
+/// The client's side of the session.
+struct ClientConn {
+    reader: FrameReader<ClientRead>,
+    writer: ClientWrite,
+    /// Answers for the client, written at the next flush.
+    out: BytesMut,
 }
 
 enum Step {
@@ -343,55 +309,28 @@ impl<'a> Relay<'a> {
                 (Slot::empty(), Slot::open(server, node))
             }
         };
+        let settings = shared.settings.load();
         Relay {
-            client,
-            client_out,
-            state: RoutingState::new(
-                shared.settings.load().raw.routing.transaction_routing,
-                defaults,
-            ),
+            client: ClientConn {
+                reader: client,
+                writer: client_out,
+                out: BytesMut::new(),
+            },
+            state: RoutingState::new(settings.raw.routing.transaction_routing, defaults),
             shared,
             startup,
             cancel,
-            pools: Vec::new(),
             primary,
             standby,
-            to_client: BytesMut::new(),
-            batch: Vec::new(),
-            batch_bytes: 0,
             sticky: None,
-            transaction_pooling: shared.settings.load().raw.pool.mode == PoolMode::Transaction,
-            counted_pinned: false,
-            held: VecDeque::new(),
-            last: None,
-            skip_to_sync: false,
-            gucs_before: Gucs::new(),
-            committed: false,
-            request_failed: false,
-            releasing: Vec::new(),
-            txn_releases: Vec::new(),
-            guc_undo: None,
-            avoid: Vec::new(),
-            after_sync: None,
-            injected_error: None,
-            wrote: false,
-            functions_changed: false,
-            early: BytesMut::new(),
-            refused: None,
-            rerun_on_primary: false,
-            written_at: None,
+            intake: Intake::new(),
+            outcome: Outcome::default(),
+            retries: Retries::default(),
+            placement: Placement::new(settings.raw.pool.mode == PoolMode::Transaction),
+            injected: Injected::default(),
+            watch: Watch::new(settings.raw.idle_in_transaction_timeout),
+            gauges: Gauges::default(),
             draining: false,
-            counted_active: false,
-            watchdog: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            idle_in_transaction_timeout: Some(
-                shared.settings.load().raw.idle_in_transaction_timeout,
-            )
-            .filter(|t| !t.is_zero()),
-            client_frames: 0,
-            idle_mark: None,
-            runs_before: 0,
-            quiet: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            quiet_armed: false,
         }
     }
 
@@ -431,23 +370,22 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn busy(&self) -> bool {
-        self.primary.owed.pending > 0
+    /// Where the session stands from the client's side.
+    fn activity(&self) -> Activity {
+        let busy = self.primary.owed.pending > 0
             || self.standby.owed.pending > 0
-            || !self.batch.is_empty()
-            || !self.held.is_empty()
+            || !self.intake.batch.is_empty()
+            || !self.intake.held.is_empty()
             || self.sticky.is_some()
             || self.copying().is_some()
-            || self.awaiting_sync().is_some()
-    }
-
-    fn idle(&self) -> bool {
-        !self.busy() && self.state.txn.is_none() && !self.state.begin_deferred()
-    }
-
-    /// Whether the client has an open transaction and nothing in flight.
-    fn idle_in_transaction(&self) -> bool {
-        !self.busy() && (self.state.txn.is_some() || self.state.begin_deferred())
+            || self.awaiting_sync().is_some();
+        if busy {
+            Activity::Busy
+        } else if self.state.txn.is_some() || self.state.begin_deferred() {
+            Activity::IdleInTransaction
+        } else {
+            Activity::Idle
+        }
     }
 
     /// Runs until the client leaves, an error ends the session, or shutdown.
@@ -459,7 +397,7 @@ impl<'a> Relay<'a> {
         let mut phase_change = Box::pin(next_phase(Some(phase.clone())));
         let result = loop {
             self.count_active();
-            let accept_client = self.held.is_empty();
+            let accept_client = self.intake.held.is_empty();
             let watching = self.watching();
             // Handlers are boxed so the session's own future stays small while it waits:
             // an idle client costs its sockets and buffers, not the largest handler's state.
@@ -473,15 +411,15 @@ impl<'a> Relay<'a> {
                 // is still seen (as `None`): else a server that owes nothing (a COPY
                 // waiting for data, a request PostgreSQL skips until Sync) would keep the
                 // session and its pooled connection for good (found by tests/hostile.rs).
-                frame = self.client.next_or_closed(accept_client, HELD_READ_AHEAD) => {
-                    self.client_frames += 1;
+                frame = self.client.reader.next_or_closed(accept_client, HELD_READ_AHEAD) => {
+                    self.watch.client_frames += 1;
                     match frame {
                         // Most extended-protocol messages only join their batch: no boxed
                         // handler (an allocation and a copy of its large future) for them.
                         Ok(Some(frame)) if self.joins_batch(&frame) => match self.join_batch(frame) {
                             Ok(Step::Continue)
-                                if !self.client.has_buffered()
-                                    || self.batch_bytes >= UNSYNCED_BATCH_BYTES =>
+                                if !self.client.reader.has_buffered()
+                                    || self.intake.bytes >= UNSYNCED_BATCH_BYTES =>
                             {
                                 Box::pin(self.on_client_pause()).await
                             }
@@ -490,15 +428,15 @@ impl<'a> Relay<'a> {
                         frame => Box::pin(self.on_client_frame(frame)).await,
                     }
                 },
-                () = &mut self.quiet, if self.quiet_armed => {
-                    self.quiet_armed = false;
+                () = &mut self.intake.quiet, if self.intake.quiet_armed => {
+                    self.intake.quiet_armed = false;
                     Box::pin(self.send_unsynced()).await.map(|()| Step::Continue)
                 }
                 (now, next) = &mut phase_change => {
                     phase_change = Box::pin(next_phase(next));
                     Box::pin(self.on_phase(now)).await
                 }
-                () = &mut self.watchdog, if watching => self.on_tick().await,
+                () = &mut self.watch.timer, if watching => self.on_tick().await,
             };
             match step {
                 Ok(Step::Continue) => {}
@@ -506,10 +444,10 @@ impl<'a> Relay<'a> {
                 Err(e) => break Err(e),
             }
         };
-        if self.counted_pinned {
+        if self.gauges.pinned {
             self.shared.stats.set_pinned(false);
         }
-        if self.counted_active {
+        if self.gauges.active {
             self.shared.stats.set_active(false);
         }
         self.shared.stats.set_connected(false);
@@ -558,7 +496,7 @@ impl<'a> Relay<'a> {
     /// In transaction pooling, returns every connection the client does not need until
     /// its next request: nothing in flight, no transaction, no pin or SQL PREPARE on it.
     fn release_idle_connections(&mut self) {
-        if !self.transaction_pooling {
+        if !self.placement.transaction_pooling {
             return;
         }
         for conn in [Conn::Primary, Conn::Standby] {
@@ -574,7 +512,11 @@ impl<'a> Relay<'a> {
                 && self.sticky != Some(conn)
                 && self.state.txn != Some(conn)
                 && !self.state.holds(conn)
-                && self.after_sync.as_ref().is_none_or(|a| a.conn != conn);
+                && self
+                    .injected
+                    .after_sync
+                    .as_ref()
+                    .is_none_or(|a| a.conn != conn);
             if !idle {
                 continue;
             }
@@ -595,20 +537,21 @@ impl<'a> Relay<'a> {
     /// statements are not transactional, so it happened once it succeeded, whatever its
     /// transaction does later.
     fn settle_releases(&mut self, conn: Conn, status: u8, was_in_txn: bool) {
-        let (deallocations, releases): (Vec<_>, Vec<_>) = std::mem::take(&mut self.releasing)
-            .into_iter()
-            .partition(|e| matches!(e, Effect::Deallocate { .. }));
-        let succeeded = !self.request_failed;
-        self.request_failed = false;
+        let (deallocations, releases): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.outcome.releasing)
+                .into_iter()
+                .partition(|e| matches!(e, Effect::Deallocate { .. }));
+        let succeeded = !self.outcome.request_failed;
+        self.outcome.request_failed = false;
         let mut done = Vec::new();
         if succeeded && status != b'E' {
             done.extend(deallocations.into_iter().map(|e| (conn, e)));
         }
         match status {
             b'I' => {
-                let committed = !was_in_txn || self.committed;
+                let committed = !was_in_txn || self.outcome.committed;
                 if was_in_txn {
-                    let txn = std::mem::take(&mut self.txn_releases);
+                    let txn = std::mem::take(&mut self.outcome.txn_releases);
                     if committed {
                         done.extend(txn);
                     }
@@ -618,6 +561,7 @@ impl<'a> Relay<'a> {
                 }
             }
             b'T' if succeeded => self
+                .outcome
                 .txn_releases
                 .extend(releases.into_iter().map(|e| (conn, e))),
             _ => {}
@@ -644,18 +588,18 @@ impl<'a> Relay<'a> {
     /// Keeps the pinned-clients gauge in line with whether this client holds a
     /// connection between transactions.
     fn count_pinned(&mut self) {
-        let pinned = self.transaction_pooling
+        let pinned = self.placement.transaction_pooling
             && (self.state.holds(Conn::Primary) || self.state.holds(Conn::Standby));
-        if pinned != self.counted_pinned {
+        if pinned != self.gauges.pinned {
             self.shared.stats.set_pinned(pinned);
-            self.counted_pinned = pinned;
+            self.gauges.pinned = pinned;
         }
     }
 
     async fn on_phase(&mut self, phase: Phase) -> Result<Step, ProxyError> {
         match phase {
             Phase::Running => Ok(Step::Continue),
-            Phase::Draining if !self.idle() => {
+            Phase::Draining if self.activity() != Activity::Idle => {
                 self.draining = true;
                 Ok(Step::Continue)
             }
@@ -667,10 +611,10 @@ impl<'a> Relay<'a> {
     }
 
     async fn say_goodbye(&mut self) -> Result<Step, ProxyError> {
-        let mut out = std::mem::take(&mut self.to_client);
+        let mut out = std::mem::take(&mut self.client.out);
         ProxyError::Shutdown.encode_fatal(&mut out);
-        flush_to(&mut self.client_out, &mut out).await?;
-        let _ = self.client_out.shutdown().await;
+        flush_to(&mut self.client.writer, &mut out).await?;
+        let _ = self.client.writer.shutdown().await;
         Ok(Step::Done)
     }
 

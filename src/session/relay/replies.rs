@@ -13,6 +13,27 @@ use crate::error::ProxyError;
 use crate::protocol::{flush_to, read_cstr, Frame};
 use crate::route::{Conn, Target};
 
+/// What lets an autocommit read run again elsewhere, and a refused one on the primary.
+#[derive(Default)]
+pub(super) struct Retries {
+    /// What arrived before the first row of the retryable read in flight (one request is
+    /// in flight at a time outside Flush chains, which are not retried): notices and
+    /// FATAL errors (a server shutting down says so before it closes, and then the read
+    /// is retried instead), ParseComplete, BindComplete and descriptions. Passed on with
+    /// the first row or the end of the answer; dropped when the read runs again
+    /// elsewhere. Kept here, not per server connection, so its allocation outlives the
+    /// pooled connections a session goes through.
+    pub early: BytesMut,
+    /// A read a standby refused, to run on the primary now.
+    pub refused: Option<(Request, Arc<Classification>, Refusal)>,
+    /// The request being dispatched runs again on the primary after a standby refused
+    /// it: it goes there whatever its text classifies as now.
+    pub rerun_on_primary: bool,
+    /// How many times the request being dispatched ran before (on servers lost before
+    /// answering); at [`MAX_RUNS`] it is not retried again.
+    pub runs_before: u8,
+}
+
 impl Relay<'_> {
     pub(super) async fn on_server_frame(
         &mut self,
@@ -24,15 +45,21 @@ impl Relay<'_> {
             Ok(None) | Err(_) => return Box::pin(self.server_lost(conn, None)).await,
         };
         let injected_done = self.absorb_server_frame(conn, &frame);
-        if let Some((request, class, refusal)) = self.refused.take() {
+        if let Some((request, class, refusal)) = self.retries.refused.take() {
             Box::pin(self.run_refused_on_primary(request, &class, refusal)).await?;
         }
         // The rare and large steps are boxed: this future stays small, as a message that
         // is only forwarded (most of them) should cost no allocation and no big copy.
-        if injected_done && self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
-            if let Some(waiting) = self.after_sync.take() {
+        if injected_done
+            && self
+                .injected
+                .after_sync
+                .as_ref()
+                .is_some_and(|a| a.conn == conn)
+        {
+            if let Some(waiting) = self.injected.after_sync.take() {
                 Box::pin(self.after_settings(waiting)).await?;
-                if self.after_sync.is_none() {
+                if self.injected.after_sync.is_none() {
                     self.cancel.release();
                 }
             }
@@ -43,14 +70,14 @@ impl Relay<'_> {
             .as_ref()
             .is_some_and(|c| c.server.reader.has_frame());
         if !more {
-            flush_to(&mut self.client_out, &mut self.to_client).await?;
+            flush_to(&mut self.client.writer, &mut self.client.out).await?;
             if frame.tag == b'Z' {
                 self.release_idle_connections();
             }
-            if !self.held.is_empty() {
+            if !self.intake.held.is_empty() {
                 Box::pin(self.release_held()).await?;
             }
-            if self.draining && self.idle() {
+            if self.draining && self.activity() == Activity::Idle {
                 return Box::pin(self.say_goodbye()).await;
             }
         }
@@ -99,11 +126,11 @@ impl Relay<'_> {
             }
             other => other,
         };
-        self.runs_before = MAX_RUNS;
-        self.rerun_on_primary = true;
+        self.retries.runs_before = MAX_RUNS;
+        self.retries.rerun_on_primary = true;
         let sent = self.dispatch(request).await;
-        self.rerun_on_primary = false;
-        self.runs_before = 0;
+        self.retries.rerun_on_primary = false;
+        self.retries.runs_before = 0;
         sent
     }
 
@@ -179,8 +206,8 @@ impl Relay<'_> {
             }
         }
         let (slot, early) = match conn {
-            Conn::Primary => (&mut self.primary, &mut self.early),
-            Conn::Standby => (&mut self.standby, &mut self.early),
+            Conn::Primary => (&mut self.primary, &mut self.retries.early),
+            Conn::Standby => (&mut self.standby, &mut self.retries.early),
         };
         let swallowed = match (slot.owed.swallow.front().copied(), frame.tag) {
             (None, _) if ours => true,
@@ -234,7 +261,7 @@ impl Relay<'_> {
         };
         if !swallowed {
             match frame.tag {
-                b'C' if frame.body().starts_with(b"COMMIT") => self.committed = true,
+                b'C' if frame.body().starts_with(b"COMMIT") => self.outcome.committed = true,
                 b'C' if frame.body().starts_with(b"ROLLBACK") => {
                     // ROLLBACK TO SAVEPOINT undoes the SETs since the savepoint, which
                     // are not tracked: the connection's settings are unknown from here.
@@ -256,9 +283,9 @@ impl Relay<'_> {
                     let was_in_txn = self.state.txn.is_some();
                     self.state.ready(conn, status);
                     self.settle_releases(conn, status, was_in_txn);
-                    if was_in_txn && status == b'I' && !self.committed {
+                    if was_in_txn && status == b'I' && !self.outcome.committed {
                         // The server undid the transaction's SETs; so does the session.
-                        self.state.gucs.clone_from(&self.gucs_before);
+                        self.state.gucs.clone_from(&self.outcome.gucs_before);
                         // So did the server's own settings: a sync starting over with RESET
                         // ALL would also undo what the session set untracked (set_config
                         // with bound parameters) before the transaction.
@@ -268,21 +295,25 @@ impl Relay<'_> {
                             lease.gucs = before;
                         }
                     }
-                    if status == b'I' && std::mem::take(&mut self.functions_changed) {
+                    if status == b'I' && std::mem::take(&mut self.outcome.functions_changed) {
                         self.shared.functions.changed();
                     }
-                    if conn == Conn::Primary && status == b'I' && self.wrote {
-                        self.wrote = false;
+                    if conn == Conn::Primary && status == b'I' && self.outcome.wrote {
+                        self.outcome.wrote = false;
                         if self.shared.settings.load().raw.routing.read_your_writes
                             == ReadYourWrites::Session
                         {
-                            self.written_at = Some(Instant::now());
+                            self.placement.written_at = Some(Instant::now());
                         }
                     }
-                    if self.guc_undo.as_ref().is_some_and(|(c, _)| *c == conn)
+                    if self
+                        .outcome
+                        .guc_undo
+                        .as_ref()
+                        .is_some_and(|(c, _)| *c == conn)
                         && self.slot(conn).owed.pending == 0
                     {
-                        self.guc_undo = None;
+                        self.outcome.guc_undo = None;
                     }
                 }
                 // The server ignores a Sync that arrives in COPY mode: the ReadyForQuery
@@ -298,15 +329,15 @@ impl Relay<'_> {
                         slot.owed.awaits_sync = true;
                     }
                     slot.owed.copy_in = false;
-                    self.request_failed = true;
-                    if let Some((undo_conn, gucs)) = self.guc_undo.take() {
+                    self.outcome.request_failed = true;
+                    if let Some((undo_conn, gucs)) = self.outcome.guc_undo.take() {
                         if undo_conn == conn {
                             self.state.gucs = gucs;
                             if let Some(lease) = self.slot(conn).conn.as_mut() {
                                 lease.gucs = None;
                             }
                         } else {
-                            self.guc_undo = Some((undo_conn, gucs));
+                            self.outcome.guc_undo = Some((undo_conn, gucs));
                         }
                     }
                 }
@@ -317,11 +348,11 @@ impl Relay<'_> {
                 if frame.tag == b'Z' {
                     slot.refused = None;
                     slot.answering = None;
-                    self.refused = slot
+                    self.retries.refused = slot
                         .retry
                         .take()
                         .map(|(request, class)| (request, class, refusal));
-                    self.early.clear();
+                    self.retries.early.clear();
                 }
                 return injected_done;
             }
@@ -336,28 +367,28 @@ impl Relay<'_> {
                 _ => None,
             };
             let mut sent = frame.raw.len();
-            if held_back && !self.early.is_empty() {
+            if held_back && !self.retries.early.is_empty() {
                 // Copied and cleared, not split off: the buffer keeps its capacity.
-                sent += self.early.len();
-                self.to_client.extend_from_slice(&self.early);
-                self.early.clear();
+                sent += self.retries.early.len();
+                self.client.out.extend_from_slice(&self.retries.early);
+                self.retries.early.clear();
             }
-            let at = self.to_client.len();
+            let at = self.client.out.len();
             match renamed.filter(|_| frame.tag == b'E') {
                 Some((ours, client)) => {
-                    let length = rename_in_error(&frame.raw, &ours, &client, &mut self.to_client);
+                    let length = rename_in_error(&frame.raw, &ours, &client, &mut self.client.out);
                     sent = sent - frame.raw.len() + length;
                 }
-                None => self.to_client.extend_from_slice(&frame.raw),
+                None => self.client.out.extend_from_slice(&frame.raw),
             }
             if let Some(pid) = notifier {
-                self.to_client[at + 5..at + 9].copy_from_slice(&pid.to_be_bytes());
+                self.client.out[at + 5..at + 9].copy_from_slice(&pid.to_be_bytes());
             }
             let shared = self.shared;
             tally::sent(self.slot(conn), sent, ready, &shared.stats);
         }
         if let Some(error) = injected_error {
-            self.injected_error.get_or_insert((conn, error));
+            self.injected.error.get_or_insert((conn, error));
         }
         injected_done
     }

@@ -18,6 +18,31 @@ use crate::route::{
 };
 use crate::topology::Role;
 
+/// Where this session's requests may go beyond the routing state: the pools it used,
+/// the standbys that failed it, and read-your-writes.
+pub(super) struct Placement {
+    /// Pools this session has used, by server address.
+    pub pools: Vec<(String, Arc<crate::pool::Pool>)>,
+    /// Standbys that failed this client recently, with when to try them again.
+    pub avoid: Vec<(usize, Instant)>,
+    /// Read-your-writes: when this client's last write committed, until a standby is
+    /// known to have replayed it.
+    pub written_at: Option<Instant>,
+    /// Whether connections go back to their pools between transactions.
+    pub transaction_pooling: bool,
+}
+
+impl Placement {
+    pub fn new(transaction_pooling: bool) -> Placement {
+        Placement {
+            pools: Vec::new(),
+            avoid: Vec::new(),
+            written_at: None,
+            transaction_pooling,
+        }
+    }
+}
+
 impl Relay<'_> {
     /// Asks the routing decision where a planned request runs, and opens that
     /// connection. A standby that cannot be reached is avoided and the decision asked
@@ -31,7 +56,7 @@ impl Relay<'_> {
         loop {
             let destination = self.decide(ask, failure);
             if destination.caught_up {
-                self.written_at = None;
+                self.placement.written_at = None;
             }
             if destination.release_standby {
                 let reset = self.standby.reset_on_release;
@@ -64,7 +89,8 @@ impl Relay<'_> {
                         }
                         Err(e) => {
                             tracing::warn!(node = %node.node.name, error = %e, "standby unreachable; trying another node");
-                            self.avoid
+                            self.placement
+                                .avoid
                                 .push((index, Instant::now() + AVOID_FAILED_STANDBY));
                             continue;
                         }
@@ -95,11 +121,11 @@ impl Relay<'_> {
         let topology = self.shared.topology.load();
         let settings = self.shared.settings.load();
         let routing = &settings.raw.routing;
-        if !self.avoid.is_empty() {
+        if !self.placement.avoid.is_empty() {
             let now = Instant::now();
-            self.avoid.retain(|(_, until)| *until > now);
+            self.placement.avoid.retain(|(_, until)| *until > now);
         }
-        let avoid: Vec<usize> = self.avoid.iter().map(|(node, _)| *node).collect();
+        let avoid: Vec<usize> = self.placement.avoid.iter().map(|(node, _)| *node).collect();
         // Only least_outstanding looks at the load; the others need not gather it.
         let outstanding = if routing.balance_strategy == Strategy::LeastOutstanding {
             self.shared.stats.outstanding()
@@ -117,9 +143,9 @@ impl Relay<'_> {
             SessionView {
                 state: &self.state,
                 chain: self.sticky,
-                transaction_pooling: self.transaction_pooling,
+                transaction_pooling: self.placement.transaction_pooling,
                 standby,
-                written_at: self.written_at,
+                written_at: self.placement.written_at,
                 avoid: &avoid,
             },
             &topology,
@@ -180,7 +206,7 @@ impl Relay<'_> {
         self.shared.publisher.wait_resumed(node).await;
         // The session's pools, found once: a lookup in the shared map costs a lock, three
         // strings and a hash per checkout.
-        let pool = match self.pools.iter().find(|(a, _)| a == address) {
+        let pool = match self.placement.pools.iter().find(|(a, _)| a == address) {
             Some((_, pool)) => Arc::clone(pool),
             None => {
                 let (user, password) = &self.startup.server_login;
@@ -188,7 +214,9 @@ impl Relay<'_> {
                     .shared
                     .pools
                     .get(address, user, password, &self.startup.database);
-                self.pools.push((address.to_owned(), Arc::clone(&pool)));
+                self.placement
+                    .pools
+                    .push((address.to_owned(), Arc::clone(&pool)));
                 pool
             }
         };
@@ -204,8 +232,13 @@ impl Relay<'_> {
         conn: Conn,
         why: Option<String>,
     ) -> Result<Step, ProxyError> {
-        if self.after_sync.as_ref().is_some_and(|a| a.conn == conn) {
-            self.after_sync = None;
+        if self
+            .injected
+            .after_sync
+            .as_ref()
+            .is_some_and(|a| a.conn == conn)
+        {
+            self.injected.after_sync = None;
         }
         let slot = self.slot(conn);
         let address = slot
@@ -223,7 +256,7 @@ impl Relay<'_> {
         *slot = Slot::empty();
         if retry.is_some() {
             // What the lost server said before the read's answer started goes with it.
-            self.early.clear();
+            self.retries.early.clear();
         }
         // Statements of a Flush chain ran here, answered without a Sync yet: they are
         // lost with the connection, and the client must hear so.
@@ -243,7 +276,8 @@ impl Relay<'_> {
         }
         if conn == Conn::Standby {
             self.shared.stats.release(node);
-            self.avoid
+            self.placement
+                .avoid
                 .push((node, Instant::now() + AVOID_FAILED_STANDBY));
         }
         if let (Some(refusal), Some((request, class))) = (refused, &retry) {
@@ -256,9 +290,9 @@ impl Relay<'_> {
         }
         if let (true, Some((request, _))) = (was_busy, retry) {
             tracing::warn!(%address, ?conn, "server lost before answering a read: retrying it");
-            self.runs_before = runs;
+            self.retries.runs_before = runs;
             let sent = self.dispatch(request).await;
-            self.runs_before = 0;
+            self.retries.runs_before = 0;
             sent?;
             // A request held behind the read goes out once nothing is in flight: also
             // when the retry itself could not reach a server and was answered here.
@@ -276,7 +310,7 @@ impl Relay<'_> {
         if conn == Conn::Standby && !session_lives_there {
             // Part of an autocommit read's answer is out: end that statement with an
             // error, keep the session.
-            let mut out = std::mem::take(&mut self.to_client);
+            let mut out = std::mem::take(&mut self.client.out);
             let reason = match &why {
                 Some(why) => format!("the standby at {address} failed during the read: {why}"),
                 None => format!("the standby at {address} closed the connection during the read"),
@@ -284,11 +318,11 @@ impl Relay<'_> {
             encode::error(&mut out, Severity::Error, "08006", &reason);
             if chained {
                 // The client's Sync is still to come; it gets the ReadyForQuery.
-                self.skip_to_sync = true;
+                self.intake.skip_to_sync = true;
             } else {
                 encode::ready_for_query(&mut out, self.client_status());
             }
-            flush_to(&mut self.client_out, &mut out).await?;
+            flush_to(&mut self.client.writer, &mut out).await?;
             self.release_held().await?;
             return Ok(Step::Continue);
         }
@@ -297,18 +331,18 @@ impl Relay<'_> {
             // shutdown): the client's session ends as it would directly, without a
             // second, misleading error.
             tracing::info!(%address, ?conn, "server ended the session with a FATAL error");
-            let mut out = std::mem::take(&mut self.to_client);
-            let _ = flush_to(&mut self.client_out, &mut out).await;
-            let _ = self.client_out.shutdown().await;
+            let mut out = std::mem::take(&mut self.client.out);
+            let _ = flush_to(&mut self.client.writer, &mut out).await;
+            let _ = self.client.writer.shutdown().await;
             return Ok(Step::Done);
         }
         let gone = ProxyError::ServerUnavailable {
             addr: address,
             reason: why.unwrap_or_else(|| "server closed the connection unexpectedly".into()),
         };
-        let mut out = std::mem::take(&mut self.to_client);
+        let mut out = std::mem::take(&mut self.client.out);
         gone.encode_fatal(&mut out);
-        let _ = flush_to(&mut self.client_out, &mut out).await;
+        let _ = flush_to(&mut self.client.writer, &mut out).await;
         Err(gone)
     }
 }

@@ -50,6 +50,15 @@ pub(super) fn sent(slot: &mut Slot, bytes: usize, ready: Option<u8>, stats: &Sta
     }
 }
 
+/// Whether this client is counted in the connection gauges.
+#[derive(Default)]
+pub(super) struct Gauges {
+    /// As holding a connection for a pin.
+    pub pinned: bool,
+    /// As holding a server connection.
+    pub active: bool,
+}
+
 impl Relay<'_> {
     /// A request is being sent on `conn`, before its effects are applied: counts where it
     /// went and why, and starts its clock. The batches of a Flush chain are one request.
@@ -96,9 +105,9 @@ impl Relay<'_> {
     /// connection.
     pub(super) fn count_active(&mut self) {
         let active = self.primary.conn.is_some() || self.standby.conn.is_some();
-        if active != self.counted_active {
+        if active != self.gauges.active {
             self.shared.stats.set_active(active);
-            self.counted_active = active;
+            self.gauges.active = active;
         }
     }
 }

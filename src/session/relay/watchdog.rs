@@ -12,13 +12,37 @@ use crate::protocol::{encode, flush_to, Severity};
 use crate::route::Conn;
 use crate::topology::Role;
 
+/// The watchdog's timer, and what it compares from one tick to the next.
+pub(super) struct Watch {
+    /// Ticks while a server owes an answer or the client idles in a transaction.
+    pub timer: Pin<Box<Sleep>>,
+    /// `idle_in_transaction_timeout` as the session started; `None` when off.
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// Messages received from the client.
+    pub client_frames: u64,
+    /// `client_frames` when a tick first saw the client idle in its transaction, and when.
+    pub idle_mark: Option<(u64, Instant)>,
+}
+
+impl Watch {
+    pub fn new(idle_in_transaction_timeout: Duration) -> Watch {
+        Watch {
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            idle_in_transaction_timeout: Some(idle_in_transaction_timeout).filter(|t| !t.is_zero()),
+            client_frames: 0,
+            idle_mark: None,
+        }
+    }
+}
+
 impl Relay<'_> {
     /// Whether the watchdog has something to watch: an answer owed by a server, or a
     /// transaction left open under `idle_in_transaction_timeout`.
     pub(super) fn watching(&self) -> bool {
         self.primary.owed.pending > 0
             || self.standby.owed.pending > 0
-            || (self.idle_in_transaction_timeout.is_some() && self.idle_in_transaction())
+            || (self.watch.idle_in_transaction_timeout.is_some()
+                && self.activity() == Activity::IdleInTransaction)
     }
 
     /// A watchdog tick. A server that owes an answer, has sent nothing for a whole tick
@@ -35,21 +59,22 @@ impl Relay<'_> {
                 .lag_check_interval
                 .clamp(WATCHDOG_TICK.0, WATCHDOG_TICK.1)
         };
-        self.watchdog
+        self.watch
+            .timer
             .as_mut()
             .reset(tokio::time::Instant::now() + tick);
-        if let Some(limit) = self.idle_in_transaction_timeout {
-            if self.idle_in_transaction() {
-                match self.idle_mark {
-                    Some((frames, since)) if frames == self.client_frames => {
+        if let Some(limit) = self.watch.idle_in_transaction_timeout {
+            if self.activity() == Activity::IdleInTransaction {
+                match self.watch.idle_mark {
+                    Some((frames, since)) if frames == self.watch.client_frames => {
                         if since.elapsed() >= limit {
                             return Box::pin(self.end_idle_transaction(limit)).await;
                         }
                     }
-                    _ => self.idle_mark = Some((self.client_frames, Instant::now())),
+                    _ => self.watch.idle_mark = Some((self.watch.client_frames, Instant::now())),
                 }
             } else {
-                self.idle_mark = None;
+                self.watch.idle_mark = None;
             }
         }
         let topology = self.shared.topology.load_full();
@@ -99,15 +124,15 @@ impl Relay<'_> {
             ?limit,
             "client idle in transaction past idle_in_transaction_timeout: ending its session"
         );
-        let mut out = std::mem::take(&mut self.to_client);
+        let mut out = std::mem::take(&mut self.client.out);
         encode::error(
             &mut out,
             Severity::Fatal,
             "25P03",
             "terminating connection due to idle-in-transaction timeout",
         );
-        let _ = flush_to(&mut self.client_out, &mut out).await;
-        let _ = self.client_out.shutdown().await;
+        let _ = flush_to(&mut self.client.writer, &mut out).await;
+        let _ = self.client.writer.shutdown().await;
         Ok(Step::Done)
     }
 }
