@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use lru::LruCache;
 
-/// Registry entries beyond this are pruned of statements no client holds any more.
+/// The registry is first pruned of statements no client holds any more when it reaches
+/// this many entries.
 const PRUNE_ABOVE: usize = 100_000;
 
 /// A statement as the servers know it.
@@ -27,28 +29,44 @@ pub struct Statement {
 /// Statements by text and parameter types, shared by every session.
 #[derive(Default)]
 pub struct Registry {
-    by_text: Mutex<HashMap<Bytes, Arc<Statement>>>,
+    by_text: Mutex<Interned>,
     next: AtomicU64,
+}
+
+/// The registry's map and when it is next pruned.
+#[derive(Default)]
+struct Interned {
+    map: HashMap<Bytes, Arc<Statement>>,
+    /// Size at which the next insert first prunes: twice what the last pruning left (at
+    /// least [`PRUNE_ABOVE`]), so a pass over the map comes after as many inserts as it
+    /// has entries and an insert costs O(1) amortized, however many statements clients
+    /// hold. (Pruning at a fixed size made every insert scan the map once clients held
+    /// more statements than that.)
+    prune_at: usize,
+    /// Pruning passes so far.
+    prunes: u64,
 }
 
 impl Registry {
     /// The server-side statement for a Parse body without its name (text, then types).
     pub fn intern(&self, text_and_types: &[u8]) -> Arc<Statement> {
-        let mut map = self.by_text.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(statement) = map.get(text_and_types) {
+        let mut interned = self.by_text.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(statement) = interned.map.get(text_and_types) {
             return Arc::clone(statement);
         }
-        if map.len() >= PRUNE_ABOVE {
-            map.retain(|_, s| Arc::strong_count(s) > 1);
+        if interned.map.len() >= interned.prune_at.max(PRUNE_ABOVE) {
+            interned.map.retain(|_, s| Arc::strong_count(s) > 1);
+            interned.prune_at = interned.map.len().saturating_mul(2);
+            interned.prunes += 1;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let name = format!("__pgsplit_{id}");
+        let name = server_name(id);
         let statement = Arc::new(Statement {
             id,
             parse: encode_parse(&name, text_and_types),
             name,
         });
-        map.insert(
+        interned.map.insert(
             Bytes::copy_from_slice(text_and_types),
             Arc::clone(&statement),
         );
@@ -58,6 +76,13 @@ impl Registry {
     /// A fresh identity for a client's unnamed statement.
     pub fn unnamed_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Statements interned and pruning passes so far.
+    #[cfg(test)]
+    fn counts(&self) -> (usize, u64) {
+        let interned = self.by_text.lock().unwrap_or_else(|e| e.into_inner());
+        (interned.map.len(), interned.prunes)
     }
 }
 
@@ -72,17 +97,25 @@ pub fn encode_parse(name: &str, text_and_types: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// The statements one server connection holds, with a use counter for LRU eviction and
-/// the result shape each was described with there, once known.
-#[derive(Debug, Default)]
+/// The statements one server connection holds, least recently used first out, with the
+/// result shape each was described with there, once known.
+#[derive(Debug)]
 pub struct ServerStatements {
-    held: HashMap<u64, Held>,
-    clock: u64,
+    /// By statement id, in order of use: a lookup, a use and an eviction cost O(1)
+    /// however many the connection holds.
+    held: LruCache<u64, Held>,
+}
+
+impl Default for ServerStatements {
+    fn default() -> Self {
+        ServerStatements {
+            held: LruCache::unbounded(),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Held {
-    used: u64,
     /// RowDescription or NoData of a Describe of it on this connection.
     shape: Option<Bytes>,
 }
@@ -90,38 +123,25 @@ struct Held {
 impl ServerStatements {
     /// Whether the connection holds statement `id`; marks it used.
     pub fn touch(&mut self, id: u64) -> bool {
-        self.clock += 1;
-        match self.held.get_mut(&id) {
-            Some(held) => {
-                held.used = self.clock;
-                true
-            }
-            None => false,
-        }
+        self.held.promote(&id)
     }
 
     /// Records that `id` is being prepared; returns the least recently used statements to
-    /// close so at most `capacity` stay, never one of `keep`.
+    /// close so at most `capacity` stay, never one of `keep`. Only the statements of
+    /// `keep` are passed over on the way, so an insert costs no more when many are held.
     pub fn insert(&mut self, id: u64, capacity: usize, keep: &[u64]) -> Vec<u64> {
-        self.clock += 1;
-        self.held.insert(
-            id,
-            Held {
-                used: self.clock,
-                shape: None,
-            },
-        );
+        self.held.put(id, Held { shape: None });
         let mut evicted = Vec::new();
         while self.held.len() > capacity {
             let victim = self
                 .held
                 .iter()
-                .filter(|(k, _)| !keep.contains(k) && **k != id)
-                .min_by_key(|(_, held)| held.used)
-                .map(|(k, _)| *k);
+                .rev()
+                .map(|(k, _)| *k)
+                .find(|k| !keep.contains(k) && *k != id);
             match victim {
                 Some(k) => {
-                    self.held.remove(&k);
+                    self.held.pop(&k);
                     evicted.push(k);
                 }
                 None => break,
@@ -132,20 +152,20 @@ impl ServerStatements {
 
     /// The result shape statement `id` was described with here, if it is held and was.
     pub fn shape(&self, id: u64) -> Option<&Bytes> {
-        self.held.get(&id)?.shape.as_ref()
+        self.held.peek(&id)?.shape.as_ref()
     }
 
     /// Records the shape a Describe of statement `id` returned here (`None`: prepared
     /// anew, not described yet).
     pub fn set_shape(&mut self, id: u64, shape: Option<Bytes>) {
-        if let Some(held) = self.held.get_mut(&id) {
+        if let Some(held) = self.held.peek_mut(&id) {
             held.shape = shape;
         }
     }
 
     /// Forgets a statement the server did not create after all.
     pub fn remove(&mut self, id: u64) {
-        self.held.remove(&id);
+        self.held.pop(&id);
     }
 
     /// Forgets everything (after DEALLOCATE ALL or DISCARD ALL on the connection).
@@ -226,6 +246,48 @@ mod tests {
             i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize,
             a.parse.len() - 1
         );
+    }
+
+    #[test]
+    fn a_large_registry_is_pruned_in_passes_that_double_apart() {
+        let registry = Registry::default();
+        let text = |i: usize| format!("SELECT {i}\0\0\0").into_bytes();
+        // Clients hold more statements than the pruning threshold: one pass at the
+        // threshold finds nothing to drop, and the next waits until the map doubled
+        // (pruning every insert past the threshold made each one scan the whole map).
+        let held: Vec<_> = (0..150_000).map(|i| registry.intern(&text(i))).collect();
+        assert_eq!(registry.counts(), (150_000, 1));
+        assert!(
+            Arc::ptr_eq(&held[7], &registry.intern(&text(7))),
+            "still shared"
+        );
+        drop(held);
+        // Nobody holds any now: the pass at 200 000 drops them all.
+        for i in 150_000..210_000 {
+            registry.intern(&text(i));
+        }
+        assert_eq!(registry.counts(), (10_000, 2));
+    }
+
+    #[test]
+    fn many_held_statements_evict_one_at_a_time_oldest_first() {
+        const CAPACITY: u64 = 100_000;
+        let mut held = ServerStatements::default();
+        for id in 0..CAPACITY {
+            assert!(held.insert(id, CAPACITY as usize, &[]).is_empty());
+        }
+        // Each insert past the capacity closes the one least recently used: a list in
+        // order of use, not a scan of what the connection holds.
+        assert!(held.touch(0));
+        assert_eq!(held.insert(CAPACITY, CAPACITY as usize, &[]), vec![1]);
+        // One statement in use by the request is passed over, every time.
+        for id in CAPACITY + 1..CAPACITY + 90_000 {
+            let oldest = id - CAPACITY + 2;
+            assert_eq!(held.insert(id, CAPACITY as usize, &[2]), vec![oldest]);
+        }
+        assert_eq!(held.len(), CAPACITY as usize);
+        assert!(held.touch(2), "in use, kept");
+        assert!(held.touch(0), "used recently, kept");
     }
 
     /// A RowDescription of (name, type OID, type modifier) columns, from table `table`.
