@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
-use pgsplit::config::Settings;
+use pgsplit::settings::Settings;
 
 fn env_or(name: &str, default: u32) -> u32 {
     std::env::var(name)

@@ -7,10 +7,10 @@ use bytes::BytesMut;
 use md5::{Digest, Md5};
 use pgwire::api::auth::sasl::scram::{ScramSecret, ScramServerAuth};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::User;
+use crate::config::redacted;
+pub use crate::config::AuthMethod;
 use crate::error::ProxyError;
 use crate::protocol::{encode, flush_to, read_cstr, FrameReader};
 
@@ -23,29 +23,34 @@ const AUTH_SASL: i32 = 10;
 const AUTH_SASL_CONTINUE: i32 = 11;
 const AUTH_SASL_FINAL: i32 = 12;
 
-/// How a client proves its identity to pgsplit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-pub enum AuthMethod {
-    /// SCRAM-SHA-256 (the default, as in PostgreSQL).
-    #[default]
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-    /// MD5 challenge-response (legacy clients).
-    #[serde(rename = "md5")]
-    Md5,
-    /// No password asked.
-    #[serde(rename = "trust")]
-    Trust,
+/// A user ready for authentication: secrets derived once at load time.
+#[derive(Clone)]
+pub struct User {
+    /// Client-facing name.
+    pub name: String,
+    /// Client authentication method.
+    pub method: AuthMethod,
+    /// What the client must prove.
+    pub secret: Secret,
+    /// Role on the servers.
+    pub server_user: String,
+    /// Password on the servers.
+    pub server_password: String,
+    /// Most clients logged in as this user at once; 0: no limit.
+    pub max_connections: usize,
 }
 
-impl AuthMethod {
-    /// The name as written in the configuration.
-    pub fn name(self) -> &'static str {
-        match self {
-            AuthMethod::ScramSha256 => "scram-sha-256",
-            AuthMethod::Md5 => "md5",
-            AuthMethod::Trust => "trust",
-        }
+// By hand: a derived Debug would print the server password.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("secret", &self.secret)
+            .field("server_user", &self.server_user)
+            .field("server_password", &redacted(&self.server_password))
+            .field("max_connections", &self.max_connections)
+            .finish()
     }
 }
 

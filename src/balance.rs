@@ -1,35 +1,9 @@
 //! Choosing the node that serves a read: weights, strategy, and the primary as fallback.
 //! Pure functions over a topology snapshot; the session does the I/O.
 
-use serde::{Deserialize, Serialize};
-
 use crate::topology::{Role, Topology};
 
-/// How reads are spread over the eligible nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Each node in turn, as often as its weight says.
-    #[default]
-    WeightedRoundRobin,
-    /// The node with the fewest clients reading from it, weight-adjusted.
-    LeastOutstanding,
-    /// A weighted random node.
-    Random,
-}
-
-/// Whether the primary serves reads too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PrimaryReads {
-    /// Never: with no standby available a read fails with 08006.
-    Never,
-    /// Only when no standby is available (the default).
-    #[default]
-    Fallback,
-    /// Always, as one more candidate with its own weight.
-    Always,
-}
+pub use crate::config::{PrimaryReads, Strategy};
 
 /// Where a read should go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

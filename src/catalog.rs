@@ -13,8 +13,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::backend::{Login, ServerConn};
 use crate::classify::Functions;
-use crate::config::Settings;
-use crate::config::SharedSettings;
+use crate::settings::{Settings, SharedSettings};
 use crate::topology::SharedTopology;
 
 const CATALOG_SQL: &str = "SELECT n.nspname, p.proname, p.provolatile \

@@ -10,9 +10,9 @@ use tokio::sync::watch;
 use crate::catalog::FunctionCatalogs;
 use crate::classify::Classifier;
 use crate::clients::CancelRegistry;
-use crate::config::{Settings, SharedSettings};
 use crate::pool::{Limit, Pools};
 use crate::prepared::Registry;
+use crate::settings::{Settings, SharedSettings};
 use crate::stats::Stats;
 use crate::topology::{Publisher, SharedTopology};
 

@@ -3,9 +3,10 @@
 use crate::cluster::{
     Cluster, APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER, SUPERUSER,
 };
-use crate::config::{ConfigError, Settings};
+use crate::config::ConfigError;
 use crate::context::Sources;
 use crate::proxy;
+use crate::settings::Settings;
 use std::io::Write;
 use std::sync::Arc;
 

@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod session;
+pub mod settings;
 pub mod stats;
 pub mod tls;
 pub mod topology;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
-use pgsplit::config::{ConfigSource, LogFormat, Settings};
+use pgsplit::config::LogFormat;
 use pgsplit::context::Sources;
+use pgsplit::settings::{ConfigSource, Settings};
 
 /// SQL-aware read/write load-balancing proxy for PostgreSQL.
 #[derive(Parser)]

@@ -14,10 +14,10 @@ use tokio::io::AsyncRead;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{Login, ServerConn};
-use crate::config::SharedSettings;
 use crate::error::ProxyError;
 use crate::gucs::Gucs;
 use crate::prepared::ServerStatements;
+use crate::settings::SharedSettings;
 
 /// Which pool a connection belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -12,14 +12,13 @@ use tokio::task::JoinHandle;
 use crate::catalog::FunctionCatalogs;
 use crate::classify::{CacheStats, Classifier};
 use crate::clients::CancelRegistry;
-use crate::config::Settings;
-use crate::config::SharedSettings;
 use crate::context::Sources;
 use crate::context::{Phase, Shared};
 use crate::metrics::Metrics;
 use crate::pool::{Limit, PoolSnapshot, Pools};
 use crate::prepared::Registry;
 use crate::session;
+use crate::settings::{Settings, SharedSettings};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::topology::{Monitor, Publisher, SharedTopology, Topology};
 

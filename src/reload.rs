@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::config::Settings;
 use crate::context::Shared;
+use crate::settings::Settings;
 
 /// Keys a reload cannot change in a running process.
 pub(crate) const RESTART_ONLY: &[&str] = &[

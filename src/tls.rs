@@ -33,6 +33,14 @@ pub struct ClientTls {
     pub cert_pem: Option<Vec<u8>>,
 }
 
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("channel_binding", &self.cert_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Builds the client-side TLS from the configuration; `None` when TLS is disabled.
 /// Errors name the key and the file.
 pub fn acceptor(config: &Config) -> Result<Option<ClientTls>, (String, String)> {

@@ -288,7 +288,7 @@ async fn server_tls_modes_follow_libpq_and_a_wrong_ca_fails_clearly() {
         1,
     );
     assert!(text.contains("server_tls = \"verify-full\""), "{text}");
-    let settings = pgsplit::config::Settings::parse(&text).unwrap();
+    let settings = pgsplit::settings::Settings::parse(&text).unwrap();
     let handle = pgsplit::proxy::start(settings).await.unwrap();
     let conninfo = format!(
         "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={APP_DATABASE}",

@@ -426,7 +426,7 @@ pub fn start_pgsplit(
         pgsplit::demo::config_text(cluster, &format!("127.0.0.1:{port}")),
         sizing.pool_size
     );
-    pgsplit::config::Settings::parse(&config)
+    pgsplit::settings::Settings::parse(&config)
         .map_err(|e| format!("the generated pgsplit configuration is invalid: {e}\n{config}"))?;
     let path = dir.join("pgsplit.toml");
     write_private(&path, &config, None)?;

@@ -5,10 +5,9 @@ use std::time::{Instant, SystemTime};
 
 use crate::classify::{Effect, Explained, Pin, Route};
 use crate::clients::{CancelTarget, ClientInfo};
-use crate::config::Settings;
 use crate::pool::{IdleServer, PoolSnapshot};
-use crate::route::Decision;
-use crate::route::{Conn, Plan};
+use crate::route::{Conn, Decision, Plan};
+use crate::settings::Settings;
 use crate::stats::StatsSnapshot;
 use crate::topology::{Role, Topology};
 

@@ -235,9 +235,23 @@ fn var_name(key: &str) -> String {
 /// What the environment set: the dotted key (or list) each variable wrote, so that a
 /// validation error on that key can name the variable.
 #[derive(Debug, Default)]
-pub(crate) struct Origins(Vec<(String, String)>);
+pub struct Origins(Vec<(String, String)>);
 
 impl Origins {
+    /// `e`, saying which variable set the key it names, if one did.
+    pub fn attribute(&self, e: ConfigError) -> ConfigError {
+        match e {
+            ConfigError::Invalid { key, message } => match self.var_for(&key) {
+                Some(var) => ConfigError::Invalid {
+                    message: format!("{message} (set by {var})"),
+                    key,
+                },
+                None => ConfigError::Invalid { key, message },
+            },
+            other => other,
+        }
+    }
+
     /// The variable that set `key` (`nodes[1].address`), or the list or key above it.
     pub fn var_for(&self, key: &str) -> Option<&str> {
         self.0

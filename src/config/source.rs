@@ -1,137 +1,53 @@
-//! Where the configuration comes from: an optional file and the `PGSPLIT_*` environment.
-//! The file is read again on every load, so a reload sees its changes; the environment is
-//! the one captured when the process started.
-
-use std::fmt;
-use std::path::PathBuf;
+//! The configuration from its sources given as text: a file's TOML, and `PGSPLIT_*`
+//! variables laid over it (`env.rs`). Reading the file and the process's environment is
+//! `settings`'s; this only parses.
 
 use toml::Table;
 
-use super::env::{self, ALLOWED};
-use super::{Config, ConfigError, Settings};
-
-/// What a masked secret prints as.
-pub const MASK: &str = "********";
-
-/// A configuration file (optional) and `PGSPLIT_*` variables that override it.
-#[derive(Clone, Default)]
-pub struct ConfigSource {
-    /// The TOML file, re-read by every [`ConfigSource::load`]; `None` for the environment alone.
-    pub file: Option<PathBuf>,
-    /// `PGSPLIT_*` variables as (name, value), without those in the allowlist.
-    pub env: Vec<(String, String)>,
-}
-
-// By hand: the values hold passwords, which must not reach a log through `{:?}`.
-impl fmt::Debug for ConfigSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
-        f.debug_struct("ConfigSource")
-            .field("file", &self.file)
-            .field("env", &names)
-            .finish()
-    }
-}
-
-impl ConfigSource {
-    /// `file` and this process's `PGSPLIT_*` variables; a variable whose name or value is
-    /// not UTF-8 is an error naming it.
-    pub fn from_process(file: Option<PathBuf>) -> Result<Self, ConfigError> {
-        let mut env = Vec::new();
-        for (name, value) in std::env::vars_os() {
-            let lossy = name.to_string_lossy();
-            if !lossy.starts_with("PGSPLIT_") || ALLOWED.contains(&lossy.as_ref()) {
-                continue;
-            }
-            match (name.to_str(), value.into_string()) {
-                (Some(name), Ok(value)) => env.push((name.to_owned(), value)),
-                _ => {
-                    return Err(ConfigError::Env {
-                        var: lossy.into_owned(),
-                        message: "is not valid UTF-8".into(),
-                    })
-                }
-            }
-        }
-        env.sort();
-        Ok(ConfigSource { file, env })
-    }
-
-    /// Whether there is nothing to load: no file and no variable.
-    pub fn is_empty(&self) -> bool {
-        self.file.is_none() && self.env.is_empty()
-    }
-
-    /// Reads the file (if any), lays the variables over it and validates the result, as
-    /// for a file alone: same schema, same checks. An error on a key the environment set
-    /// names its variable.
-    pub fn load(&self) -> Result<Settings, ConfigError> {
-        let mut table = match &self.file {
-            // A file alone keeps the parser's line numbers in its errors.
-            Some(path) if self.env.is_empty() => return Settings::load(path),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                toml::from_str::<Table>(&text).map_err(|e| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    message: super::toml_error(&e, Some(&text)),
-                })?
-            }
-            None => Table::new(),
-        };
-        let origins = env::overlay(&mut table, &self.env)?;
-        for (list, var) in [("nodes", "PGSPLIT_NODES"), ("users", "PGSPLIT_USERS")] {
-            if !table.contains_key(list) {
-                return Err(ConfigError::Invalid {
-                    key: list.into(),
-                    message: format!("none configured: set [[{list}]] in the file or {var}"),
-                });
-            }
-        }
-        let raw: Config = table.try_into().map_err(|e| ConfigError::Parse {
-            path: self.describe(),
-            message: super::toml_error(&e, None),
-        })?;
-        Settings::validate(raw).map_err(|e| match e {
-            ConfigError::Invalid { key, message } => match origins.var_for(&key) {
-                Some(var) => ConfigError::Invalid {
-                    message: format!("{message} (set by {var})"),
-                    key,
-                },
-                None => ConfigError::Invalid { key, message },
-            },
-            other => other,
-        })
-    }
-
-    /// The file and/or the environment, for messages.
-    fn describe(&self) -> String {
-        match &self.file {
-            Some(path) => format!("{} with PGSPLIT_* variables", path.display()),
-            None => "PGSPLIT_* variables".into(),
-        }
-    }
-}
+use super::env::{self, Origins};
+use super::schema::Config;
+use super::{toml_error, ConfigError};
 
 impl Config {
-    /// The configuration as TOML, every password replaced by [`MASK`] (empty ones stay
-    /// empty, which says that none is set).
-    pub fn masked_toml(&self) -> Result<String, String> {
-        let mask = |secret: &mut String| {
-            if !secret.is_empty() {
-                *secret = MASK.into();
-            }
-        };
-        let mut config = self.clone();
-        mask(&mut config.monitor.password);
-        for user in &mut config.users {
-            mask(&mut user.password);
-            if let Some(p) = user.server_password.as_mut() {
-                mask(p);
-            }
-        }
-        toml::to_string(&config).map_err(|e| e.to_string())
+    /// Parses TOML text (errors give the line and name the source `config`). The values
+    /// are not checked yet: [`Config::validate`] does.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "config".into(),
+            message: toml_error(&e, Some(text)),
+        })
     }
+}
+
+/// `env` (`PGSPLIT_*` names and values) laid over `file`, the path and text of a
+/// configuration file, if any: same schema as a file alone. Errors on a variable name
+/// it; [`Origins::attribute`] names the variable in a validation error on a key it set.
+pub fn layered(
+    file: Option<(&str, &str)>,
+    env: &[(String, String)],
+) -> Result<(Config, Origins), ConfigError> {
+    let mut table = match file {
+        Some((path, text)) => toml::from_str::<Table>(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: toml_error(&e, Some(text)),
+        })?,
+        None => Table::new(),
+    };
+    let origins = env::overlay(&mut table, env)?;
+    for (list, var) in [("nodes", "PGSPLIT_NODES"), ("users", "PGSPLIT_USERS")] {
+        if !table.contains_key(list) {
+            return Err(ConfigError::Invalid {
+                key: list.into(),
+                message: format!("none configured: set [[{list}]] in the file or {var}"),
+            });
+        }
+    }
+    let raw: Config = table.try_into().map_err(|e| ConfigError::Parse {
+        path: match file {
+            Some((path, _)) => format!("{path} with PGSPLIT_* variables"),
+            None => "PGSPLIT_* variables".into(),
+        },
+        message: toml_error(&e, None),
+    })?;
+    Ok((raw, origins))
 }

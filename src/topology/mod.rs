@@ -20,8 +20,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::backend::ServerConn;
-use crate::config::SharedSettings;
-use crate::config::{Node, Settings};
+use crate::config::Node;
+use crate::settings::{Settings, SharedSettings};
 
 pub use control::{Controls, Publisher};
 pub use health::{Backoff, Ban};

@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
-use pgsplit::config::Settings;
 use pgsplit::proxy::ProxyHandle;
+use pgsplit::settings::Settings;
 use tokio::runtime::Runtime;
 
 /// The binary's cluster: a primary and two hot standbys, torn down by the harness's watchdog.
