@@ -317,3 +317,21 @@ fn example_file_and_readme_document_every_key() {
         }
     }
 }
+
+#[test]
+fn every_duration_key_has_an_upper_bound() {
+    let mut checked = 0;
+    for key in KEYS.iter().filter(|k| k.kind == Kind::Duration) {
+        let var = key.full_var();
+        let err = load(&with_base(&[(var.as_str(), "1000000000years")]))
+            .expect_err(&var)
+            .to_string();
+        let expected = format!("{}: 1000000000years is longer than 100years", key.path());
+        assert!(
+            err.starts_with(&expected) && err.ends_with(&format!("(set by {var})")),
+            "{var}: {err}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 15, "every duration key of the schema");
+}

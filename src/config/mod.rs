@@ -33,7 +33,7 @@ pub use schema::{
     RoutingConfig, UserConfig,
 };
 pub use source::layered;
-pub use validate::{Checked, Node};
+pub use validate::{Checked, Node, MAX_DURATION};
 
 /// A configuration problem, naming the key and saying what is wrong.
 #[derive(Debug, thiserror::Error)]

@@ -138,3 +138,100 @@ fn a_malformed_password_is_not_echoed_in_the_error() {
         .to_string();
     assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
 }
+
+#[test]
+fn durations_have_an_upper_bound() {
+    // (keys, whether the value is refused)
+    let cases: &[(&str, Option<&str>)] = &[
+        ("auth_timeout = \"1000000000 years\"", Some("auth_timeout")),
+        ("auth_timeout = \"100years\"", None),
+        ("auth_timeout = \"101years\"", Some("auth_timeout")),
+        (
+            "client_write_timeout = \"200years\"",
+            Some("client_write_timeout"),
+        ),
+        (
+            "shutdown_timeout = \"1000000000 years\"",
+            Some("shutdown_timeout"),
+        ),
+        (
+            "idle_in_transaction_timeout = \"1000000000 years\"",
+            Some("idle_in_transaction_timeout"),
+        ),
+        ("connect_timeout = \"365000days\"", Some("connect_timeout")),
+        (
+            "[monitor]\nlag_check_interval = \"1000000000 years\"\nmax_ban = \"1000000000 years\"",
+            Some("monitor.lag_check_interval"),
+        ),
+        (
+            "[monitor]\nquery_timeout = \"1000000000 years\"",
+            Some("monitor.query_timeout"),
+        ),
+        (
+            "[monitor]\nmax_lag_time = \"1000000000 years\"",
+            Some("monitor.max_lag_time"),
+        ),
+        (
+            "[monitor]\nreadmit_lag_time = \"1000000000 years\"",
+            Some("monitor.readmit_lag_time"),
+        ),
+        (
+            "[monitor]\nmax_ban = \"1000000000 years\"",
+            Some("monitor.max_ban"),
+        ),
+        ("[monitor]\nmax_ban = \"36525days\"", None),
+        (
+            "[routing]\nfunction_refresh_interval = \"1000000000 years\"",
+            Some("routing.function_refresh_interval"),
+        ),
+        (
+            "[pool]\nidle_timeout = \"1000000000 years\"",
+            Some("pool.idle_timeout"),
+        ),
+        ("[pool]\nserver_lifetime = \"36525days\"", None),
+        (
+            "[pool]\nserver_lifetime = \"36526days\"",
+            Some("pool.server_lifetime"),
+        ),
+        (
+            "[pool]\ncheckout_timeout = \"1000000000 years\"",
+            Some("pool.checkout_timeout"),
+        ),
+        (
+            "[pool]\nserver_check_delay = \"1000000000 years\"",
+            Some("pool.server_check_delay"),
+        ),
+    ];
+    for (setting, refused) in cases {
+        // Top-level keys before the tables, sections after them.
+        let text = if setting.starts_with('[') {
+            format!("{MINIMAL}\n{setting}\n")
+        } else {
+            format!("{setting}\n{MINIMAL}")
+        };
+        match (check(&text), refused) {
+            (Ok(_), None) => {}
+            (Err(ConfigError::Invalid { key, message }), Some(expected)) => {
+                assert_eq!(key, *expected, "{setting}: {message}");
+                assert!(
+                    message.contains("is longer than 100years"),
+                    "{setting}: {message}"
+                );
+            }
+            (other, _) => panic!("{setting}: expected {refused:?}, got {other:?}"),
+        }
+    }
+    // Too long even to read: the parser says so, with the line.
+    let text = format!("auth_timeout = \"1000000000000 years\"\n{MINIMAL}");
+    match check(&text) {
+        Err(ConfigError::Parse { message, .. }) => assert!(message.contains("line 1"), "{message}"),
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+    // Every duration of the schema is bounded, and a deadline from the longest, even
+    // doubled, is far from where an `Instant` overflows.
+    let (raw, _) = check(MINIMAL).unwrap();
+    assert_eq!(raw.durations().len(), 14, "readmit_lag_time is unset");
+    assert!(std::time::Instant::now()
+        .checked_add(MAX_DURATION * 2)
+        .is_some());
+}

@@ -1,14 +1,21 @@
 //! Checks of the values, with messages that name the key: each on its own (ranges,
-//! addresses, names) and against each other (lag bounds, pool sizes, TLS files
+//! addresses, names, durations) and against each other (lag bounds, pool sizes, TLS files
 //! a mode needs). Nothing here reads a file: whether the files named exist and hold what
 //! they should is for `settings`, which builds TLS from them.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::access::Rule;
 use super::modes::{ServerTlsMode, TlsMode};
 use super::schema::{Config, MonitorConfig};
 use super::{invalid, ConfigError};
+
+/// The longest duration any key takes: a century, far beyond any sensible timeout or
+/// interval, so that a value meant as "never" still fits, while a deadline computed
+/// from one (`now + auth_timeout`, a ban doubled up to `max_ban`) stays far from where
+/// `Instant` and `Duration` arithmetic overflows and panics.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// A node with its name resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +95,18 @@ impl Config {
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        for (key, value) in raw.durations() {
+            if value > MAX_DURATION {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} is longer than {}, the most any duration may be",
+                        humantime::format_duration(value),
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                ));
             }
         }
         if raw.pool.max_pool_size == 0 {
@@ -195,6 +214,37 @@ impl Config {
             nodes,
             hba,
         })
+    }
+
+    /// Every duration with its key (an unset optional one left out).
+    pub fn durations(&self) -> Vec<(&'static str, Duration)> {
+        let (monitor, routing, pool) = (&self.monitor, &self.routing, &self.pool);
+        let mut all = vec![
+            ("auth_timeout", self.auth_timeout),
+            ("client_write_timeout", self.client_write_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+            (
+                "idle_in_transaction_timeout",
+                self.idle_in_transaction_timeout,
+            ),
+            ("connect_timeout", self.connect_timeout),
+            ("monitor.lag_check_interval", monitor.lag_check_interval),
+            ("monitor.query_timeout", monitor.query_timeout),
+            ("monitor.max_lag_time", monitor.max_lag_time),
+            ("monitor.max_ban", monitor.max_ban),
+            (
+                "routing.function_refresh_interval",
+                routing.function_refresh_interval,
+            ),
+            ("pool.idle_timeout", pool.idle_timeout),
+            ("pool.server_lifetime", pool.server_lifetime),
+            ("pool.checkout_timeout", pool.checkout_timeout),
+            ("pool.server_check_delay", pool.server_check_delay),
+        ];
+        if let Some(readmit) = monitor.readmit_lag_time {
+            all.push(("monitor.readmit_lag_time", readmit));
+        }
+        all
     }
 
     /// The certificate and key files TLS toward clients needs, present (what they hold is
