@@ -10,11 +10,12 @@ use tokio::sync::watch;
 use crate::catalog::FunctionCatalogs;
 use crate::classify::Classifier;
 use crate::clients::CancelRegistry;
+use crate::monitor::Publisher;
 use crate::pool::{Limit, Pools};
 use crate::prepared::Registry;
 use crate::settings::{Settings, SharedSettings};
 use crate::stats::Stats;
-use crate::topology::{Publisher, SharedTopology};
+use crate::topology::SharedTopology;
 
 /// Reads and validates the configuration again (file and environment).
 pub type Loader = Arc<dyn Fn() -> Result<Settings, String> + Send + Sync>;

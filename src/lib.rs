@@ -2,7 +2,7 @@
 //!
 //! A client's bytes flow listener ([`proxy`]) → [`session`], which asks [`classify`] what
 //! each request does and [`balance`] which standby serves reads, then relays over
-//! [`backend`] server connections checked out of a [`pool`]; the [`topology`] monitor keeps the cluster snapshot.
+//! [`backend`] server connections checked out of a [`pool`]; the [`monitor`] keeps the [`topology`] snapshot.
 
 pub mod admin;
 pub mod auth;
@@ -21,6 +21,7 @@ pub mod hba;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod monitor;
 pub mod pool;
 pub mod prepared;
 pub mod protocol;

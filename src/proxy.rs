@@ -15,12 +15,13 @@ use crate::clients::CancelRegistry;
 use crate::context::Sources;
 use crate::context::{Phase, Shared};
 use crate::metrics::Metrics;
+use crate::monitor::{Monitor, Publisher};
 use crate::pool::{Limit, PoolSnapshot, Pools};
 use crate::prepared::Registry;
 use crate::session;
 use crate::settings::{Settings, SharedSettings};
 use crate::stats::{Stats, StatsSnapshot};
-use crate::topology::{Monitor, Publisher, SharedTopology, Topology};
+use crate::topology::{SharedTopology, Topology};
 
 /// A running proxy.
 pub struct ProxyHandle {
