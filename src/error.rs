@@ -1,8 +1,10 @@
-//! Errors pgsplit reports, and the one place they map to SQLSTATEs.
+//! Errors pgsplit reports, and the one place they map to SQLSTATEs. Imports nothing
+//! from the crate: the protocol encodes these errors (`ProxyError::encode_fatal`, in
+//! `protocol`) and every layer returns them.
 
-use bytes::{Bytes, BytesMut};
+use std::time::Duration;
 
-use crate::protocol::{encode, ErrorFields, Severity};
+use bytes::Bytes;
 
 /// An error in a client session or a server connection.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +40,7 @@ pub enum ProxyError {
         /// Node address.
         addr: String,
         /// How long the request waited.
-        waited: std::time::Duration,
+        waited: Duration,
         /// The pool's size.
         size: usize,
     },
@@ -98,11 +100,19 @@ pub enum ProxyError {
     Shutdown,
     /// The client read nothing of what pgsplit sent it for `client_write_timeout`.
     #[error("{0}")]
-    ClientStalled(crate::tls::WriteStalled),
+    ClientStalled(WriteStalled),
     /// A socket failed.
     #[error("connection failure: {0}")]
     Io(std::io::Error),
 }
+
+/// Why a client write failed: the client read nothing for this long
+/// (`client_write_timeout`). Carried inside the `io::Error` (kind `TimedOut`) that the
+/// client stream's writer (`tls::StallGuard`) fails with, so that [`ProxyError`] can tell
+/// it from a server's or the kernel's timeout.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client read nothing for {0:?} (client_write_timeout)")]
+pub struct WriteStalled(pub Duration);
 
 impl From<std::io::Error> for ProxyError {
     fn from(e: std::io::Error) -> Self {
@@ -110,7 +120,7 @@ impl From<std::io::Error> for ProxyError {
         // other socket failure; it is told apart by what it carries.
         let stalled = e
             .get_ref()
-            .and_then(|inner| inner.downcast_ref::<crate::tls::WriteStalled>())
+            .and_then(|inner| inner.downcast_ref::<WriteStalled>())
             .copied();
         match stalled {
             Some(stalled) => ProxyError::ClientStalled(stalled),
@@ -145,14 +155,6 @@ impl ProxyError {
         }
     }
 
-    /// Appends this error as a FATAL ErrorResponse (or the server's own frame).
-    pub fn encode_fatal(&self, out: &mut BytesMut) {
-        match self {
-            ProxyError::Server { raw, .. } => out.extend_from_slice(raw),
-            _ => encode::error(out, Severity::Fatal, self.sqlstate(), &self.to_string()),
-        }
-    }
-
     /// Whether a server could not be reached or is not taking connections (down,
     /// starting, shutting down): another node may serve instead, unlike a refused login
     /// or a missing database.
@@ -174,5 +176,46 @@ impl ProxyError {
                 | std::io::ErrorKind::ConnectionReset
                 | std::io::ErrorKind::BrokenPipe
         ))
+    }
+}
+
+/// Severity of an error pgsplit reports itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The session ends.
+    Fatal,
+}
+
+/// Fields of an ErrorResponse or NoticeResponse body.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorFields {
+    /// Severity (non-localized when the server sent it).
+    pub severity: String,
+    /// SQLSTATE.
+    pub code: String,
+    /// Primary message.
+    pub message: String,
+}
+
+impl ErrorFields {
+    /// Parses an ErrorResponse/NoticeResponse body; unknown fields are skipped.
+    pub fn parse(body: &[u8]) -> Self {
+        let mut fields = ErrorFields::default();
+        for field in body.split(|b| *b == 0) {
+            let Some((&kind, value)) = field.split_first() else {
+                continue;
+            };
+            let value = String::from_utf8_lossy(value).into_owned();
+            match kind {
+                b'V' => fields.severity = value,
+                b'S' if fields.severity.is_empty() => fields.severity = value,
+                b'C' => fields.code = value,
+                b'M' => fields.message = value,
+                _ => {}
+            }
+        }
+        fields
     }
 }

@@ -5,6 +5,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ProxyError;
+pub use crate::error::{ErrorFields, Severity};
 
 /// Protocol version 3.0, the only one pgsplit speaks.
 pub const PROTOCOL_V3: i32 = 196_608;
@@ -285,15 +286,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// Severity of an error pgsplit reports itself.
-#[derive(Debug, Clone, Copy)]
-pub enum Severity {
-    /// The statement failed; the session goes on.
-    Error,
-    /// The session ends.
-    Fatal,
-}
-
 /// Builders for the messages pgsplit writes itself.
 pub mod encode {
     use super::*;
@@ -492,35 +484,13 @@ pub mod encode {
     }
 }
 
-/// Fields of an ErrorResponse or NoticeResponse body.
-#[derive(Debug, Clone, Default)]
-pub struct ErrorFields {
-    /// Severity (non-localized when the server sent it).
-    pub severity: String,
-    /// SQLSTATE.
-    pub code: String,
-    /// Primary message.
-    pub message: String,
-}
-
-impl ErrorFields {
-    /// Parses an ErrorResponse/NoticeResponse body; unknown fields are skipped.
-    pub fn parse(body: &[u8]) -> Self {
-        let mut fields = ErrorFields::default();
-        for field in body.split(|b| *b == 0) {
-            let Some((&kind, value)) = field.split_first() else {
-                continue;
-            };
-            let value = String::from_utf8_lossy(value).into_owned();
-            match kind {
-                b'V' => fields.severity = value,
-                b'S' if fields.severity.is_empty() => fields.severity = value,
-                b'C' => fields.code = value,
-                b'M' => fields.message = value,
-                _ => {}
-            }
+impl ProxyError {
+    /// Appends this error as a FATAL ErrorResponse (or the server's own frame).
+    pub fn encode_fatal(&self, out: &mut BytesMut) {
+        match self {
+            ProxyError::Server { raw, .. } => out.extend_from_slice(raw),
+            _ => encode::error(out, Severity::Fatal, self.sqlstate(), &self.to_string()),
         }
-        fields
     }
 }
 

@@ -22,6 +22,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ServerTlsMode, TlsMode};
+use crate::error::WriteStalled;
 
 /// What serves TLS clients: the acceptor, and the certificate as PEM for SCRAM channel
 /// binding (`tls-server-end-point` hashes the certificate the client saw).
@@ -233,13 +234,6 @@ pub enum ClientSink {
     /// TLS.
     Tls(WriteHalf<TlsStream<TcpStream>>),
 }
-
-/// Why a client write failed: the client read nothing for this long
-/// (`client_write_timeout`). Carried inside the `io::Error` (kind `TimedOut`), so that
-/// [`crate::error::ProxyError`] can tell it from a server's or the kernel's timeout.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the client read nothing for {0:?} (client_write_timeout)")]
-pub struct WriteStalled(pub Duration);
 
 /// A writer whose writes fail once they have made no progress for a time limit, so a
 /// session whose client stops reading ends instead of holding its server connection
