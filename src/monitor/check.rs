@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{Login, ServerConn};
-use crate::config::{Node, Settings};
+use crate::config::Node;
+use crate::settings::Settings;
 use crate::topology::probe::{Probe, Receiver, Replica};
 use crate::topology::{Lsn, Outcome};
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::backend::ServerConn;
-use crate::config::SharedSettings;
+use crate::settings::SharedSettings;
 use crate::topology::{advance, health, Event, Outcome, Rules};
 
 pub use publisher::Publisher;
