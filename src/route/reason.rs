@@ -47,7 +47,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// Every decision, in the order of [`StatsSnapshot::decisions`].
+    /// Every decision, in the order of the statistics' `decisions`.
     pub const ALL: [Decision; 17] = [
         Decision::Read,
         Decision::Write,

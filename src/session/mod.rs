@@ -1,6 +1,6 @@
 //! One client's life: startup, authentication, a first pooled server connection that
 //! takes the client's startup settings, then the relay ([`relay`]) that routes each
-//! request by the routing state ([`state`]).
+//! request by the routing state and decision (`crate::route`).
 
 mod relay;
 
