@@ -26,13 +26,13 @@ pub struct PoolKey {
     pub address: String,
     /// Role pgsplit logs in as.
     pub user: String,
-    /// Database.
+    /// Database its connections are to.
     pub database: String,
 }
 
 /// A server connection and what pgsplit knows about its session state.
 pub struct Pooled {
-    /// The connection.
+    /// The open server connection.
     pub server: ServerConn,
     /// Settings applied on it beyond the server defaults; `None` when unknown (after a
     /// failed statement of pgsplit's own), so the next sync starts with RESET ALL.
@@ -176,7 +176,7 @@ impl Drop for Lease {
 /// A semaphore whose size a reload can change: growing adds permits at once; shrinking
 /// takes free permits away now and the rest as they come back ([`Limit::resize`] again).
 pub struct Limit {
-    /// The permits.
+    /// One permit per connection or client admitted.
     pub semaphore: Arc<Semaphore>,
     size: Mutex<(usize, usize)>,
 }
@@ -266,7 +266,8 @@ impl Checkouts {
     }
 }
 
-/// One pool.
+/// The server connections of one node, role and database: idle ones to hand out, and
+/// the permits that bound how many are open.
 pub struct Pool {
     key: PoolKey,
     password: Mutex<String>,
@@ -285,11 +286,11 @@ pub struct Pool {
 /// An idle pooled connection, for the admin console.
 #[derive(Debug, Clone)]
 pub struct IdleServer {
-    /// Server address.
+    /// Server `host:port`.
     pub address: String,
-    /// Server role.
+    /// Role pgsplit logs in as.
     pub user: String,
-    /// Database.
+    /// Database connected to.
     pub database: String,
     /// The backend's process id.
     pub pid: i32,
@@ -302,11 +303,11 @@ pub struct IdleServer {
 /// Counters of one pool at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSnapshot {
-    /// Server address.
+    /// Server `host:port`.
     pub address: String,
-    /// Server role.
+    /// Role pgsplit logs in as.
     pub user: String,
-    /// Database.
+    /// Database connected to.
     pub database: String,
     /// Connections open (idle and in use).
     pub open: usize,

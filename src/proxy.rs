@@ -71,14 +71,8 @@ pub async fn start_with(settings: Settings, sources: Sources) -> std::io::Result
     let current = settings.load_full();
     let clients = Limit::new(current.raw.max_client_conn);
     let (phase, _) = watch::channel(Phase::Running);
-    let tls = crate::tls::acceptor(&current.raw).map_err(|(key, message)| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{key}: {message}"),
-        )
-    })?;
     let shared = Arc::new(Shared {
-        tls: ArcSwapOption::from(tls.map(Arc::new)),
+        tls: ArcSwapOption::from(current.client_tls.clone()),
         classifier: Classifier::new(current.raw.routing.classify_cache_size),
         stats: Stats::new(current.nodes.len(), metrics.query_seconds()),
         settings,

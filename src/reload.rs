@@ -35,12 +35,8 @@ pub fn reload(shared: &Shared) -> Result<Vec<String>, String> {
 
 /// Swaps in a validated configuration and brings every part in line with it.
 pub fn apply(shared: &Shared, new: Settings) -> Result<Vec<String>, String> {
-    // Everything that can fail is done before anything changes.
-    let tls = crate::tls::acceptor(&new.raw).map_err(|(key, message)| {
-        let e = format!("{key}: {message}");
-        tracing::error!(error = %e, "reload rejected: the running configuration stays");
-        e
-    })?;
+    // The certificates were read when `new` was built: nothing below can fail.
+    let tls = new.client_tls.clone();
     let old = shared.settings.load_full();
     let changes = describe(&old, &new);
     let log_level = new.raw.log_level.clone();
@@ -53,7 +49,7 @@ pub fn apply(shared: &Shared, new: Settings) -> Result<Vec<String>, String> {
     shared.pools.reconcile();
     shared.clients.resize(settings.raw.max_client_conn);
     shared.functions.reconfigure();
-    shared.tls.store(tls.map(Arc::new));
+    shared.tls.store(tls);
     if log_level != old.raw.log_level {
         match &shared.sources.log_filter {
             Some(set) => {

@@ -49,8 +49,7 @@ impl Relay<'_> {
         // A Query or FunctionCall after a Flush chain goes to the chain's connection and
         // ends the chain there, as PostgreSQL runs it (or skips it after the chain's
         // error). Held instead, it would wait for a Sync that only it could be followed
-        // by, and the client would no longer be read: not even its leaving seen
-        // (found by tests/hostile.rs).
+        // by, and the client would no longer be read: not even its leaving seen.
         let continues_chain = self.sticky.is_some();
         if !continues_chain
             && (self.primary.owed.pending > 0

@@ -105,7 +105,7 @@ impl Relay<'_> {
             // ends the COPY with an error there, as with PostgreSQL alone. Held back like a
             // pipelined query instead, it would wait for the COPY's ReadyForQuery, which
             // waits for data the client never sends: both ends and the pooled connection
-            // stuck for good (found by tests/hostile.rs).
+            // stuck for good.
             // So do extended-protocol messages: held back, they would wait for the COPY
             // to end, which waits for the client.
             b'H' | b'S' | b'd' | b'c' | b'f' | b'Q' | b'F' | b'P' | b'B' | b'D' | b'E' | b'C'

@@ -410,7 +410,7 @@ impl<'a> Relay<'a> {
                 // While a request is held no frames are taken, but the client's leaving
                 // is still seen (as `None`): else a server that owes nothing (a COPY
                 // waiting for data, a request PostgreSQL skips until Sync) would keep the
-                // session and its pooled connection for good (found by tests/hostile.rs).
+                // session and its pooled connection for good.
                 frame = self.client.reader.next_or_closed(accept_client, HELD_READ_AHEAD) => {
                     self.watch.client_frames += 1;
                     match frame {
