@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use pgsplit::cluster::Cluster;
+use pgsplit_cluster::Cluster;
 
 #[path = "compare/peers.rs"]
 mod peers;

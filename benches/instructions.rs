@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use pgsplit::cluster::{Cluster, APP_DATABASE};
+use pgsplit_cluster::{Cluster, APP_DATABASE};
 
 #[path = "instructions/callgrind.rs"]
 mod callgrind;

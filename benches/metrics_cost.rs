@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
 use pgsplit::settings::Settings;
+use pgsplit_cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
 
 fn env_or(name: &str, default: u32) -> u32 {
     std::env::var(name)

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
 
 fn env_or(name: &str, default: u32) -> u32 {
     std::env::var(name)

@@ -29,7 +29,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
-use pgsplit::cluster::{Cluster, APP_DATABASE, APP_USER};
+use pgsplit_cluster::{Cluster, APP_DATABASE, APP_USER};
 
 #[path = "support/mod.rs"]
 mod support;

@@ -1,6 +1,6 @@
 //! `pgsplit demo`: a throwaway local primary + hot standbys with pgsplit in front.
 
-use crate::cluster::{
+use pgsplit_cluster::{
     Cluster, APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER, SUPERUSER,
 };
 use crate::config::ConfigError;

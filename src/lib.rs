@@ -27,7 +27,6 @@ pub mod balance;
 pub mod catalog;
 pub mod classify;
 pub mod clients;
-pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod demo;

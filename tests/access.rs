@@ -4,7 +4,7 @@
 mod common;
 
 use common::{sqlstate, text, TestProxy};
-use pgsplit::cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A second user, logging in to the servers as the application role.

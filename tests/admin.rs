@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{cluster, own_cluster, sqlstate, text, TestProxy};
-use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
 
 /// Makes `app` an admin user; goes before the demo configuration's tables.
 const ADMIN: &str = "admin_users = [\"app\"]\n";
@@ -214,7 +214,7 @@ async fn explain_route_in_psql_says_why_a_statement_goes_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_admin_users_get_the_console_and_bad_commands_get_clear_errors() {
     let proxy = TestProxy::start_with(ADMIN, "").await;
-    let superuser = pgsplit::cluster::SUPERUSER;
+    let superuser = pgsplit_cluster::SUPERUSER;
     let Err(refused) = proxy
         .connect_as(superuser, cluster().superuser_password(), "pgsplit")
         .await

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{sqlstate, TestProxy};
-use pgsplit::cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
 
 /// Extra users: md5, trust, and a SCRAM verifier instead of a plaintext password,
 /// all logging in to the servers as the application role.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{cluster, text, TestProxy};
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
-use pgsplit::cluster::APP_DATABASE;
+use pgsplit_cluster::APP_DATABASE;
 
 #[tokio::test]
 async fn psql_runs_a_query_through_pgsplit() {
@@ -159,8 +159,8 @@ async fn notify_from_one_client_reaches_a_listening_client() {
     let proxy = TestProxy::start().await;
     let (listener, mut conn) = tokio_postgres::connect(
         &proxy.conninfo(
-            pgsplit::cluster::APP_USER,
-            pgsplit::cluster::APP_PASSWORD,
+            pgsplit_cluster::APP_USER,
+            pgsplit_cluster::APP_PASSWORD,
             APP_DATABASE,
         ),
         tokio_postgres::NoTls,
@@ -206,7 +206,7 @@ async fn a_client_that_disconnects_during_pg_sleep_leaves_no_backend_running_it(
             "SELECT pg_sleep(30) /* departing */",
             APP_DATABASE,
         ])
-        .env("PGPASSWORD", pgsplit::cluster::APP_PASSWORD)
+        .env("PGPASSWORD", pgsplit_cluster::APP_PASSWORD)
         .env("PGAPPNAME", "departing-client")
         .spawn()
         .unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{sqlstate, text, TestProxy};
-use pgsplit::cluster::{Cluster, StopMode, APP_DATABASE};
+use pgsplit_cluster::{Cluster, StopMode, APP_DATABASE};
 
 const MONITOR: &str = "lag_check_interval = \"100ms\"\nmax_ban = \"1s\"";
 const DEADLINE: Duration = Duration::from_secs(30);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{sqlstate, TestProxy};
-use pgsplit::cluster::{Cluster, StopMode, APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{Cluster, StopMode, APP_DATABASE, APP_PASSWORD, APP_USER};
 use pgsplit::topology::{Role, Topology};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
@@ -417,7 +417,7 @@ impl Scenario {
     async fn control(
         &self,
         what: &str,
-        f: impl FnOnce(&Cluster) -> Result<(), pgsplit::cluster::ClusterError> + Send + 'static,
+        f: impl FnOnce(&Cluster) -> Result<(), pgsplit_cluster::ClusterError> + Send + 'static,
     ) {
         let cluster = Arc::clone(&self.cluster);
         tokio::task::spawn_blocking(move || f(&cluster))

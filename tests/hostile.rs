@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::pool::trust_user;
 use common::raw;
 use common::TestProxy;
-use pgsplit::cluster::APP_DATABASE;
+use pgsplit_cluster::APP_DATABASE;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -165,7 +165,7 @@ fn base_sequence(rng: &mut StdRng) -> Vec<Packet> {
             initial.extend_from_slice(&(first.len() as i32).to_be_bytes());
             initial.extend_from_slice(first);
             vec![
-                login(pgsplit::cluster::APP_USER),
+                login(pgsplit_cluster::APP_USER),
                 msg(raw::message(b'p', &initial)),
                 msg(raw::message(b'p', b"c=biws,r=hostilenonce,p=AAAA")),
             ]

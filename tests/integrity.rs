@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use common::pool::{trust_user, ON_PRIMARY};
 use common::{cluster, raw, TestProxy};
 use futures_util::{SinkExt, StreamExt};
-use pgsplit::cluster::APP_PASSWORD;
+use pgsplit_cluster::APP_PASSWORD;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::pool::trust_user;
 use common::raw::{self, next_error, read_message};
 use common::{cluster, sqlstate, TestProxy};
-use pgsplit::cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::pool::{first, pooled_proxy, su, su_app, ON_PRIMARY};
 use common::{cluster, raw};
-use pgsplit::cluster::APP_PASSWORD;
+use pgsplit_cluster::APP_PASSWORD;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -569,7 +569,7 @@ async fn session_authorization_is_replayed_before_role() {
     let proxy = pooled_proxy("max_pool_size = 1").await;
     let (s, conn) = tokio_postgres::connect(
         &proxy.conninfo(
-            pgsplit::cluster::SUPERUSER,
+            pgsplit_cluster::SUPERUSER,
             cluster().superuser_password(),
             "app",
         ),

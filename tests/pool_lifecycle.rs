@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::pool::{trust_user, ON_PRIMARY};
 use common::{cluster, raw, sqlstate, TestProxy};
-use pgsplit::cluster::{APP_PASSWORD, SUPERUSER, SUPERUSER_PASSWORD};
+use pgsplit_cluster::{APP_PASSWORD, SUPERUSER, SUPERUSER_PASSWORD};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 

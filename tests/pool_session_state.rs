@@ -226,7 +226,7 @@ async fn set_session_authorization_drops_the_role_everywhere() {
     let proxy = pooled_proxy("max_pool_size = 1").await;
     let (s, conn) = tokio_postgres::connect(
         &proxy.conninfo(
-            pgsplit::cluster::SUPERUSER,
+            pgsplit_cluster::SUPERUSER,
             cluster().superuser_password(),
             "app",
         ),

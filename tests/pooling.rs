@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::pool::{pooled_proxy, ON_PRIMARY};
 use common::raw;
 use common::{cluster, sqlstate, text, TestProxy};
-use pgsplit::cluster::{APP_DATABASE, SUPERUSER, SUPERUSER_PASSWORD};
+use pgsplit_cluster::{APP_DATABASE, SUPERUSER, SUPERUSER_PASSWORD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::RwLock;

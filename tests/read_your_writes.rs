@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestProxy;
-use pgsplit::cluster::{Cluster, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{Cluster, APP_PASSWORD, APP_USER};
 
 const MONITOR: &str = "lag_check_interval = \"100ms\"";
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{describe, TestProxy};
-use pgsplit::cluster::{Cluster, Naming, Shape, APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{Cluster, Naming, Shape, APP_DATABASE, APP_PASSWORD, APP_USER};
 use pgsplit::topology::{LagStatus, Topology};
 use tokio::task::block_in_place;
 
@@ -196,7 +196,7 @@ fn wiring(cluster: &Cluster) -> String {
 }
 
 /// `name=count` per node.
-fn per_node(nodes: &[pgsplit::cluster::Node], counts: &[usize]) -> String {
+fn per_node(nodes: &[pgsplit_cluster::Node], counts: &[usize]) -> String {
     nodes
         .iter()
         .zip(counts)

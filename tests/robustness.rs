@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::raw::{self, next_error, read_message};
 use common::{sqlstate, TestProxy};
-use pgsplit::cluster::{APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{APP_PASSWORD, APP_USER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::{cluster, sqlstate, text, TestProxy};
-use pgsplit::cluster::APP_DATABASE;
+use pgsplit_cluster::APP_DATABASE;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::raw::{self, next_error};
 use common::{cluster, http, sqlstate};
 use futures_util::{SinkExt, TryStreamExt};
-use pgsplit::cluster::{APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER};
+use pgsplit_cluster::{APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::cluster;
-use pgsplit::cluster::{APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER};
+use pgsplit_cluster::{APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// The pgsplit binary with only the given `PGSPLIT_*` variables: any the tests run under

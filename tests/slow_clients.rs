@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::pool::{first, trust_user, ON_PRIMARY};
 use common::raw::{self, error_code, read_message};
 use common::{cluster, TestProxy};
-use pgsplit::cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{cluster, TestProxy};
-use pgsplit::cluster::APP_DATABASE;
 use pgsplit::route::Decision;
+use pgsplit_cluster::APP_DATABASE;
 use tokio_postgres::Client;
 
 /// Read-your-writes would keep the creating client's reads on the primary for a while;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{cluster, text, TestProxy};
-use pgsplit::cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -199,7 +199,7 @@ async fn scram_channel_binding_is_offered_over_tls() {
 
 /// Turns TLS on in node `i` of `cluster` with a certificate for 127.0.0.1 from the CA
 /// in `dir`.
-fn enable_server_tls(cluster: &pgsplit::cluster::Cluster, i: usize, dir: &Path) {
+fn enable_server_tls(cluster: &pgsplit_cluster::Cluster, i: usize, dir: &Path) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let data = &cluster.nodes()[i].data_dir;
     let owner = std::fs::metadata(data).unwrap();

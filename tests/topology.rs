@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{describe, text, TestProxy};
-use pgsplit::cluster::{Cluster, StopMode, APP_DATABASE};
+use pgsplit_cluster::{Cluster, StopMode, APP_DATABASE};
 use pgsplit::topology::{LagStatus, Topology};
 
 /// Standby 1 in every cluster here.
@@ -55,8 +55,8 @@ async fn wait_for(proxy: &TestProxy, what: &str, ready: impl Fn(&Topology) -> bo
 async fn fresh_client_read(proxy: &TestProxy) -> Result<u16, String> {
     let client = proxy
         .connect_as(
-            pgsplit::cluster::APP_USER,
-            pgsplit::cluster::APP_PASSWORD,
+            pgsplit_cluster::APP_USER,
+            pgsplit_cluster::APP_PASSWORD,
             APP_DATABASE,
         )
         .await
@@ -254,8 +254,8 @@ async fn reads_from_another_session_stay_within_the_lag_bound() {
     cluster
         .sql_as(
             0,
-            pgsplit::cluster::APP_USER,
-            Some(pgsplit::cluster::APP_PASSWORD),
+            pgsplit_cluster::APP_USER,
+            Some(pgsplit_cluster::APP_PASSWORD),
             APP_DATABASE,
             "CREATE TABLE counter (id int PRIMARY KEY, v int); INSERT INTO counter VALUES (1, 0)",
         )

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use pgsplit::cluster::{Cluster, APP_DATABASE};
+use pgsplit_cluster::{Cluster, APP_DATABASE};
 
 use super::support::{pgbench_command, run_bounded, Pgbouncer};
 use super::{known_limitation, Cell, Figures, Options, Outcome, Target, Workload, CLIENTS, JOBS};

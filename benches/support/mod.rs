@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, Uid, User};
-use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
 
 /// How long a proxy gets to accept a first query after it is started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use pgsplit::cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
+use pgsplit_cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
 use pgsplit::proxy::ProxyHandle;
 use pgsplit::settings::Settings;
 use tokio::runtime::Runtime;
@@ -571,7 +571,7 @@ pub mod raw {
 /// Pooled proxies and helpers the pooling tests share.
 pub mod pool {
     use super::{cluster, TestProxy};
-    use pgsplit::cluster::APP_PASSWORD;
+    use pgsplit_cluster::APP_PASSWORD;
     use tokio_postgres::{Client, SimpleQueryMessage};
 
     /// Hint comment that sends a statement to the primary whatever it does.
