@@ -1,12 +1,12 @@
 //! `pgsplit demo`: a throwaway local primary + hot standbys with pgsplit in front.
 
-use pgsplit_cluster::{
-    Cluster, APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER, SUPERUSER,
-};
 use crate::config::ConfigError;
 use crate::context::Sources;
 use crate::proxy;
 use crate::settings::Settings;
+use pgsplit_cluster::{
+    Cluster, APP_DATABASE, APP_PASSWORD, APP_USER, MONITOR_PASSWORD, MONITOR_USER, SUPERUSER,
+};
 use std::io::Write;
 use std::sync::Arc;
 
