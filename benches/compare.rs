@@ -17,7 +17,7 @@
 //!
 //! Every workload runs at each client count against every target in turn (the order
 //! rotates from round to round), for 3 rounds; the table shows medians. The entry point is
-//! [`run`], which `tests/compare_quick.rs` calls in quick mode with the debug binary.
+//! [`run`], which `tests/stress/compare_quick.rs` calls in quick mode with the debug binary.
 
 use std::fs;
 use std::path::{Path, PathBuf};

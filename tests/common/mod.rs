@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use pgsplit_cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
 use pgsplit::proxy::ProxyHandle;
 use pgsplit::settings::Settings;
+use pgsplit_cluster::{Cluster, APP_DATABASE, APP_PASSWORD, APP_USER};
 use tokio::runtime::Runtime;
 
 /// The binary's cluster: a primary and two hot standbys, torn down by the harness's watchdog.
@@ -565,6 +565,34 @@ pub mod raw {
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// Turns for the tests of one binary that must not run beside each other. A test that
+/// loads the machine (clusters under pgbench, hundreds of clients) or measures the whole
+/// process (its memory, its panics, timings on a small machine) runs [`alone`]; in a
+/// binary that has such tests, every other test that starts a cluster, a proxy or a
+/// client takes a [`shared`] turn, so it never runs beside one alone. Each test takes one
+/// turn, first thing, and keeps it to its end: a second turn in the same test could wait
+/// behind a queued [`alone`] that waits for the first.
+pub mod turns {
+    use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+    static TURNS: RwLock<()> = RwLock::const_new(());
+
+    /// Waits until no other test holds a turn, and keeps the others waiting.
+    pub async fn alone() -> RwLockWriteGuard<'static, ()> {
+        TURNS.write().await
+    }
+
+    /// [`alone`] for a plain `#[test]`.
+    pub fn alone_blocking() -> RwLockWriteGuard<'static, ()> {
+        TURNS.blocking_write()
+    }
+
+    /// Runs beside other shared turns, never beside a test [`alone`].
+    pub async fn shared() -> RwLockReadGuard<'static, ()> {
+        TURNS.read().await
     }
 }
 
