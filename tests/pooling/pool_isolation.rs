@@ -10,6 +10,21 @@ use pgsplit_cluster::APP_PASSWORD;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// PostgreSQL's default `search_path`.
+const DEFAULT_SEARCH_PATH: &str = "\"$user\", public";
+
+/// A text column, as the raw client reports one row of it.
+fn one_row(v: &str) -> Vec<Vec<Option<String>>> {
+    vec![vec![Some(v.to_owned())]]
+}
+
+/// Whether `port` is one of the shared cluster's standbys.
+fn is_standby_port(port: &str) -> bool {
+    cluster().nodes()[1..]
+        .iter()
+        .any(|n| n.port.to_string() == port)
+}
+
 #[tokio::test]
 async fn a_role_set_then_reset_all_never_reaches_another_client() {
     let _shared = common::turns::shared().await;
@@ -25,7 +40,12 @@ async fn a_role_set_then_reset_all_never_reaches_another_client() {
     let b_user = first(&b, &format!("{ON_PRIMARY} SELECT current_user"))
         .await
         .unwrap();
-    eprintln!("R1 after SET ROLE + RESET ALL: A sees {a_user:?}, B sees {b_user:?}");
+    // As in PostgreSQL, RESET ALL leaves the role alone.
+    assert_eq!(
+        a_user.as_deref(),
+        Some("rv_role"),
+        "A's role after RESET ALL"
+    );
     assert_eq!(
         b_user.as_deref(),
         Some("app"),
@@ -53,7 +73,6 @@ async fn a_role_kept_through_a_rolled_back_transaction_never_reaches_another_cli
     let b_user = first(&b, &format!("{ON_PRIMARY} SELECT current_user"))
         .await
         .unwrap();
-    eprintln!("R2 after SET ROLE; BEGIN..ROLLBACK: B sees {b_user:?}");
     assert_eq!(
         b_user.as_deref(),
         Some("app"),
@@ -87,7 +106,7 @@ async fn an_error_during_extended_copy_in_reaches_the_client() {
             break;
         }
     }
-    eprintln!("R3 start: {}", raw::tags(&got));
+    assert_eq!(raw::tags(&got), "1 2 G", "the extended COPY's start");
     s.write_all(&raw::message(b'd', b"not-a-number\n"))
         .await
         .unwrap();
@@ -96,12 +115,12 @@ async fn an_error_during_extended_copy_in_reaches_the_client() {
         .await
         .unwrap();
     let rest = raw::read_until_ready(&mut s).await;
-    eprintln!("R3 after CopyDone+Sync: {}", raw::tags(&rest));
     assert!(
         rest.iter().any(|(t, _)| *t == b'E'),
         "the COPY's error never reached the client: {}",
         raw::tags(&rest)
     );
+    assert_eq!(raw::tags(&rest), "E(22P02) Z(I)", "after CopyDone and Sync");
 }
 
 #[tokio::test]
@@ -118,12 +137,13 @@ async fn binding_an_unnamed_statement_never_parsed_fails_instead_of_running_anot
     ]
     .concat();
     a.write_all(&ask).await.unwrap();
-    eprintln!("R4 A: {:?}", raw::reply(&mut a).await);
+    let r = raw::reply(&mut a).await;
+    assert!(r.errors.is_empty(), "A's unnamed statement: {r:?}");
+    assert_eq!(r.rows, one_row("secret of A"), "A's unnamed statement");
     b.write_all(&[raw::bind("", "", &[]), raw::execute(""), raw::sync()].concat())
         .await
         .unwrap();
     let got = raw::reply(&mut b).await;
-    eprintln!("R4 B (Bind of an unnamed statement it never parsed): {got:?}");
     assert_eq!(got.errors, ["26000"], "B ran A's unnamed statement");
 }
 
@@ -137,14 +157,19 @@ async fn deallocate_runs_where_the_statement_is() {
         .await
         .unwrap();
     let r = first(&a, "SELECT 1").await; // a read: the standby becomes `last`
-    eprintln!("R5 A read: {r:?}");
+    assert_eq!(r.ok().flatten().as_deref(), Some("1"), "A's read");
     let d = a.batch_execute("DEALLOCATE rvfoo").await;
-    eprintln!("R5 A DEALLOCATE: {d:?}");
+    assert!(d.is_ok(), "A's DEALLOCATE: {d:?}");
     let got = first(&b, "EXECUTE rvfoo").await;
-    eprintln!("R5 B EXECUTE rvfoo: {got:?}");
     assert!(
         got.is_err(),
         "B executed A's SQL-prepared statement: {got:?}"
+    );
+    // The DEALLOCATE freed A's connection, which B gets without the statement.
+    assert_eq!(
+        got.map_err(|e| common::sqlstate(&e)),
+        Err("26000".to_owned()),
+        "B's EXECUTE of A's deallocated statement"
     );
 }
 
@@ -159,12 +184,17 @@ async fn discard_all_run_elsewhere_still_resets_the_connection_holding_state() {
         .unwrap();
     let _ = first(&a, "SELECT 1").await;
     let d = a.batch_execute("DISCARD ALL").await;
-    eprintln!("R5b A DISCARD ALL: {d:?}");
+    assert!(d.is_ok(), "A's DISCARD ALL: {d:?}");
     let got = first(&b, "EXECUTE rvbar").await;
-    eprintln!("R5b B EXECUTE rvbar: {got:?}");
     assert!(
         got.is_err(),
         "B executed A's SQL-prepared statement: {got:?}"
+    );
+    // The DISCARD ALL freed A's connection, which B gets without the statement.
+    assert_eq!(
+        got.map_err(|e| common::sqlstate(&e)),
+        Err("26000".to_owned()),
+        "B's EXECUTE of A's discarded statement"
     );
 }
 
@@ -175,13 +205,24 @@ async fn a_with_hold_cursor_on_a_standby_keeps_its_connection_from_others() {
     let a = proxy.connect().await;
     let b = proxy.connect().await;
     a.batch_execute("BEGIN READ ONLY").await.unwrap();
-    let port = first(&a, "SELECT inet_server_port()").await.unwrap();
+    let port = first(&a, "SELECT inet_server_port()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        is_standby_port(&port),
+        "the read-only transaction runs on port {port}, not a standby"
+    );
     a.batch_execute("DECLARE rvcur CURSOR WITH HOLD FOR SELECT 'secret of A'::text")
         .await
         .unwrap();
     a.batch_execute("COMMIT").await.unwrap();
     let a_fetch = first(&a, "FETCH ALL FROM rvcur").await;
-    eprintln!("R6 A (standby port {port:?}) FETCH its own cursor: {a_fetch:?}");
+    assert_eq!(
+        a_fetch.ok().flatten().as_deref(),
+        Some("secret of A"),
+        "A's FETCH from its own cursor"
+    );
     let mut leaked = None;
     for _ in 0..10 {
         b.batch_execute("BEGIN READ ONLY").await.unwrap();
@@ -192,8 +233,7 @@ async fn a_with_hold_cursor_on_a_standby_keeps_its_connection_from_others() {
             break;
         }
     }
-    eprintln!("R6 B FETCH: {leaked:?}");
-    assert!(leaked.is_none(), "B fetched A's cursor");
+    assert!(leaked.is_none(), "B fetched A's cursor: {leaked:?}");
 }
 
 #[tokio::test]
@@ -207,11 +247,17 @@ async fn evictions_skipped_by_a_failed_batch_do_not_break_the_connection() {
         a.write_all(&[raw::parse(name, &sql), raw::sync()].concat())
             .await
             .unwrap();
-        eprintln!("R7 prepare {name}: {:?}", raw::reply(&mut a).await);
+        let r = raw::reply(&mut a).await;
+        assert!(
+            r.errors.is_empty() && r.rows.is_empty(),
+            "prepare {name}: {r:?}"
+        );
         a.write_all(&[raw::bind("", name, &[]), raw::execute(""), raw::sync()].concat())
             .await
             .unwrap();
-        eprintln!("R7 run {name}: {:?}", raw::reply(&mut a).await);
+        let r = raw::reply(&mut a).await;
+        assert!(r.errors.is_empty(), "run {name}: {r:?}");
+        assert_eq!(r.rows, one_row(name), "run {name}");
     }
     // bad and good prepared locally
     a.write_all(
@@ -224,7 +270,12 @@ async fn evictions_skipped_by_a_failed_batch_do_not_break_the_connection() {
     )
     .await
     .unwrap();
-    eprintln!("R7 prepare bad+good: {:?}", raw::reply(&mut a).await);
+    // Answered by pgsplit without a server: the bad one fails when it is first used.
+    let r = raw::reply(&mut a).await;
+    assert!(
+        r.errors.is_empty() && r.rows.is_empty(),
+        "prepare bad and good: {r:?}"
+    );
     a.write_all(
         &[
             raw::bind("", "bad", &[]),
@@ -237,7 +288,11 @@ async fn evictions_skipped_by_a_failed_batch_do_not_break_the_connection() {
     )
     .await
     .unwrap();
-    eprintln!("R7 run bad+good: {:?}", raw::reply(&mut a).await);
+    let r = raw::reply(&mut a).await;
+    assert!(
+        r.errors == ["42P01"] && r.rows.is_empty(),
+        "run bad, then good, in one batch: {r:?}"
+    );
     for name in ["x", "y", "good", "x", "y"] {
         a.write_all(&[raw::bind("", name, &[]), raw::execute(""), raw::sync()].concat())
             .await
@@ -265,10 +320,8 @@ async fn a_name_whose_parse_failed_can_be_parsed_again() {
     )
     .await
     .unwrap();
-    eprintln!(
-        "R8 first Parse (fails in PG): {:?}",
-        raw::reply(&mut a).await
-    );
+    let r = raw::reply(&mut a).await;
+    assert_eq!(r.errors, ["42P01"], "the first Parse of s1: {r:?}");
     a.write_all(
         &[
             raw::parse("s1", "SELECT 42"),
@@ -280,10 +333,14 @@ async fn a_name_whose_parse_failed_can_be_parsed_again() {
     .await
     .unwrap();
     let r = raw::reply(&mut a).await;
-    eprintln!("R8 second Parse of s1 (succeeds in PG): {r:?}");
     assert!(
         r.errors.is_empty(),
         "re-Parse after a failed Parse refused: {r:?}"
+    );
+    assert_eq!(
+        r.param_types,
+        Some(vec![]),
+        "the Describe of the second s1: {r:?}"
     );
 }
 
@@ -307,10 +364,15 @@ async fn a_failed_commit_undoes_its_settings_for_everyone() {
     )
     .await
     .unwrap();
-    eprintln!("R9 A after failed COMMIT sees search_path {own:?} (PG: default)");
-    eprintln!(
-        "R9 A COMMIT: {:?}",
-        c.as_ref().err().and_then(|e| e.code().cloned())
+    assert_eq!(
+        c.map(|_| ()).map_err(|e| common::sqlstate(&e)),
+        Err("23505".to_owned()),
+        "A's COMMIT with a deferred unique violation"
+    );
+    assert_eq!(
+        own.as_deref(),
+        Some(DEFAULT_SEARCH_PATH),
+        "A's search_path after its COMMIT failed (PostgreSQL's default, as directly)"
     );
     let conninfo = format!(
         "{} options='-c search_path=rv_schema,\\\\ public'",
@@ -326,7 +388,6 @@ async fn a_failed_commit_undoes_its_settings_for_everyone() {
     )
     .await
     .unwrap();
-    eprintln!("R9 C (startup search_path=rv_schema,public) sees search_path {got:?}");
     assert_eq!(got.as_deref(), Some("rv_schema, public"));
 }
 
@@ -345,10 +406,8 @@ async fn parsing_the_same_text_again_leaves_open_portals_alone() {
     let mut a = raw::login(proxy.addr, "trustuser").await;
     let sql = format!("{ON_PRIMARY} SELECT generate_series(1, 10)");
     a.write_all(&raw::query("BEGIN")).await.unwrap();
-    eprintln!(
-        "R10 BEGIN: {}",
-        raw::tags(&raw::read_until_ready(&mut a).await)
-    );
+    let begin = raw::read_until_ready(&mut a).await;
+    assert_eq!(raw::tags(&begin), "C Z(T)", "BEGIN");
     a.write_all(
         &[
             raw::parse("s1", &sql),
@@ -360,9 +419,11 @@ async fn parsing_the_same_text_again_leaves_open_portals_alone() {
     )
     .await
     .unwrap();
-    eprintln!(
-        "R10 first fetch: {}",
-        raw::tags(&raw::read_until_ready(&mut a).await)
+    let fetch = raw::read_until_ready(&mut a).await;
+    assert_eq!(
+        raw::tags(&fetch),
+        "1 2 D D s Z(T)",
+        "the first two rows of portal p"
     );
     a.write_all(
         &[
@@ -374,19 +435,22 @@ async fn parsing_the_same_text_again_leaves_open_portals_alone() {
     )
     .await
     .unwrap();
-    eprintln!(
-        "R10 Parse s2 (same text): {}",
-        raw::tags(&raw::read_until_ready(&mut a).await)
+    let parse = raw::read_until_ready(&mut a).await;
+    assert_eq!(
+        raw::tags(&parse),
+        "1 t T Z(T)",
+        "Parse and Describe of s2, the same text"
     );
     a.write_all(&[execute_max("p", 2), raw::sync()].concat())
         .await
         .unwrap();
     let r = raw::read_until_ready(&mut a).await;
-    eprintln!("R10 second fetch of p: {}", raw::tags(&r));
     assert!(
         !r.iter().any(|(t, _)| *t == b'E'),
-        "portal p destroyed by another statement's Parse"
+        "portal p destroyed by another statement's Parse: {}",
+        raw::tags(&r)
     );
+    assert_eq!(raw::tags(&r), "D D s Z(T)", "the next two rows of portal p");
 }
 
 async fn login_params(addr: std::net::SocketAddr, tz: &str) -> (TcpStream, Vec<(String, String)>) {
@@ -422,9 +486,12 @@ async fn parameter_status_at_login_reports_current_values() {
     let _shared = common::turns::shared().await;
     let proxy = pooled_proxy("max_pool_size = 1").await;
     let (mut a, pa) = login_params(proxy.addr, "Asia/Tokyo").await;
-    eprintln!(
-        "R11 A TimeZone reported: {:?}",
-        pa.iter().find(|(k, _)| k == "TimeZone")
+    assert_eq!(
+        pa.iter()
+            .find(|(k, _)| k == "TimeZone")
+            .map(|(_, v)| v.as_str()),
+        Some("Asia/Tokyo"),
+        "the TimeZone reported to A at login"
     );
     a.write_all(&raw::message(b'X', b"")).await.unwrap();
     drop(a);
@@ -433,11 +500,8 @@ async fn parameter_status_at_login_reports_current_values() {
     let tz = pb.iter().find(|(k, _)| k == "TimeZone").cloned();
     b.write_all(&raw::query("SHOW TimeZone")).await.unwrap();
     let r = raw::reply(&mut b).await;
-    eprintln!(
-        "R11 B TimeZone reported: {tz:?}; SHOW TimeZone: {:?}",
-        r.rows
-    );
     assert_eq!(tz.map(|t| t.1).as_deref(), Some("Asia/Tokyo"));
+    assert_eq!(r.rows, one_row("Asia/Tokyo"), "SHOW TimeZone for B");
 }
 
 #[tokio::test]
@@ -455,7 +519,9 @@ async fn a_failed_batch_never_poisons_a_shared_statement() {
     b.write_all(&[raw::bind("", "sb", &[]), raw::execute(""), raw::sync()].concat())
         .await
         .unwrap();
-    eprintln!("R12 B first run: {:?}", raw::reply(&mut b).await);
+    let r = raw::reply(&mut b).await;
+    assert!(r.errors.is_empty(), "B's first run: {r:?}");
+    assert_eq!(r.rows, one_row("shared text"), "B's first run");
     // A: a failing statement, then a Parse of the same text, in one batch.
     a.write_all(
         &[
@@ -470,7 +536,11 @@ async fn a_failed_batch_never_poisons_a_shared_statement() {
     )
     .await
     .unwrap();
-    eprintln!("R12 A failing batch: {:?}", raw::reply(&mut a).await);
+    let r = raw::reply(&mut a).await;
+    assert!(
+        r.errors == ["22012"] && r.rows.is_empty(),
+        "A's failing batch: {r:?}"
+    );
     for i in 0..3 {
         b.write_all(&[raw::bind("", "sb", &[]), raw::execute(""), raw::sync()].concat())
             .await
@@ -559,7 +629,13 @@ async fn a_rollback_to_savepoint_never_leaves_settings_for_others() {
     )
     .await
     .unwrap();
-    eprintln!("R14 A after SAVEPOINT rollback sees {own:?} (PG: default)");
+    // PostgreSQL would show its default: pgsplit re-applies the session's settings after
+    // ROLLBACK TO SAVEPOINT from its own record (README, limits of transaction mode).
+    assert_eq!(
+        own.as_deref(),
+        Some("rv_schema, public"),
+        "A's search_path after the SET was rolled back to the savepoint"
+    );
     let conninfo = format!(
         "{} options='-c search_path=rv_schema,\\\\ public'",
         proxy.conninfo("app", APP_PASSWORD, "app")
@@ -574,7 +650,6 @@ async fn a_rollback_to_savepoint_never_leaves_settings_for_others() {
     )
     .await
     .unwrap();
-    eprintln!("R14 C (startup search_path) sees {got:?}");
     assert_eq!(got.as_deref(), Some("rv_schema, public"));
 }
 
