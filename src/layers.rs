@@ -23,7 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("context", &["context"]),
     ("session", &["session", "admin", "metrics", "reload"]),
-    ("process", &["proxy", "logging", "demo", "cluster"]),
+    ("process", &["proxy", "logging", "demo"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

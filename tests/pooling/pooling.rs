@@ -535,7 +535,7 @@ async fn cancel_with_the_clients_token_stops_its_query() {
 
 #[tokio::test]
 async fn a_cancel_sent_while_the_query_waits_for_a_connection_stops_it_once_it_runs() {
-    let _shared = HEAVY.read().await;
+    let _shared = common::turns::shared().await;
     let proxy = pooled_proxy("max_pool_size = 1\ncheckout_timeout = \"20s\"").await;
     let holder = proxy.connect().await;
     let waiter = proxy.connect().await;
