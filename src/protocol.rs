@@ -478,6 +478,16 @@ pub mod encode {
         with_len(out, b'H', |_| {});
     }
 
+    /// ParseComplete.
+    pub fn parse_complete(out: &mut BytesMut) {
+        with_len(out, b'1', |_| {});
+    }
+
+    /// CloseComplete.
+    pub fn close_complete(out: &mut BytesMut) {
+        with_len(out, b'3', |_| {});
+    }
+
     /// Terminate.
     pub fn terminate(out: &mut BytesMut) {
         with_len(out, b'X', |_| {});

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::wire::{query_text, write_to};
 use super::*;
@@ -164,13 +164,11 @@ impl Relay<'_> {
             return Ok(false);
         }
         for op in ops {
-            let tag = match op {
-                Op::Parse(..) => b'1',
-                Op::Close(_) => b'3',
-                _ => continue,
-            };
-            self.client.out.put_u8(tag);
-            self.client.out.put_i32(4);
+            match op {
+                Op::Parse(..) => encode::parse_complete(&mut self.client.out),
+                Op::Close(_) => encode::close_complete(&mut self.client.out),
+                _ => {}
+            }
         }
         let status = self.client_status();
         encode::ready_for_query(&mut self.client.out, status);
@@ -667,12 +665,8 @@ impl Relay<'_> {
 
     /// Answers a request without a server (deferred BEGIN and its empty end).
     pub(super) async fn reply_here(&mut self, tag: &str, status: u8) -> Result<(), ProxyError> {
-        let out = &mut self.client.out;
-        out.put_u8(b'C');
-        out.put_i32((4 + tag.len() + 1) as i32);
-        out.put_slice(tag.as_bytes());
-        out.put_u8(0);
-        encode::ready_for_query(out, status);
+        encode::command_complete(&mut self.client.out, tag);
+        encode::ready_for_query(&mut self.client.out, status);
         flush_to(&mut self.client.writer, &mut self.client.out).await?;
         Ok(())
     }
