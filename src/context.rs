@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::catalog::FunctionCatalogs;
 use crate::classify::Classifier;
 use crate::clients::CancelRegistry;
-use crate::monitor::Publisher;
+use crate::monitor::{Positions, Publisher};
 use crate::pool::{Limit, Pools};
 use crate::prepared::Registry;
 use crate::settings::{Settings, SharedSettings};
@@ -88,6 +88,8 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     /// Prepared statements by text, under their server-side names.
     pub statements: Registry,
+    /// WAL positions read on demand for read-your-writes.
+    pub positions: Positions,
 }
 
 impl Sources {

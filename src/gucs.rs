@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::classify::{Classification, Effect};
+use crate::config::ReadYourWrites;
 
 /// Session settings (GUC name → SQL text of its value) as `SET` would replay them.
 pub type Gucs = BTreeMap<String, String>;
@@ -117,6 +118,35 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     Ok(settings)
 }
 
+/// The session setting that overrides `routing.read_your_writes` for one client
+/// (`SET`, or a startup parameter); servers keep it as a placeholder, so `SHOW` answers.
+pub const READ_YOUR_WRITES: &str = "pgsplit.read_your_writes";
+
+/// What a `pgsplit.read_your_writes` value (as SQL text) asks for: `session` or `off`, in
+/// any case, quoted or not; `None` for anything else.
+pub fn read_your_writes_value(sql: &str) -> Option<ReadYourWrites> {
+    let text = sql.trim();
+    let text = text
+        .strip_prefix('\'')
+        .and_then(|t| t.strip_suffix('\''))
+        .unwrap_or(text);
+    if text.eq_ignore_ascii_case("session") {
+        Some(ReadYourWrites::Session)
+    } else if text.eq_ignore_ascii_case("off") {
+        Some(ReadYourWrites::Off)
+    } else {
+        None
+    }
+}
+
+/// The read-your-writes mode in effect for a session: its own setting, else the
+/// configuration's.
+pub fn read_your_writes(configured: ReadYourWrites, gucs: &Gucs) -> ReadYourWrites {
+    gucs.get(READ_YOUR_WRITES)
+        .and_then(|v| read_your_writes_value(v))
+        .unwrap_or(configured)
+}
+
 /// Settings `RESET ALL` leaves alone (and a client's `RESET ALL` too).
 pub const NOT_RESET_BY_ALL: [&str; 2] = ["session_authorization", "role"];
 
@@ -159,6 +189,37 @@ pub fn guc_sync_sql(applied: Option<&Gucs>, wanted: &Gucs) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_your_writes_is_chosen_per_session() {
+        let cases = [
+            ("'off'", Some(ReadYourWrites::Off)),
+            ("OFF", Some(ReadYourWrites::Off)),
+            ("'Session'", Some(ReadYourWrites::Session)),
+            ("session", Some(ReadYourWrites::Session)),
+            ("'on'", None),
+            ("''", None),
+            ("'off", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(read_your_writes_value(sql), want, "{sql}");
+        }
+        let mut gucs = Gucs::new();
+        assert_eq!(
+            read_your_writes(ReadYourWrites::Session, &gucs),
+            ReadYourWrites::Session
+        );
+        gucs.insert(READ_YOUR_WRITES.into(), "'off'".into());
+        assert_eq!(
+            read_your_writes(ReadYourWrites::Session, &gucs),
+            ReadYourWrites::Off
+        );
+        gucs.insert(READ_YOUR_WRITES.into(), "'session'".into());
+        assert_eq!(
+            read_your_writes(ReadYourWrites::Off, &gucs),
+            ReadYourWrites::Session
+        );
+    }
 
     #[test]
     fn settings_sync_as_a_diff() {

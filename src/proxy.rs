@@ -15,7 +15,7 @@ use crate::clients::CancelRegistry;
 use crate::context::Sources;
 use crate::context::{Phase, Shared};
 use crate::metrics::Metrics;
-use crate::monitor::{Monitor, Publisher};
+use crate::monitor::{Monitor, Positions, Publisher};
 use crate::pool::{Limit, PoolSnapshot, Pools};
 use crate::prepared::Registry;
 use crate::session;
@@ -68,6 +68,7 @@ pub async fn start_with(settings: Settings, sources: Sources) -> std::io::Result
         Arc::new(Pools::new(Arc::clone(&settings)).time_checkouts(metrics.checkout_seconds()));
     tokio::spawn(Arc::clone(&pools).run(stop.clone()));
 
+    let positions = Positions::new(Arc::clone(&settings), stop.clone());
     let current = settings.load_full();
     let clients = Limit::new(current.raw.max_client_conn);
     let (phase, _) = watch::channel(Phase::Running);
@@ -87,6 +88,7 @@ pub async fn start_with(settings: Settings, sources: Sources) -> std::io::Result
         functions,
         pools,
         statements: Registry::default(),
+        positions,
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
     let metrics_addr = match metrics_listener {

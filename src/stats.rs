@@ -98,6 +98,11 @@ struct NodeCounters {
     statements: AtomicU64,
     readers: AtomicUsize,
     served: [RouteCounters; 2],
+    waits: AtomicU64,
+    waits_missed: AtomicU64,
+    wait_nanos: AtomicU64,
+    checked_reads: AtomicU64,
+    own_write_reads: AtomicU64,
 }
 
 impl NodeCounters {
@@ -106,8 +111,28 @@ impl NodeCounters {
             statements: AtomicU64::new(0),
             readers: AtomicUsize::new(0),
             served: [RouteCounters::new(), RouteCounters::new()],
+            waits: AtomicU64::new(0),
+            waits_missed: AtomicU64::new(0),
+            wait_nanos: AtomicU64::new(0),
+            checked_reads: AtomicU64::new(0),
+            own_write_reads: AtomicU64::new(0),
         }
     }
+}
+
+/// What read-your-writes did on one node, since the proxy started.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FreshnessStats {
+    /// Reads that waited for this standby to be seen past the client's write.
+    pub waits: u64,
+    /// Of those, the ones it was not seen past in time (the read went to the primary).
+    pub waits_missed: u64,
+    /// Time those reads spent waiting.
+    pub wait_time: Duration,
+    /// Reads this standby served after such a wait.
+    pub checked_reads: u64,
+    /// Reads this node (the primary) served because no standby had the client's write.
+    pub own_write_reads: u64,
 }
 
 /// Routing counters for the whole proxy.
@@ -170,6 +195,8 @@ pub struct StatsSnapshot {
     pub clients: u64,
     /// Clients holding a server connection (for a request, a transaction or a pin).
     pub active_clients: u64,
+    /// Read-your-writes, per node in configuration order.
+    pub freshness: Vec<FreshnessStats>,
 }
 
 impl StatsSnapshot {
@@ -284,6 +311,33 @@ impl Stats {
         self.query_seconds[route.index()].record(answer.elapsed.as_secs_f64());
     }
 
+    /// A read waited `waited` for standby `node` to be seen past the client's write;
+    /// `reached`: it was.
+    pub fn read_your_writes_waited(&self, node: usize, waited: Duration, reached: bool) {
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.with_node(node, |n| {
+            n.waits.fetch_add(1, Ordering::Relaxed);
+            n.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
+            if !reached {
+                n.waits_missed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Standby `node` serves a read after it was seen past the client's write.
+    pub fn read_your_writes_checked(&self, node: usize) {
+        self.with_node(node, |n| {
+            n.checked_reads.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// The primary, node `node`, serves a read because no standby had the client's write.
+    pub fn read_your_writes_to_primary(&self, node: usize) {
+        self.with_node(node, |n| {
+            n.own_write_reads.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
     /// A client logged in (`true`) or left (`false`).
     pub fn set_connected(&self, connected: bool) {
         adjust(&self.clients, connected);
@@ -372,6 +426,16 @@ impl Stats {
                 .collect(),
             clients: self.clients.load(Ordering::Relaxed),
             active_clients: self.active_clients.load(Ordering::Relaxed),
+            freshness: nodes
+                .iter()
+                .map(|n| FreshnessStats {
+                    waits: n.waits.load(Ordering::Relaxed),
+                    waits_missed: n.waits_missed.load(Ordering::Relaxed),
+                    wait_time: Duration::from_nanos(n.wait_nanos.load(Ordering::Relaxed)),
+                    checked_reads: n.checked_reads.load(Ordering::Relaxed),
+                    own_write_reads: n.own_write_reads.load(Ordering::Relaxed),
+                })
+                .collect(),
         }
     }
 }

@@ -93,6 +93,11 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
         "paused",
         "reads",
         "writes",
+        "fresh_waits",
+        "fresh_waits_missed",
+        "fresh_wait_ms",
+        "fresh_checked_reads",
+        "own_write_reads",
     ]);
     for (i, n) in topology.nodes.iter().enumerate() {
         if n.removed {
@@ -112,6 +117,7 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
             (None, false) => (None, None),
         };
         let (host, port) = host_port(&n.node.address);
+        let fresh = stats.freshness.get(i).cloned().unwrap_or_default();
         t.push(vec![
             some(&n.node.name),
             host,
@@ -129,6 +135,11 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
             yes(n.paused),
             some(stats.reads_served(i)),
             some(stats.writes_served(i)),
+            some(fresh.waits),
+            some(fresh.waits_missed),
+            some(format!("{:.3}", fresh.wait_time.as_secs_f64() * 1000.0)),
+            some(fresh.checked_reads),
+            some(fresh.own_write_reads),
         ]);
     }
     t
@@ -572,6 +583,7 @@ mod tests {
             decisions: Vec::new(),
             clients: 0,
             active_clients: 0,
+            freshness: Vec::new(),
         };
         let t = nodes(&topology, &stats, now);
         assert_eq!(t.rows.len(), 4, "the removed node is not listed");

@@ -69,6 +69,9 @@ pub(super) fn default_classify_cache_size() -> usize {
 pub(super) fn default_function_refresh_interval() -> Duration {
     Duration::from_secs(60)
 }
+pub(super) fn default_read_your_writes_wait() -> Duration {
+    Duration::from_millis(5)
+}
 pub(super) fn default_max_pool_size() -> usize {
     20
 }

@@ -114,6 +114,7 @@ pub(crate) const KEYS: &[Key] = &[
     in_section("routing", "write_functions", List),
     in_section("routing", "function_refresh_interval", Duration),
     in_section("routing", "read_your_writes", Enum(READ_YOUR_WRITES)),
+    in_section("routing", "read_your_writes_wait", Duration),
     in_section("pool", "mode", Enum(POOL_MODES)),
     in_section("pool", "min_pool_size", Int),
     in_section("pool", "max_pool_size", Int),

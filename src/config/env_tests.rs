@@ -178,6 +178,7 @@ fn variable_names_are_unique_and_follow_the_rule() {
         "WRITE_FUNCTIONS",
         "FUNCTION_REFRESH_INTERVAL",
         "READ_YOUR_WRITES",
+        "READ_YOUR_WRITES_WAIT",
         "MIN_POOL_SIZE",
         "MAX_POOL_SIZE",
         "IDLE_TIMEOUT",
@@ -333,5 +334,5 @@ fn every_duration_key_has_an_upper_bound() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 15, "every duration key of the schema");
+    assert_eq!(checked, 16, "every duration key of the schema");
 }

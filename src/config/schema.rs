@@ -266,6 +266,10 @@ pub struct RoutingConfig {
     /// that have replayed it; `off`: reads may see a standby's older snapshot.
     #[serde(default)]
     pub read_your_writes: ReadYourWrites,
+    /// How long a read after the client's write may wait for a standby to be seen past
+    /// that write before it goes to the primary; 0 = never wait. Default 5 ms.
+    #[serde(default = "default_read_your_writes_wait", with = "humantime_serde")]
+    pub read_your_writes_wait: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -279,6 +283,7 @@ impl Default for RoutingConfig {
             write_functions: Vec::new(),
             function_refresh_interval: default_function_refresh_interval(),
             read_your_writes: ReadYourWrites::default(),
+            read_your_writes_wait: default_read_your_writes_wait(),
         }
     }
 }

@@ -230,7 +230,7 @@ fn durations_have_an_upper_bound() {
     // Every duration of the schema is bounded, and a deadline from the longest, even
     // doubled, is far from where an `Instant` overflows.
     let (raw, _) = check(MINIMAL).unwrap();
-    assert_eq!(raw.durations().len(), 14, "readmit_lag_time is unset");
+    assert_eq!(raw.durations().len(), 15, "readmit_lag_time is unset");
     assert!(std::time::Instant::now()
         .checked_add(MAX_DURATION * 2)
         .is_some());

@@ -109,6 +109,13 @@ impl Config {
                 ));
             }
         }
+        // Every read after a write may wait this long: a wait in seconds is a misconfiguration.
+        if raw.routing.read_your_writes_wait > Duration::from_secs(1) {
+            return Err(invalid(
+                "routing.read_your_writes_wait",
+                "must be at most 1s (reads after a write wait this long before using the primary)",
+            ));
+        }
         if raw.pool.max_pool_size == 0 {
             return Err(invalid("pool.max_pool_size", "must be at least 1"));
         }
@@ -235,6 +242,10 @@ impl Config {
             (
                 "routing.function_refresh_interval",
                 routing.function_refresh_interval,
+            ),
+            (
+                "routing.read_your_writes_wait",
+                routing.read_your_writes_wait,
             ),
             ("pool.idle_timeout", pool.idle_timeout),
             ("pool.server_lifetime", pool.server_lifetime),

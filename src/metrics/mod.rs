@@ -73,6 +73,27 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Requests sent, by where they went and why (reason).",
     ),
     (
+        "pgsplit_read_your_writes_waits_total",
+        Kind::Counter,
+        "Reads after the client's write that waited for a standby to be seen past it, by \
+         node and outcome (replayed, missed: the read went to the primary).",
+    ),
+    (
+        "pgsplit_read_your_writes_wait_microseconds_total",
+        Kind::Counter,
+        "Time those reads waited, by node.",
+    ),
+    (
+        "pgsplit_read_your_writes_checked_reads_total",
+        Kind::Counter,
+        "Reads a standby served after it was seen past the client's write, by node.",
+    ),
+    (
+        "pgsplit_read_your_writes_primary_reads_total",
+        Kind::Counter,
+        "Reads the primary served because no standby had the client's write, by node.",
+    ),
+    (
         "pgsplit_classify_cache_hits_total",
         Kind::Counter,
         "Statement classifications answered from the cache.",
@@ -274,6 +295,22 @@ impl Metrics {
                 vec![Label::new("reason", decision.as_str())],
             )
             .absolute(*count);
+        }
+        for (i, fresh) in stats.freshness.iter().enumerate() {
+            let node = || vec![Label::new("node", name(i))];
+            let outcome =
+                |o: &'static str| vec![Label::new("node", name(i)), Label::new("outcome", o)];
+            self.counter("pgsplit_read_your_writes_waits_total", outcome("replayed"))
+                .absolute(fresh.waits - fresh.waits_missed.min(fresh.waits));
+            self.counter("pgsplit_read_your_writes_waits_total", outcome("missed"))
+                .absolute(fresh.waits_missed);
+            let micros = u64::try_from(fresh.wait_time.as_micros()).unwrap_or(u64::MAX);
+            self.counter("pgsplit_read_your_writes_wait_microseconds_total", node())
+                .absolute(micros);
+            self.counter("pgsplit_read_your_writes_checked_reads_total", node())
+                .absolute(fresh.checked_reads);
+            self.counter("pgsplit_read_your_writes_primary_reads_total", node())
+                .absolute(fresh.own_write_reads);
         }
         let cache = shared.classifier.stats();
         self.counter("pgsplit_classify_cache_hits_total", vec![])

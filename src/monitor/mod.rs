@@ -3,6 +3,7 @@
 //! [`advance`], logs what changed and publishes it ([`Publisher`]).
 
 pub mod check;
+pub mod positions;
 pub mod publisher;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::backend::ServerConn;
 use crate::settings::SharedSettings;
 use crate::topology::{advance, health, Event, Outcome, Rules};
 
+pub use positions::Positions;
 pub use publisher::Publisher;
 
 /// The target of the monitor's log lines: the one they had before the monitor moved out

@@ -4,18 +4,24 @@
 //! that failed joins the session's avoid list; an unreachable primary or a settings sync
 //! that failed on a standby is a [`Failure`]).
 
-use std::time::Instant;
+use std::fmt;
+use std::time::{Duration, Instant};
 
 use super::{Conn, Decision, RoutingState};
 use crate::balance::{pick_read, PrimaryReads, ReadTarget, Strategy};
-use crate::classify::{Classification, Route};
-use crate::topology::{Role, Topology};
+use crate::classify::{Classification, Effect, Route};
+use crate::gucs::{read_your_writes_value, READ_YOUR_WRITES};
+use crate::topology::{Lsn, Role, Topology};
 
 /// Why a lone `currval()`/`lastval()` is refused under transaction pooling.
 const LOSES_SEQUENCE_STATE: &str = "currval() and lastval() read the sequence state of the \
     server connection that ran nextval(), which pgsplit's transaction pooling has since \
     handed back: call them in the same transaction or request as the INSERT, use INSERT ... \
     RETURNING, call nextval() explicitly, or use pool mode \"session\"";
+
+/// Why a `SET pgsplit.read_your_writes` is refused.
+const BAD_READ_YOUR_WRITES: &str =
+    "invalid value for parameter \"pgsplit.read_your_writes\": use 'session' or 'off'";
 
 /// The request to place: the connection its plan names, and what it is.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +49,46 @@ pub struct OpenStandby<'a> {
     pub busy: bool,
 }
 
+/// The client's last committed write, for read-your-writes.
+#[derive(Clone, Copy)]
+pub struct Written<'a> {
+    /// When its commit returned.
+    pub at: Instant,
+    /// A primary WAL position at or past its commit, once read.
+    pub lsn: Option<Lsn>,
+    /// Standbys' replay positions read on demand since the snapshot, by node index.
+    pub replayed: &'a dyn Fn(usize) -> Option<Lsn>,
+    /// How long a read may wait for a standby to be seen past `lsn`; zero: not at all.
+    pub wait: Duration,
+}
+
+impl Written<'_> {
+    /// Whether node `node` is known to have replayed the write: past its WAL position,
+    /// or (while that is not known) past the primary position the monitor sampled after
+    /// the commit.
+    fn replayed_by(&self, topology: &Topology, node: usize) -> bool {
+        let Some(lsn) = self.lsn else {
+            return topology.replayed_since(node, self.at);
+        };
+        let seen = topology
+            .nodes
+            .get(node)
+            .filter(|n| n.role == Role::Standby)
+            .and_then(|n| n.lsn?.replay);
+        seen.is_some_and(|r| r >= lsn) || (self.replayed)(node).is_some_and(|r| r >= lsn)
+    }
+}
+
+impl fmt::Debug for Written<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Written")
+            .field("at", &self.at)
+            .field("lsn", &self.lsn)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the decision reads of the session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionView<'a> {
@@ -54,8 +100,8 @@ pub struct SessionView<'a> {
     pub transaction_pooling: bool,
     /// The standby connection the session holds.
     pub standby: Option<OpenStandby<'a>>,
-    /// When the client's last write committed, while no standby is known to have it.
-    pub written_at: Option<Instant>,
+    /// The client's last write, when its reads must see it.
+    pub written: Option<Written<'a>>,
     /// Standbys that failed this client recently.
     pub avoid: &'a [usize],
 }
@@ -82,6 +128,9 @@ pub enum Failure {
     /// The session's settings could not be applied on the standby: an autocommit read
     /// runs on the primary instead of with the wrong settings.
     SettingsOnStandby,
+    /// The standby waited for was not seen past the client's write in time: the read goes
+    /// to the primary.
+    NotReplayed,
 }
 
 /// The connection a request runs on.
@@ -97,6 +146,9 @@ pub enum To {
     Refuse(&'static str, &'static str),
     /// Nowhere: no node can serve it, for this reason.
     Nowhere(&'static str),
+    /// Nowhere yet: wait (within `Written::wait`) for this standby to be seen past the
+    /// client's write, then ask again ([`Failure::NotReplayed`] if it was not).
+    Await(usize),
 }
 
 /// The routing decision for one request.
@@ -106,9 +158,6 @@ pub struct Destination {
     pub to: To,
     /// Why, as the statistics count it.
     pub reason: Decision,
-    /// The open standby has replayed the client's last write: read-your-writes no longer
-    /// needs to wait for it.
-    pub caught_up: bool,
     /// The session's standby connection is no longer one to read from: hand it back.
     pub release_standby: bool,
     /// A read goes to the primary only for read-your-writes: if the primary cannot be
@@ -129,12 +178,17 @@ pub fn decide(
     let destination = |to: To, conn: Conn, read_on_primary: Option<Decision>| Destination {
         to,
         reason: reason(&ask, &session, conn, read_on_primary),
-        caught_up: false,
         release_standby: false,
         for_my_writes: false,
     };
     if let Some(conn) = session.chain {
         return destination(To::Open(conn), conn, None);
+    }
+    if ask.class.effects.iter().any(|e| {
+        matches!(e, Effect::Set { name, value }
+            if name == READ_YOUR_WRITES && read_your_writes_value(value).is_none())
+    }) {
+        return destination(To::Refuse("22023", BAD_READ_YOUR_WRITES), ask.conn, None);
     }
     if session.transaction_pooling
         && !ask.begins
@@ -152,25 +206,30 @@ pub fn decide(
         return destination(To::Primary, Conn::Primary, None);
     }
     // Read-your-writes, unless the primary it would wait for cannot answer.
-    let written_at = match failure {
+    let written = match failure {
         Some(Failure::PrimaryUnreachable) => None,
-        _ => session.written_at.filter(|_| primary_answers(topology)),
+        _ => session.written.filter(|_| primary_answers(topology)),
     };
-    let mut caught_up = false;
-    if let (Some(since), None) = (written_at, session.state.txn) {
+    let replayed = |node: usize| written.is_none_or(|w| w.replayed_by(topology, node));
+    if let (Some(w), None) = (written, session.state.txn) {
         let fresh = match session.standby {
-            Some(open) => topology.replayed_since(open.node, since),
-            None => (0..topology.nodes.len())
-                .any(|i| topology.nodes[i].eligible && topology.replayed_since(i, since)),
+            Some(open) => replayed(open.node),
+            None => (0..topology.nodes.len()).any(|i| topology.nodes[i].eligible && replayed(i)),
         };
         if !fresh {
+            let waits = failure != Some(Failure::NotReplayed) && w.lsn.is_some();
+            if let Some(node) = waits
+                .then(|| to_wait_for(&w, &session, topology, &balance, turn))
+                .flatten()
+            {
+                return destination(To::Await(node), Conn::Standby, None);
+            }
             let why = why_not_my_writes(topology);
             return Destination {
                 for_my_writes: true,
                 ..destination(To::Primary, Conn::Primary, Some(why))
             };
         }
-        caught_up = session.standby.is_some();
     }
     if let Some(open) = session.standby {
         let committed = session.state.txn == Some(Conn::Standby)
@@ -180,15 +239,12 @@ pub fn decide(
             n.role == Role::Standby && n.eligible && n.node.address == open.address
         });
         if committed || still_standby {
-            return Destination {
-                caught_up,
-                ..destination(To::Open(Conn::Standby), Conn::Standby, None)
-            };
+            return destination(To::Open(Conn::Standby), Conn::Standby, None);
         }
     }
     let mut exclude = session.avoid.to_vec();
-    if let (Some(since), false) = (written_at, caught_up) {
-        exclude.extend((0..topology.nodes.len()).filter(|i| !topology.replayed_since(*i, since)));
+    if written.is_some() {
+        exclude.extend((0..topology.nodes.len()).filter(|i| !replayed(*i)));
     }
     let release_standby = session.standby.is_some();
     let target = pick_read(
@@ -215,6 +271,42 @@ pub fn decide(
     Destination {
         release_standby,
         ..picked
+    }
+}
+
+/// The standby a read waits for when none is known to have replayed the client's write:
+/// the session's own, or one picked as reads are; never one whose replay lag is longer
+/// than the wait (it would not catch up in time).
+fn to_wait_for(
+    written: &Written<'_>,
+    session: &SessionView<'_>,
+    topology: &Topology,
+    balance: &Balance<'_>,
+    turn: &mut dyn FnMut() -> u64,
+) -> Option<usize> {
+    if written.wait.is_zero() {
+        return None;
+    }
+    let too_far = |i: usize| {
+        let n = &topology.nodes[i];
+        n.role != Role::Standby || !n.eligible || n.lag_time.is_some_and(|t| t > written.wait)
+    };
+    if let Some(open) = session.standby {
+        return (!too_far(open.node) && !session.avoid.contains(&open.node)).then_some(open.node);
+    }
+    let mut exclude = session.avoid.to_vec();
+    exclude.extend((0..topology.nodes.len()).filter(|i| too_far(*i)));
+    match pick_read(
+        topology,
+        balance.strategy,
+        PrimaryReads::Never,
+        &exclude,
+        balance.outstanding,
+        turn(),
+        balance.dice,
+    ) {
+        ReadTarget::Standby(i) => Some(i),
+        ReadTarget::Primary | ReadTarget::Nowhere => None,
     }
 }
 

@@ -7,6 +7,8 @@ mod decide;
 mod reason;
 mod state;
 
-pub use decide::{decide, Ask, Balance, Destination, Failure, OpenStandby, SessionView, To};
+pub use decide::{
+    decide, Ask, Balance, Destination, Failure, OpenStandby, SessionView, To, Written,
+};
 pub use reason::Decision;
 pub use state::{Conn, Plan, Prepared, RoutingState, Target};

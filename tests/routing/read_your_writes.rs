@@ -1,5 +1,6 @@
 //! Read-your-writes: after a client's write commits, its reads never see an older
-//! snapshot, even when the standbys apply WAL with a delay (inside the lag bounds).
+//! snapshot, even when the standbys apply WAL with a delay (inside the lag bounds), and
+//! on standbys that replay normally the reads stay on the standbys.
 
 use crate::common;
 
@@ -10,8 +11,20 @@ use pgsplit_cluster::{Cluster, APP_PASSWORD, APP_USER};
 
 const MONITOR: &str = "lag_check_interval = \"100ms\"";
 
-/// A cluster whose standbys apply WAL one second late, and pgsplit in front of it.
-async fn delayed_cluster(routing: &str) -> (Cluster, TestProxy) {
+/// How the standbys replay while the pairs run.
+#[derive(Clone, Copy)]
+enum Replay {
+    /// As they do by default.
+    Normally,
+    /// Standby 1's replay is paused (`pg_wal_replay_pause()`).
+    OnePaused,
+    /// Every standby applies WAL this late (`recovery_min_apply_delay`).
+    Delayed(&'static str),
+}
+
+/// A cluster with a `counter` table whose standbys replay as `replay` says, and pgsplit
+/// in front of it with `routing` in its `[routing]` table.
+async fn cluster_replaying(replay: Replay, routing: &str) -> (Cluster, TestProxy) {
     let cluster = common::own_cluster().await;
     cluster
         .sql_as(
@@ -24,16 +37,16 @@ async fn delayed_cluster(routing: &str) -> (Cluster, TestProxy) {
         .unwrap();
     for i in 1..cluster.nodes().len() {
         cluster.wait_for_replay(i).unwrap();
-        cluster
-            .sql(
-                i,
-                "postgres",
-                "ALTER SYSTEM SET recovery_min_apply_delay = '1s'",
-            )
-            .unwrap();
-        cluster
-            .sql(i, "postgres", "SELECT pg_reload_conf()")
-            .unwrap();
+        if let Replay::Delayed(delay) = replay {
+            let set = format!("ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'");
+            cluster.sql(i, "postgres", &set).unwrap();
+            cluster
+                .sql(i, "postgres", "SELECT pg_reload_conf()")
+                .unwrap();
+        }
+    }
+    if let Replay::OnePaused = replay {
+        cluster.pause_replay(1).unwrap();
     }
     let tables = format!("[routing]\n{routing}\n");
     let proxy = TestProxy::start_for(&cluster, "", MONITOR, &tables).await;
@@ -44,6 +57,161 @@ async fn delayed_cluster(routing: &str) -> (Cluster, TestProxy) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (cluster, proxy)
+}
+
+/// A cluster whose standbys apply WAL one second late, and pgsplit in front of it.
+async fn delayed_cluster(routing: &str) -> (Cluster, TestProxy) {
+    cluster_replaying(Replay::Delayed("1s"), routing).await
+}
+
+/// Runs `n` write-then-read pairs on one connection through `proxy`: the stale reads,
+/// and how many of the reads each node of `cluster` served (as the read itself says,
+/// by the server's port).
+async fn pairs(cluster: &Cluster, proxy: &TestProxy, n: i32) -> (usize, Vec<u64>) {
+    let client = proxy.connect().await;
+    let mut stale = 0;
+    let mut reads = vec![0; cluster.nodes().len()];
+    for i in 1..=n {
+        client
+            .execute("UPDATE counter SET v = $1 WHERE id = 1", &[&i])
+            .await
+            .unwrap();
+        let row = client
+            .query_one(
+                "SELECT v, inet_server_port() FROM counter WHERE id = 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        stale += usize::from(row.get::<_, i32>(0) != i);
+        let port = row.get::<_, i32>(1);
+        let node = cluster
+            .nodes()
+            .iter()
+            .position(|n| i32::from(n.port) == port)
+            .expect("a read served by a node of the cluster");
+        reads[node] += 1;
+    }
+    (stale, reads)
+}
+
+#[tokio::test]
+async fn reads_after_writes_stay_on_standbys_that_replay_normally() {
+    let (cluster, proxy) = cluster_replaying(Replay::Normally, "").await;
+    let (stale, reads) = pairs(&cluster, &proxy, 10_000).await;
+    let standbys: u64 = reads[1..].iter().sum();
+    println!("10000 write-then-read pairs, standbys replaying normally: reads per node {reads:?}");
+    assert_eq!(
+        stale, 0,
+        "a client read an older value than it had just written"
+    );
+    assert_eq!(
+        reads.iter().sum::<u64>(),
+        10_000,
+        "every read was counted once"
+    );
+    assert!(
+        standbys > reads[0],
+        "most reads after a write should be served by standbys that replayed it: {reads:?}"
+    );
+    let freshness = proxy.stats().freshness;
+    let checked: u64 = freshness[1..].iter().map(|f| f.checked_reads).sum();
+    assert!(
+        checked > 0,
+        "no read was served after a standby check: {freshness:?}"
+    );
+}
+
+#[tokio::test]
+async fn reads_after_writes_skip_a_standby_whose_replay_is_paused() {
+    let (cluster, proxy) = cluster_replaying(Replay::OnePaused, "").await;
+    let (stale, reads) = pairs(&cluster, &proxy, 10_000).await;
+    println!("10000 write-then-read pairs, standby 1 paused: reads per node {reads:?}");
+    cluster.resume_replay(1).unwrap();
+    assert_eq!(
+        stale, 0,
+        "a client read an older value than it had just written"
+    );
+    assert!(
+        reads[2] > reads[1],
+        "the standby that replays should serve more of the reads than the paused one: {reads:?}"
+    );
+}
+
+#[tokio::test]
+async fn reads_after_writes_to_standbys_applying_half_a_second_late_are_never_stale() {
+    let (cluster, proxy) = cluster_replaying(Replay::Delayed("500ms"), "").await;
+    let (stale, reads) = pairs(&cluster, &proxy, 10_000).await;
+    println!("10000 write-then-read pairs, standbys 500 ms late: reads per node {reads:?}");
+    assert_eq!(
+        stale, 0,
+        "a client read an older value than it had just written"
+    );
+    assert!(
+        reads[0] > 0,
+        "some reads should have gone to the primary: {reads:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_turns_read_your_writes_off_and_on_with_set() {
+    let (_cluster, proxy) = delayed_cluster("").await;
+    let client = proxy.connect().await;
+    client
+        .batch_execute("SET pgsplit.read_your_writes = 'off'")
+        .await
+        .unwrap();
+    let shown: String = client
+        .query_one("SHOW pgsplit.read_your_writes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "off");
+    let mut stale = 0;
+    for i in 1..=50 {
+        client
+            .execute("UPDATE counter SET v = $1 WHERE id = 1", &[&i])
+            .await
+            .unwrap();
+        let seen: i32 = client
+            .query_one("SELECT v FROM counter WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        stale += usize::from(seen != i);
+    }
+    assert!(
+        stale > 0,
+        "with it off and a 1 s apply delay, some reads should be stale"
+    );
+    client
+        .batch_execute("RESET pgsplit.read_your_writes")
+        .await
+        .unwrap();
+    for i in 51..=100 {
+        client
+            .execute("UPDATE counter SET v = $1 WHERE id = 1", &[&i])
+            .await
+            .unwrap();
+        let seen: i32 = client
+            .query_one("SELECT v FROM counter WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(seen, i, "stale read once the session's setting was reset");
+    }
+    let error = client
+        .batch_execute("SET pgsplit.read_your_writes = 'sometimes'")
+        .await
+        .expect_err("an unknown value is refused");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE),
+        "{error}"
+    );
+    // The session goes on.
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
 }
 
 /// Writes 1..=n and reads each back in the same session; returns how many reads were stale.

@@ -12,27 +12,40 @@ struct Standby {
     up: bool,
     eligible: bool,
     replay: u64,
+    /// Replay lag in milliseconds as the monitor measured it.
+    lag_ms: u64,
 }
 
 const FRESH: Standby = Standby {
     up: true,
     eligible: true,
     replay: 100,
+    lag_ms: 0,
 };
 const BEHIND: Standby = Standby {
     up: true,
     eligible: true,
     replay: 50,
+    lag_ms: 0,
+};
+/// Eligible, but applying WAL half a second late (`recovery_min_apply_delay`).
+const DELAYED: Standby = Standby {
+    up: true,
+    eligible: true,
+    replay: 50,
+    lag_ms: 500,
 };
 const LAGGING: Standby = Standby {
     up: true,
     eligible: false,
     replay: 10,
+    lag_ms: 0,
 };
 const DOWN: Standby = Standby {
     up: false,
     eligible: false,
     replay: 0,
+    lag_ms: 0,
 };
 
 fn node(i: usize) -> Node {
@@ -68,6 +81,7 @@ fn topology(at: Instant, standbys: &[Standby]) -> Topology {
                 receive: Some(Lsn(s.replay)),
                 replay: Some(Lsn(s.replay)),
             }),
+            lag_time: Some(Duration::from_millis(s.lag_ms)),
             ..NodeState::unknown(node(i + 1))
         });
     }
@@ -108,6 +122,12 @@ struct Case {
     /// The client's last write committed this long before the primary's sample (a
     /// negative age: after it).
     written: Option<i64>,
+    /// The WAL position of that write, once read.
+    lsn: Option<u64>,
+    /// Replay positions read on demand since the snapshot: (node, position).
+    checked: Vec<(usize, u64)>,
+    /// How long the read may wait for a standby to replay the write.
+    wait_ms: u64,
     avoid: Vec<usize>,
     failure: Option<Failure>,
     want: To,
@@ -122,6 +142,9 @@ fn case(what: &'static str, conn: Conn, class: Classification, standbys: &[Stand
         standbys: standbys.to_vec(),
         open_standby: None,
         written: None,
+        lsn: None,
+        checked: Vec::new(),
+        wait_ms: 0,
         avoid: Vec::new(),
         failure: None,
         want: To::Primary,
@@ -136,6 +159,17 @@ impl Case {
     }
     fn written_ms_before_sample(mut self, ms: i64) -> Case {
         self.written = Some(ms);
+        self
+    }
+    /// The client's write is at WAL position `lsn`, and reads may wait `wait_ms` for it.
+    fn written_at_lsn(mut self, lsn: u64, wait_ms: u64) -> Case {
+        self.written = Some(10);
+        self.lsn = Some(lsn);
+        self.wait_ms = wait_ms;
+        self
+    }
+    fn checked(mut self, node: usize, replay: u64) -> Case {
+        self.checked.push((node, replay));
         self
     }
     fn avoiding(mut self, nodes: &[usize]) -> Case {
@@ -162,12 +196,21 @@ fn run(
     let sampled = Instant::now();
     let topology = topology(sampled, &c.standbys);
     let addresses: Vec<String> = (0..=c.standbys.len()).map(|i| node(i).address).collect();
-    let written_at = c.written.map(|ms| {
-        if ms >= 0 {
+    let replayed = |node: usize| {
+        c.checked
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, lsn)| Lsn(*lsn))
+    };
+    let written = c.written.map(|ms| Written {
+        at: if ms >= 0 {
             sampled - Duration::from_millis(ms as u64)
         } else {
             sampled + Duration::from_millis((-ms) as u64)
-        }
+        },
+        lsn: c.lsn.map(Lsn),
+        replayed: &replayed,
+        wait: Duration::from_millis(c.wait_ms),
     });
     let mut turns = 0;
     decide(
@@ -187,7 +230,7 @@ fn run(
                 address: &addresses[node],
                 busy,
             }),
-            written_at,
+            written,
             avoid: &c.avoid,
         },
         &topology,
@@ -311,18 +354,143 @@ fn requests_go_where_the_session_and_the_cluster_allow() {
 }
 
 #[test]
-fn the_open_standby_that_has_the_write_ends_the_wait() {
-    let state = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
-    let fresh = case("", Conn::Standby, read(), &[FRESH])
+fn reads_after_a_write_at_a_known_position_wait_for_a_standby_or_use_the_primary() {
+    use Conn::Standby;
+    let cases = [
+        case(
+            "a standby past the write serves it",
+            Standby,
+            read(),
+            &[BEHIND, FRESH],
+        )
+        .written_at_lsn(80, 5)
+        .wants(To::Standby(2), Decision::Read),
+        case(
+            "a check saw a standby past it",
+            Standby,
+            read(),
+            &[BEHIND, BEHIND],
+        )
+        .written_at_lsn(80, 5)
+        .checked(1, 90)
+        .wants(To::Standby(1), Decision::Read),
+        case(
+            "a check that saw it short changes nothing",
+            Standby,
+            read(),
+            &[BEHIND, LAGGING],
+        )
+        .written_at_lsn(80, 5)
+        .checked(1, 79)
+        .wants(To::Await(1), Decision::Read),
+        case(
+            "none past it: wait for one",
+            Standby,
+            read(),
+            &[BEHIND, LAGGING],
+        )
+        .written_at_lsn(80, 5)
+        .wants(To::Await(1), Decision::Read),
+        case(
+            "a lagging standby is never waited for",
+            Standby,
+            read(),
+            &[LAGGING],
+        )
+        .written_at_lsn(80, 5)
+        .wants(To::Primary, Decision::LagExcluded),
+        case(
+            "one that failed this client is not either",
+            Standby,
+            read(),
+            &[BEHIND],
+        )
+        .written_at_lsn(80, 5)
+        .avoiding(&[1])
+        .wants(To::Primary, Decision::ReadYourWrites),
+        case(
+            "nor one whose replay lag exceeds the wait",
+            Standby,
+            read(),
+            &[DELAYED],
+        )
+        .written_at_lsn(80, 5)
+        .wants(To::Primary, Decision::ReadYourWrites),
+        case("...but the other one", Standby, read(), &[DELAYED, BEHIND])
+            .written_at_lsn(80, 5)
+            .wants(To::Await(2), Decision::Read),
+        case("the wait ran out", Standby, read(), &[BEHIND])
+            .written_at_lsn(80, 5)
+            .failed(Failure::NotReplayed)
+            .wants(To::Primary, Decision::ReadYourWrites),
+        case("a zero wait never waits", Standby, read(), &[BEHIND])
+            .written_at_lsn(80, 0)
+            .wants(To::Primary, Decision::ReadYourWrites),
+        case(
+            "the open standby is the one waited for",
+            Standby,
+            read(),
+            &[BEHIND, FRESH],
+        )
         .open(1, false)
-        .written_ms_before_sample(10);
-    assert!(run(&fresh, &state, false, None).caught_up);
-    let behind = case("", Conn::Standby, read(), &[BEHIND, FRESH])
+        .written_at_lsn(80, 5)
+        .wants(To::Await(1), Decision::Read),
+        case(
+            "the open standby past it stays",
+            Standby,
+            read(),
+            &[BEHIND, FRESH],
+        )
         .open(2, false)
-        .written_ms_before_sample(10);
-    assert!(run(&behind, &state, false, None).caught_up);
-    let not_open = case("", Conn::Standby, read(), &[FRESH]).written_ms_before_sample(10);
-    assert!(!run(&not_open, &state, false, None).caught_up);
+        .written_at_lsn(80, 5)
+        .wants(To::Open(Standby), Decision::Read),
+        case(
+            "the primary unreachable: no wait",
+            Standby,
+            read(),
+            &[BEHIND],
+        )
+        .written_at_lsn(80, 5)
+        .failed(Failure::PrimaryUnreachable)
+        .wants(To::Standby(1), Decision::Read),
+        case(
+            "a write still goes to the primary",
+            Conn::Primary,
+            write(),
+            &[BEHIND],
+        )
+        .written_at_lsn(80, 5)
+        .wants(To::Primary, Decision::Write),
+    ];
+    let state = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
+    for c in &cases {
+        let got = run(c, &state, false, None);
+        assert_eq!((got.to, got.reason), (c.want, c.reason), "{}", c.what);
+    }
+}
+
+#[test]
+fn a_set_of_pgsplit_read_your_writes_to_an_unknown_value_is_refused() {
+    let state = RoutingState::new(TransactionRouting::ReadOnly, Gucs::new());
+    for (value, refused) in [
+        ("'maybe'", true),
+        ("on", true),
+        ("'off'", false),
+        ("SESSION", false),
+    ] {
+        let mut class = Classification::any();
+        class.effects.push(Effect::Set {
+            name: "pgsplit.read_your_writes".into(),
+            value: value.into(),
+        });
+        let got = run(
+            &case("", Conn::Primary, class, &[FRESH]),
+            &state,
+            false,
+            None,
+        );
+        assert_eq!(matches!(got.to, To::Refuse("22023", _)), refused, "{value}");
+    }
 }
 
 #[test]

@@ -3,12 +3,10 @@
 //! again on the primary.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::wire::{is_fatal, rename_in_error};
 use super::*;
 use crate::classify::Classification;
-use crate::config::ReadYourWrites;
 use crate::error::ProxyError;
 use crate::protocol::{flush_to, read_cstr, Frame};
 use crate::route::{Conn, Target};
@@ -300,11 +298,7 @@ impl Relay<'_> {
                     }
                     if conn == Conn::Primary && status == b'I' && self.outcome.wrote {
                         self.outcome.wrote = false;
-                        if self.shared.settings.load().raw.routing.read_your_writes
-                            == ReadYourWrites::Session
-                        {
-                            self.placement.written_at = Some(Instant::now());
-                        }
+                        self.note_write();
                     }
                     if self
                         .outcome

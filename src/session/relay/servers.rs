@@ -3,20 +3,22 @@
 //! and what a lost connection means for the client.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
 use super::{Placed, Relay, Slot, Step, AVOID_FAILED_STANDBY};
 use crate::backend::send_cancel;
 use crate::balance::Strategy;
+use crate::config::ReadYourWrites;
 use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::protocol::{encode, flush_to, Severity};
 use crate::route::{
-    decide, Ask, Balance, Conn, Destination, Failure, OpenStandby, SessionView, To,
+    decide, Ask, Balance, Conn, Decision, Destination, Failure, OpenStandby, SessionView, To,
+    Written,
 };
-use crate::topology::Role;
+use crate::topology::{Lsn, Role};
 
 /// Where this session's requests may go beyond the routing state: the pools it used,
 /// the standbys that failed it, and read-your-writes.
@@ -25,9 +27,8 @@ pub(super) struct Placement {
     pub pools: Vec<(String, Arc<crate::pool::Pool>)>,
     /// Standbys that failed this client recently, with when to try them again.
     pub avoid: Vec<(usize, Instant)>,
-    /// Read-your-writes: when this client's last write committed, until a standby is
-    /// known to have replayed it.
-    pub written_at: Option<Instant>,
+    /// The client's last committed write, for read-your-writes (kept until the next one).
+    pub written: Option<Write>,
     /// Whether connections go back to their pools between transactions.
     pub transaction_pooling: bool,
 }
@@ -37,10 +38,20 @@ impl Placement {
         Placement {
             pools: Vec::new(),
             avoid: Vec::new(),
-            written_at: None,
+            written: None,
             transaction_pooling,
         }
     }
+}
+
+/// A write of this client that committed on the primary.
+pub(super) struct Write {
+    /// When its commit returned.
+    pub at: Instant,
+    /// The primary it committed on.
+    pub primary: String,
+    /// A WAL position of that primary at or past the commit, once read.
+    pub lsn: Option<Lsn>,
 }
 
 impl Relay<'_> {
@@ -53,11 +64,13 @@ impl Relay<'_> {
         ask: Ask<'_>,
         mut failure: Option<Failure>,
     ) -> Result<Placed, ProxyError> {
+        let ryw = self.read_your_writes();
+        if ask.conn != Conn::Primary && ryw.is_some() {
+            self.learn_write_position().await;
+        }
+        let mut awaited = None;
         loop {
-            let destination = self.decide(ask, failure);
-            if destination.caught_up {
-                self.placement.written_at = None;
-            }
+            let destination = self.decide(ask, failure, ryw);
             if destination.release_standby {
                 let reset = self.standby.reset_on_release;
                 if let Some(old) = self.take_slot(Conn::Standby) {
@@ -71,6 +84,14 @@ impl Relay<'_> {
             let opened = match destination.to {
                 To::Open(conn) => Ok(conn),
                 To::Refuse(code, message) => return Ok(Placed::Refused(code, message)),
+                To::Await(node) => {
+                    let reached = self.await_replay(node).await;
+                    awaited = reached.then_some(node);
+                    if !reached {
+                        failure = Some(Failure::NotReplayed);
+                    }
+                    continue;
+                }
                 To::Nowhere(reason) => Err(ProxyError::ServerUnavailable {
                     addr: "standbys".into(),
                     reason: reason.into(),
@@ -98,13 +119,16 @@ impl Relay<'_> {
                 }
             };
             match opened {
-                Ok(conn) => return Ok(Placed::On(conn, destination.reason)),
+                Ok(conn) => {
+                    self.count_read_your_writes(&destination, awaited);
+                    return Ok(Placed::On(conn, destination.reason));
+                }
                 // The primary went away before the monitor noticed: a read that only went
                 // there for read-your-writes is served by a standby rather than failed
                 // (this read only: the guarantee holds again for the next one).
                 Err(e)
                     if destination.for_my_writes
-                        && failure.is_none()
+                        && failure != Some(Failure::PrimaryUnreachable)
                         && (e.is_unreachable() || matches!(e, ProxyError::NoPrimary)) =>
                 {
                     tracing::warn!(error = %e, "primary unreachable for a read-your-writes read; reading from a standby");
@@ -117,7 +141,12 @@ impl Relay<'_> {
 
     /// The routing decision for a planned request, from this session, the cluster
     /// snapshot and the routing settings.
-    fn decide(&mut self, ask: Ask<'_>, failure: Option<Failure>) -> Destination {
+    fn decide(
+        &mut self,
+        ask: Ask<'_>,
+        failure: Option<Failure>,
+        ryw: Option<Duration>,
+    ) -> Destination {
         let topology = self.shared.topology.load();
         let settings = self.shared.settings.load();
         let routing = &settings.raw.routing;
@@ -137,6 +166,20 @@ impl Relay<'_> {
             address: &lease.server.address,
             busy: self.standby.owed.pending > 0,
         });
+        let positions = &self.shared.positions;
+        let replayed = |node: usize| {
+            let reading = positions.latest(&topology.nodes.get(node)?.node.address)?;
+            reading.standby.then_some(reading.lsn).flatten()
+        };
+        let written = match (&self.placement.written, ryw) {
+            (Some(write), Some(wait)) => Some(Written {
+                at: write.at,
+                lsn: write.lsn,
+                replayed: &replayed,
+                wait,
+            }),
+            _ => None,
+        };
         let stats = &self.shared.stats;
         decide(
             ask,
@@ -145,7 +188,7 @@ impl Relay<'_> {
                 chain: self.sticky,
                 transaction_pooling: self.placement.transaction_pooling,
                 standby,
-                written_at: self.placement.written_at,
+                written,
                 avoid: &avoid,
             },
             &topology,
@@ -158,6 +201,85 @@ impl Relay<'_> {
             failure,
             &mut || stats.next_turn(),
         )
+    }
+
+    /// How long a read may wait for a standby to replay the client's writes, when reads
+    /// must see them: the session's `pgsplit.read_your_writes`, else the configuration.
+    fn read_your_writes(&self) -> Option<Duration> {
+        let settings = self.shared.settings.load();
+        let routing = &settings.raw.routing;
+        let mode = crate::gucs::read_your_writes(routing.read_your_writes, &self.state.gucs);
+        (mode == ReadYourWrites::Session).then_some(routing.read_your_writes_wait)
+    }
+
+    /// A write of this client committed on the primary now: its reads must see it from
+    /// here on, and the primary's WAL position past it is asked for at once, so it is
+    /// usually known before the client's next read (which has its ReadyForQuery first).
+    pub(super) fn note_write(&mut self) {
+        let Some(address) = self.primary.conn.as_ref().map(|c| c.server.address.clone()) else {
+            return;
+        };
+        if self.read_your_writes().is_some() {
+            self.shared.positions.of(&address).ask();
+        }
+        self.placement.written = Some(Write {
+            at: Instant::now(),
+            primary: address,
+            lsn: None,
+        });
+    }
+
+    /// Learns the WAL position of the client's last write, waiting for it at most
+    /// `read_your_writes_wait`; while it is not known, only standbys the monitor has seen
+    /// past the primary's position after the commit count as having it.
+    async fn learn_write_position(&mut self) {
+        let Some(write) = self.placement.written.as_ref().filter(|w| w.lsn.is_none()) else {
+            return;
+        };
+        let wait = self.read_your_writes().unwrap_or_default();
+        let sampler = self.shared.positions.of(&write.primary);
+        let lsn = sampler.primary_since(write.at, Instant::now() + wait).await;
+        if let Some(write) = self.placement.written.as_mut() {
+            write.lsn = lsn;
+        }
+    }
+
+    /// Waits, at most `read_your_writes_wait`, for standby `node` to be seen past the
+    /// client's last write (one check in flight per standby, shared by every session
+    /// waiting on it). Whether it was.
+    async fn await_replay(&mut self, node: usize) -> bool {
+        let target = self.placement.written.as_ref().and_then(|w| w.lsn);
+        let wait = self.read_your_writes().unwrap_or_default();
+        let topology = self.shared.topology.load();
+        let (Some(target), Some(state)) = (target, topology.nodes.get(node)) else {
+            return false;
+        };
+        let started = Instant::now();
+        let sampler = self.shared.positions.of(&state.node.address);
+        let reached = sampler.replayed(target, started + wait).await;
+        self.shared
+            .stats
+            .read_your_writes_waited(node, started.elapsed(), reached);
+        reached
+    }
+
+    /// Counts what read-your-writes did for a placed request: a standby read served after
+    /// a check, or a read sent to the primary.
+    fn count_read_your_writes(&self, destination: &Destination, awaited: Option<usize>) {
+        match destination.to {
+            To::Standby(node) if awaited == Some(node) => {
+                self.shared.stats.read_your_writes_checked(node)
+            }
+            To::Open(Conn::Standby) if awaited == Some(self.standby.node) => self
+                .shared
+                .stats
+                .read_your_writes_checked(self.standby.node),
+            To::Primary if destination.reason == Decision::ReadYourWrites => self
+                .shared
+                .stats
+                .read_your_writes_to_primary(self.primary.node),
+            _ => {}
+        }
     }
 
     /// Keeps the primary connection on the node that is primary now: after a promotion
