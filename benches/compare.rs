@@ -16,7 +16,9 @@
 //! | `HAPROXY` | `haproxy` on `PATH`, else `/usr/sbin/haproxy` | the HAProxy binary |
 //!
 //! Every workload runs at each client count against every target in turn (the order
-//! rotates from round to round), for 3 rounds; the table shows medians. The entry point is
+//! rotates from round to round), for 3 rounds; the table shows medians. Then the 90/10
+//! workload runs through pgsplit again with read-your-writes off and on (per session,
+//! `PGOPTIONS`), and a second table shows the reads each node served and the tps of each. The entry point is
 //! [`run`], which `tests/stress/compare_quick.rs` calls in quick mode with the debug binary.
 
 use std::fs;
@@ -32,6 +34,8 @@ mod peers;
 mod report;
 #[path = "compare/runs.rs"]
 mod runs;
+#[path = "compare/shares.rs"]
+mod shares;
 #[path = "support/mod.rs"]
 pub mod support;
 
@@ -319,6 +323,8 @@ pub struct Report {
     pub csv: PathBuf,
     /// Warnings and errors in pgsplit's log, grouped: (count, message).
     pub pgsplit_log: Vec<(usize, String)>,
+    /// The 90/10 workload's reads per node through pgsplit, read-your-writes off and on.
+    pub shares: Vec<shares::Share>,
 }
 
 impl Report {
@@ -430,6 +436,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
                 workload: Workload::SelectSimple,
                 clients: CLIENTS[CLIENTS.len() - 1],
                 seconds: WARM_UP_SECONDS,
+                pgoptions: None,
             };
             if let Err(e) = bench.pgbench(target, spec) {
                 println!(
@@ -441,6 +448,15 @@ pub fn run(options: &Options) -> Result<Report, String> {
     }
 
     let cells = measure(&bench, &mut targets, options, &bouncer);
+    let shares = match targets.iter_mut().find(|t| t.kind == TargetKind::Pgsplit) {
+        Some(pgsplit) => shares::measure(&bench, pgsplit, options).unwrap_or_else(|e| {
+            notes.push(format!(
+                "reads per node with read_your_writes off and on: failed: {e}"
+            ));
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     let pgsplit_log = report::log_problems(&logs.join("pgsplit.log"));
     for target in &mut targets {
         if let Some(proxy) = target.proxy.as_mut() {
@@ -467,11 +483,17 @@ pub fn run(options: &Options) -> Result<Report, String> {
         elapsed: started.elapsed(),
     };
     println!("\n{}", table.text());
+    let shares_text = shares::table(&shares, false);
+    println!("\n90/10 -M extended through pgsplit, reads served per node:\n{shares_text}");
     fs::create_dir_all(&options.out_dir)
         .map_err(|e| format!("creating {}: {e}", options.out_dir.display()))?;
     let markdown = options.out_dir.join("compare.md");
     let csv = options.out_dir.join("compare.csv");
-    fs::write(&markdown, table.markdown())
+    let shares_markdown = format!(
+        "\n## 90/10 through pgsplit: reads per node, read_your_writes off and on\n\n{}",
+        shares::table(&shares, true)
+    );
+    fs::write(&markdown, table.markdown() + &shares_markdown)
         .map_err(|e| format!("writing {}: {e}", markdown.display()))?;
     fs::write(&csv, table.csv()).map_err(|e| format!("writing {}: {e}", csv.display()))?;
     println!(
@@ -484,6 +506,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
         markdown,
         csv,
         pgsplit_log,
+        shares,
     })
 }
 

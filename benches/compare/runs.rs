@@ -38,6 +38,7 @@ pub fn measure(
                         workload,
                         clients,
                         seconds: options.seconds,
+                        pgoptions: None,
                     };
                     let result = bench.pgbench(target, spec);
                     let shown = match &result {
@@ -157,6 +158,8 @@ pub struct RunSpec {
     pub clients: u32,
     /// `pgbench -T`.
     pub seconds: u32,
+    /// `PGOPTIONS` of pgbench's sessions (startup options such as `-c name=value`).
+    pub pgoptions: Option<&'static str>,
 }
 
 impl Bench<'_> {
@@ -168,6 +171,9 @@ impl Bench<'_> {
             .tempdir_in(self.scripts)
             .map_err(|e| format!("creating a run directory: {e}"))?;
         let mut cmd = pgbench_command(self.cluster, target.port);
+        if let Some(pgoptions) = spec.pgoptions {
+            cmd.env("PGOPTIONS", pgoptions);
+        }
         cmd.args(spec.workload.args(self.scripts, self.scale))
             .args(["-n", "-c", &spec.clients.to_string()])
             .args(["-j", &JOBS.to_string(), "-T", &spec.seconds.to_string()])

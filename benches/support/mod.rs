@@ -420,8 +420,9 @@ pub fn start_pgsplit(
     let port = free_port()?;
     // `config_text` starts with a top-level key, so top-level keys go before it and
     // tables after it.
+    // The app user may read the admin console: benches count reads per node there.
     let config = format!(
-        "max_client_conn = {}\n{}\n[pool]\nmode = \"transaction\"\nmax_pool_size = {}\n{extra}",
+        "max_client_conn = {}\nadmin_users = [\"{APP_USER}\"]\n{}\n[pool]\nmode = \"transaction\"\nmax_pool_size = {}\n{extra}",
         sizing.max_client_conn,
         pgsplit::demo::config_text(cluster, &format!("127.0.0.1:{port}")),
         sizing.pool_size

@@ -92,6 +92,28 @@ fn quick_comparison_runs_every_target_and_writes_its_tables() {
             ),
         }
     }
+
+    // The 90/10 workload's reads per node, read-your-writes off and on, at each client
+    // count: counted on every node, and with it off every read is a standby's.
+    assert_eq!(
+        report.shares.len(),
+        2 * compare::CLIENTS.len(),
+        "{:?}",
+        report.shares
+    );
+    for share in &report.shares {
+        let names: Vec<&str> = share.reads.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["primary", "standby1", "standby2"], "{share:?}");
+        assert!(share.tps > 0.0, "{share:?}");
+        if share.mode == "off" {
+            assert_eq!(share.standby_fraction(), 1.0, "{share:?}");
+        }
+    }
+    let markdown = std::fs::read_to_string(&report.markdown).unwrap();
+    assert!(
+        markdown.contains("reads per node, read_your_writes off and on"),
+        "{markdown}"
+    );
 }
 
 #[test]
