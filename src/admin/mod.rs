@@ -291,11 +291,19 @@ fn table(shared: &Shared, what: Show) -> Table {
     let topology = shared.topology.load_full();
     let settings = shared.settings.load_full();
     match what {
-        Show::Nodes => show::nodes(
-            &topology,
-            &shared.stats.snapshot(),
-            (Instant::now(), SystemTime::now()),
-        ),
+        Show::Nodes => {
+            let queries: Vec<u64> = topology
+                .nodes
+                .iter()
+                .map(|n| shared.positions.queries(&n.node.address))
+                .collect();
+            show::nodes(
+                &topology,
+                &shared.stats.snapshot(),
+                &queries,
+                (Instant::now(), SystemTime::now()),
+            )
+        }
         Show::Pools => show::pools(
             &topology,
             &shared.pools.snapshot(),

@@ -75,7 +75,12 @@ fn node_name(topology: &Topology, address: &str) -> Option<String> {
 }
 
 /// `SHOW NODES`: one row per configured node.
-pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTime)) -> Table {
+pub fn nodes(
+    topology: &Topology,
+    stats: &StatsSnapshot,
+    position_queries: &[u64],
+    now: (Instant, SystemTime),
+) -> Table {
     let mut t = Table::new(&[
         "name",
         "host",
@@ -96,8 +101,10 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
         "fresh_waits",
         "fresh_waits_missed",
         "fresh_wait_ms",
+        "fresh_wait_p99_ms",
         "fresh_checked_reads",
         "own_write_reads",
+        "position_queries",
     ]);
     for (i, n) in topology.nodes.iter().enumerate() {
         if n.removed {
@@ -138,8 +145,10 @@ pub fn nodes(topology: &Topology, stats: &StatsSnapshot, now: (Instant, SystemTi
             some(fresh.waits),
             some(fresh.waits_missed),
             some(format!("{:.3}", fresh.wait_time.as_secs_f64() * 1000.0)),
+            some(format!("{:.3}", fresh.wait_p99.as_secs_f64() * 1000.0)),
             some(fresh.checked_reads),
             some(fresh.own_write_reads),
+            some(position_queries.get(i).copied().unwrap_or(0)),
         ]);
     }
     t
@@ -585,7 +594,7 @@ mod tests {
             active_clients: 0,
             freshness: Vec::new(),
         };
-        let t = nodes(&topology, &stats, now);
+        let t = nodes(&topology, &stats, &[], now);
         assert_eq!(t.rows.len(), 4, "the removed node is not listed");
         assert_eq!(column(&t, 0, "role"), Some("primary"));
         assert_eq!(column(&t, 0, "writes"), Some("7"));

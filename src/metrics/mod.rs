@@ -84,6 +84,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Time those reads waited, by node.",
     ),
     (
+        "pgsplit_read_your_writes_position_queries_total",
+        Kind::Counter,
+        "WAL position queries sent to a node for read-your-writes, by node.",
+    ),
+    (
         "pgsplit_read_your_writes_checked_reads_total",
         Kind::Counter,
         "Reads a standby served after it was seen past the client's write, by node.",
@@ -311,6 +316,13 @@ impl Metrics {
                 .absolute(fresh.checked_reads);
             self.counter("pgsplit_read_your_writes_primary_reads_total", node())
                 .absolute(fresh.own_write_reads);
+        }
+        for n in &topology.nodes {
+            self.counter(
+                "pgsplit_read_your_writes_position_queries_total",
+                vec![Label::new("node", n.node.name.clone())],
+            )
+            .absolute(shared.positions.queries(&n.node.address));
         }
         let cache = shared.classifier.stats();
         self.counter("pgsplit_classify_cache_hits_total", vec![])

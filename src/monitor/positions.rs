@@ -6,7 +6,7 @@
 //! while nobody waits, so a fleet of idle sidecars adds nothing to the servers' load.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,11 +77,20 @@ impl Positions {
             latest: watch::channel(None).0,
             demand: Notify::new(),
             running: AtomicBool::new(false),
+            queries: AtomicU64::new(0),
             settings: Arc::clone(&self.settings),
             stop: self.stop.clone(),
         });
         samplers.insert(address.to_owned(), Arc::clone(&sampler));
         sampler
+    }
+
+    /// Position queries sent to the node at `address` so far.
+    pub fn queries(&self, address: &str) -> u64 {
+        let samplers = self.samplers.lock().unwrap_or_else(|e| e.into_inner());
+        samplers
+            .get(address)
+            .map_or(0, |s| s.queries.load(Ordering::Relaxed))
     }
 
     /// The latest reading of the node at `address`, if one was ever asked for.
@@ -99,6 +108,8 @@ pub struct Sampler {
     /// asks while a query runs is answered by the one after it).
     demand: Notify,
     running: AtomicBool,
+    /// Queries sent.
+    queries: AtomicU64,
     settings: SharedSettings,
     stop: watch::Receiver<bool>,
 }
@@ -183,6 +194,7 @@ impl Sampler {
                 return;
             }
             let started = Instant::now();
+            self.queries.fetch_add(1, Ordering::Relaxed);
             let settings = self.settings.load_full();
             let answer = read(&self.address, &mut conn, &settings).await;
             let reading = match answer {

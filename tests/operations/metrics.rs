@@ -155,6 +155,29 @@ async fn metrics_follow_reads_and_writes() {
         "the primary {primary} served the CREATE TABLE and the INSERT as writes: {primary_writes:?}\n{text}"
     );
 
+    // The writer's next read must see its INSERT: read-your-writes asked the primary for
+    // its WAL position.
+    let seen = writer
+        .simple_query("SELECT count(*) FROM metrics_t")
+        .await
+        .expect("read after the write");
+    assert!(!seen.is_empty());
+    let (after_read, text) = scrape(addr).await;
+    let position_queries = value(
+        &after_read,
+        "pgsplit_read_your_writes_position_queries_total",
+        &[("node", primary)],
+    );
+    assert!(
+        position_queries.is_some_and(|n| n >= 1.0),
+        "the primary's WAL position is read after a write commits: {position_queries:?}\n{text}"
+    );
+    assert!(
+        text.contains("pgsplit_read_your_writes_waits_total")
+            || text.contains("pgsplit_read_your_writes_primary_reads_total"),
+        "read-your-writes counters are exported\n{text}"
+    );
+
     // The cluster as the monitor sees it.
     let role = value(
         &after,
