@@ -9,14 +9,16 @@ use crate::settings::Settings;
 use crate::topology::probe::{Probe, Receiver, Replica};
 use crate::topology::{Lsn, Outcome};
 
-/// Role, WAL positions and the standby's own WAL receiver in one round trip. The current
+/// Role, WAL positions and the standby's own WAL receiver in one round trip. The primary's
+/// position is its WAL insert position, at or past every commit that has returned (the
+/// write position may be behind one under `synchronous_commit = off`). The current
 /// LSN and timeline only exist outside recovery (the functions error on a standby), hence
 /// the CASEs; the timeline is the first 8 hex digits of the current WAL file's name (the
 /// checkpoint's timeline lags a promotion). `pg_stat_wal_receiver` has at most one row,
 /// none on a primary or a standby that is not receiving; its columns other than `pid`
 /// need `pg_read_all_stats` (part of `pg_monitor`) and are NULL without it.
 const NODE_QUERY: &str = "SELECT pg_is_in_recovery(), \
-     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END, \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn() END, \
      CASE WHEN pg_is_in_recovery() THEN NULL \
           ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END, \
      pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
@@ -145,7 +147,7 @@ fn parse_node(rows: &Rows, at: Instant) -> Result<Probe, String> {
     Ok(Probe {
         at,
         in_recovery,
-        current: lsn(current, "pg_current_wal_lsn()")?,
+        current: lsn(current, "pg_current_wal_insert_lsn()")?,
         timeline: timeline
             .as_deref()
             .map(|hex| {

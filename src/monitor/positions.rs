@@ -141,11 +141,17 @@ impl Sampler {
         .and_then(|r| r.lsn)
     }
 
-    /// Waits until this standby is seen to have replayed `target`, until `deadline`.
-    pub async fn replayed(self: &Arc<Self>, target: Lsn, deadline: Instant) -> bool {
+    /// Waits until this standby is seen to have replayed `target` by a reading started
+    /// after `since`, until `deadline`.
+    pub async fn replayed(
+        self: &Arc<Self>,
+        target: Lsn,
+        since: Instant,
+        deadline: Instant,
+    ) -> bool {
         let asked = Instant::now();
         self.wait(deadline, |r| match (r.standby, r.lsn) {
-            (true, Some(lsn)) if lsn >= target => Verdict::Done,
+            (true, Some(lsn)) if lsn >= target && r.started > since => Verdict::Done,
             (true, _) => Verdict::Again,
             _ if r.started >= asked => Verdict::Never,
             _ => Verdict::Again,
@@ -179,6 +185,14 @@ impl Sampler {
 
     /// Answers questions one query at a time until the proxy stops.
     async fn run(self: Arc<Self>) {
+        /// Lets the next question start the task again should this one end.
+        struct Running<'a>(&'a AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _running = Running(&self.running);
         let mut stop = self.stop.clone();
         let mut conn: Option<ServerConn> = None;
         loop {
@@ -196,7 +210,14 @@ impl Sampler {
             let started = Instant::now();
             self.queries.fetch_add(1, Ordering::Relaxed);
             let settings = self.settings.load_full();
-            let answer = read(&self.address, &mut conn, &settings).await;
+            let reused = conn.is_some();
+            let mut answer = read(&self.address, &mut conn, &settings).await;
+            if answer.is_err() && reused {
+                // A connection the server closed (idle timeout, restart) says nothing about
+                // the node: asked once more on a fresh one.
+                conn = None;
+                answer = read(&self.address, &mut conn, &settings).await;
+            }
             let reading = match answer {
                 Ok((standby, lsn)) => Reading {
                     started,

@@ -205,11 +205,19 @@ pub fn decide(
     if ask.conn == Conn::Primary {
         return destination(To::Primary, Conn::Primary, None);
     }
-    // Read-your-writes, unless the primary it would wait for cannot answer.
-    let written = match failure {
-        Some(Failure::PrimaryUnreachable) => None,
-        _ => session.written.filter(|_| primary_answers(topology)),
-    };
+    // Read-your-writes. A write whose WAL position is not known yet can be shown replayed
+    // only against the primary's own samples: while no primary answers, its reads stay
+    // available on the standbys instead (docs/operations.md). One whose position is known
+    // keeps its reads on standbys past it; only once the primary could not be reached and
+    // no standby is past it do they go to any standby.
+    let written = session.written.filter(|w| match failure {
+        Some(Failure::PrimaryUnreachable) => {
+            w.lsn.is_some()
+                && (0..topology.nodes.len())
+                    .any(|i| topology.nodes[i].eligible && w.replayed_by(topology, i))
+        }
+        _ => w.lsn.is_some() || primary_answers(topology),
+    });
     let replayed = |node: usize| written.is_none_or(|w| w.replayed_by(topology, node));
     if let (Some(w), None) = (written, session.state.txn) {
         let fresh = match session.standby {
@@ -288,8 +296,9 @@ fn to_wait_for(
         return None;
     }
     let too_far = |i: usize| {
-        let n = &topology.nodes[i];
-        n.role != Role::Standby || !n.eligible || n.lag_time.is_some_and(|t| t > written.wait)
+        topology.nodes.get(i).is_none_or(|n| {
+            n.role != Role::Standby || !n.eligible || n.lag_time.is_some_and(|t| t > written.wait)
+        })
     };
     if let Some(open) = session.standby {
         return (!too_far(open.node) && !session.avoid.contains(&open.node)).then_some(open.node);
@@ -342,7 +351,7 @@ fn reason(
 }
 
 /// Whether a primary answers its checks now; while none does, no standby can be shown to
-/// have replayed the client's write, and reads stay available instead.
+/// have replayed a write whose WAL position is not known, and reads stay available instead.
 fn primary_answers(topology: &Topology) -> bool {
     topology.primary().is_some_and(|p| p.ban.is_none())
 }

@@ -243,7 +243,7 @@ impl WalHistory {
 /// The primary as a standby is measured against.
 #[derive(Debug, Clone, Copy)]
 pub struct PrimaryView<'a> {
-    /// Its `pg_current_wal_lsn()` at this check.
+    /// Its `pg_current_wal_insert_lsn()` at this check.
     pub lsn: Lsn,
     /// The timeline it writes on, when known.
     pub timeline: Option<u32>,

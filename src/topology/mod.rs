@@ -43,7 +43,7 @@ pub struct LsnSample {
     /// Taken just before the check query was sent, so every position below was read at
     /// or after it.
     pub at: Instant,
-    /// `pg_current_wal_lsn()`: only on the primary.
+    /// `pg_current_wal_insert_lsn()`: only on the primary.
     pub current: Option<Lsn>,
     /// `pg_last_wal_receive_lsn()`: only on a standby that has streamed WAL.
     pub receive: Option<Lsn>,

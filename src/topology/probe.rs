@@ -57,7 +57,7 @@ pub struct Probe {
     pub at: Instant,
     /// `pg_is_in_recovery()`.
     pub in_recovery: bool,
-    /// `pg_current_wal_lsn()` (primary only).
+    /// `pg_current_wal_insert_lsn()` (primary only).
     pub current: Option<Lsn>,
     /// The timeline the primary writes on (primary only).
     pub timeline: Option<u32>,

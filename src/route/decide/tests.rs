@@ -445,6 +445,15 @@ fn reads_after_a_write_at_a_known_position_wait_for_a_standby_or_use_the_primary
         .written_at_lsn(80, 5)
         .wants(To::Open(Standby), Decision::Read),
         case(
+            "the primary unreachable: a standby past it",
+            Standby,
+            read(),
+            &[BEHIND, FRESH],
+        )
+        .written_at_lsn(80, 5)
+        .failed(Failure::PrimaryUnreachable)
+        .wants(To::Standby(2), Decision::Read),
+        case(
             "the primary unreachable: no wait",
             Standby,
             read(),

@@ -84,8 +84,11 @@ impl Relay<'_> {
             let opened = match destination.to {
                 To::Open(conn) => Ok(conn),
                 To::Refuse(code, message) => return Ok(Placed::Refused(code, message)),
+                // One wait per request: should the decision ask for another (a reading
+                // that failed meanwhile replaced the one waited for), the read goes to the
+                // primary.
                 To::Await(node) => {
-                    let reached = self.await_replay(node).await;
+                    let reached = awaited.is_none() && self.await_replay(node).await;
                     awaited = reached.then_some(node);
                     if !reached {
                         failure = Some(Failure::NotReplayed);
@@ -167,9 +170,13 @@ impl Relay<'_> {
             busy: self.standby.owed.pending > 0,
         });
         let positions = &self.shared.positions;
+        // A reading counts until the monitor's next check of the node supersedes it: a
+        // standby that restarted may have replayed less than it had before.
         let replayed = |node: usize| {
-            let reading = positions.latest(&topology.nodes.get(node)?.node.address)?;
-            reading.standby.then_some(reading.lsn).flatten()
+            let state = topology.nodes.get(node)?;
+            let reading = positions.latest(&state.node.address)?;
+            let newer = state.lsn.is_none_or(|sample| reading.started > sample.at);
+            (reading.standby && newer).then_some(reading.lsn).flatten()
         };
         let written = match (&self.placement.written, ryw) {
             (Some(write), Some(wait)) => Some(Written {
@@ -219,11 +226,13 @@ impl Relay<'_> {
         let Some(address) = self.primary.conn.as_ref().map(|c| c.server.address.clone()) else {
             return;
         };
+        // Taken before the question: a reading started after it covers the commit.
+        let at = Instant::now();
         if self.read_your_writes().is_some() {
             self.shared.positions.of(&address).ask();
         }
         self.placement.written = Some(Write {
-            at: Instant::now(),
+            at,
             primary: address,
             lsn: None,
         });
@@ -256,7 +265,9 @@ impl Relay<'_> {
         };
         let started = Instant::now();
         let sampler = self.shared.positions.of(&state.node.address);
-        let reached = sampler.replayed(target, started + wait).await;
+        // Readings the monitor's last check of the node supersedes do not count.
+        let since = state.lsn.map_or(started, |sample| sample.at);
+        let reached = sampler.replayed(target, since, started + wait).await;
         self.shared
             .stats
             .read_your_writes_waited(node, started.elapsed(), reached);
