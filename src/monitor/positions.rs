@@ -77,6 +77,7 @@ impl Positions {
             latest: watch::channel(None).0,
             demand: Notify::new(),
             running: AtomicBool::new(false),
+            in_flight: Mutex::new(None),
             queries: AtomicU64::new(0),
             settings: Arc::clone(&self.settings),
             stop: self.stop.clone(),
@@ -108,6 +109,8 @@ pub struct Sampler {
     /// asks while a query runs is answered by the one after it).
     demand: Notify,
     running: AtomicBool,
+    /// When the query now in flight was sent.
+    in_flight: Mutex<Option<Instant>>,
     /// Queries sent.
     queries: AtomicU64,
     settings: SharedSettings,
@@ -128,10 +131,24 @@ impl Sampler {
         self.demand.notify_one();
     }
 
+    /// Asks for a reading, without waiting for it, unless one is in flight or the latest
+    /// is younger than `fresh_for`: what a read that did not wait leaves for the next one.
+    pub fn refresh(self: &Arc<Self>, fresh_for: Duration) {
+        if self.lock_in_flight().is_some() {
+            return;
+        }
+        if self
+            .latest()
+            .is_none_or(|r| r.started.elapsed() >= fresh_for)
+        {
+            self.ask();
+        }
+    }
+
     /// A primary's WAL position read at or after `since`, waiting until `deadline`; None
     /// if none came in time or the node is not a primary.
     pub async fn primary_since(self: &Arc<Self>, since: Instant, deadline: Instant) -> Option<Lsn> {
-        self.wait(deadline, |r| match (r.standby, r.lsn) {
+        self.wait(since, deadline, |r| match (r.standby, r.lsn) {
             (false, Some(_)) if r.started >= since => Verdict::Done,
             (false, Some(_)) => Verdict::Again,
             _ if r.started >= since => Verdict::Never,
@@ -150,7 +167,7 @@ impl Sampler {
         deadline: Instant,
     ) -> bool {
         let asked = Instant::now();
-        self.wait(deadline, |r| match (r.standby, r.lsn) {
+        self.wait(since, deadline, |r| match (r.standby, r.lsn) {
             (true, Some(lsn)) if lsn >= target && r.started > since => Verdict::Done,
             (true, _) => Verdict::Again,
             _ if r.started >= asked => Verdict::Never,
@@ -161,9 +178,11 @@ impl Sampler {
     }
 
     /// Asks for readings until `judge` is satisfied by one, it says none will do, or the
-    /// deadline passes.
+    /// deadline passes. A query sent after `since` and still in flight may answer: no
+    /// other is asked for until it has.
     async fn wait(
         self: &Arc<Self>,
+        since: Instant,
         deadline: Instant,
         judge: impl Fn(&Reading) -> Verdict,
     ) -> Option<Reading> {
@@ -175,12 +194,23 @@ impl Sampler {
                 Some(Verdict::Never) => return None,
                 Some(Verdict::Again) | None => {}
             }
-            self.ask();
+            // The reading just judged may be that query's answer, published a moment
+            // before the query stopped counting as in flight.
+            let answering = self
+                .lock_in_flight()
+                .is_some_and(|sent| sent >= since && reading.is_none_or(|r| r.started < sent));
+            if !answering {
+                self.ask();
+            }
             let next = tokio::time::timeout_at(deadline.into(), latest.changed()).await;
             if !matches!(next, Ok(Ok(()))) {
                 return None;
             }
         }
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Answers questions one query at a time until the proxy stops.
@@ -208,6 +238,7 @@ impl Sampler {
                 return;
             }
             let started = Instant::now();
+            *self.lock_in_flight() = Some(started);
             self.queries.fetch_add(1, Ordering::Relaxed);
             let settings = self.settings.load_full();
             let reused = conn.is_some();
@@ -234,7 +265,10 @@ impl Sampler {
                     }
                 }
             };
+            // Published before the query stops counting as in flight: a waiter that saw
+            // it in flight is woken by this reading (and tells the two apart by `started`).
             self.latest.send_replace(Some(reading));
+            *self.lock_in_flight() = None;
         }
     }
 }

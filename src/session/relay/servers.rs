@@ -285,11 +285,30 @@ impl Relay<'_> {
                 .shared
                 .stats
                 .read_your_writes_checked(self.standby.node),
-            To::Primary if destination.reason == Decision::ReadYourWrites => self
-                .shared
-                .stats
-                .read_your_writes_to_primary(self.primary.node),
+            To::Primary if destination.reason == Decision::ReadYourWrites => {
+                self.shared
+                    .stats
+                    .read_your_writes_to_primary(self.primary.node);
+                self.refresh_standby_positions();
+            }
             _ => {}
+        }
+    }
+
+    /// After a read went to the primary for read-your-writes without a standby known past
+    /// the client's write, asks the eligible standbys for their replay positions in the
+    /// background, so the next read may find one; no more often than every millisecond,
+    /// nor than every half of a standby's replay lag (it cannot catch up sooner).
+    fn refresh_standby_positions(&self) {
+        let topology = self.shared.topology.load();
+        for n in &topology.nodes {
+            if n.role == Role::Standby && n.eligible {
+                let half_lag = n.lag_time.unwrap_or_default() / 2;
+                self.shared
+                    .positions
+                    .of(&n.node.address)
+                    .refresh(half_lag.max(Duration::from_millis(1)));
+            }
         }
     }
 
