@@ -159,6 +159,26 @@ impl ServerConn {
         }
     }
 
+    /// Runs statement `name` (prepared from `sql` first when `prepare`) with the extended
+    /// protocol and returns its rows as text: a query run often is parsed and planned
+    /// once per connection.
+    pub async fn prepared_query(
+        &mut self,
+        name: &str,
+        sql: &str,
+        prepare: bool,
+    ) -> Result<Vec<Vec<Option<String>>>, ProxyError> {
+        let mut out = BytesMut::new();
+        if prepare {
+            encode::parse(&mut out, name, sql);
+        }
+        encode::bind_plain(&mut out, name);
+        encode::execute_all(&mut out);
+        encode::sync(&mut out);
+        flush_to(&mut self.writer, &mut out).await?;
+        self.rows_until_ready().await
+    }
+
     /// Runs one simple query and returns its rows as text; an ErrorResponse becomes an
     /// error. Every ParameterStatus it causes is noted: whatever runs here (a client's
     /// rollback, a reset), `params` stays what the server says.
@@ -169,6 +189,11 @@ impl ServerConn {
         let mut out = BytesMut::new();
         encode::query(&mut out, sql);
         flush_to(&mut self.writer, &mut out).await?;
+        self.rows_until_ready().await
+    }
+
+    /// The rows of the answer up to ReadyForQuery; an ErrorResponse becomes an error.
+    async fn rows_until_ready(&mut self) -> Result<Vec<Vec<Option<String>>>, ProxyError> {
         let mut rows = Vec::new();
         let mut error = None;
         loop {

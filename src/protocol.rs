@@ -468,6 +468,34 @@ pub mod encode {
         }
     }
 
+    /// Parse of `sql` as statement `name`, no parameter types given.
+    pub fn parse(out: &mut BytesMut, name: &str, sql: &str) {
+        with_len(out, b'P', |b| {
+            cstr(b, name);
+            cstr(b, sql);
+            b.put_i16(0);
+        });
+    }
+
+    /// Bind of statement `name` to the unnamed portal: no parameters, text results.
+    pub fn bind_plain(out: &mut BytesMut, name: &str) {
+        with_len(out, b'B', |b| {
+            cstr(b, "");
+            cstr(b, name);
+            b.put_i16(0);
+            b.put_i16(0);
+            b.put_i16(0);
+        });
+    }
+
+    /// Execute of the unnamed portal, every row.
+    pub fn execute_all(out: &mut BytesMut) {
+        with_len(out, b'E', |b| {
+            cstr(b, "");
+            b.put_i32(0);
+        });
+    }
+
     /// Sync.
     pub fn sync(out: &mut BytesMut) {
         with_len(out, b'S', |_| {});

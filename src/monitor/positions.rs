@@ -22,6 +22,9 @@ use crate::topology::Lsn;
 const POSITION_QUERY: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
      THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END";
 
+/// The server-side name of [`POSITION_QUERY`] on a sampler's connection.
+const POSITION_STATEMENT: &str = "pgsplit_position";
+
 /// A sampler's connection is closed after this long without a question.
 const IDLE_CLOSE: Duration = Duration::from_secs(60);
 
@@ -281,8 +284,8 @@ async fn read(
 ) -> Result<Answer, String> {
     let monitor = &settings.raw.monitor;
     let bound = settings.raw.connect_timeout.min(monitor.query_timeout);
-    let server = match conn {
-        Some(server) => server,
+    let (server, prepare) = match conn {
+        Some(server) => (server, false),
         None => {
             let login = Login {
                 address,
@@ -298,10 +301,11 @@ async fn read(
             let fresh = ServerConn::connect(&login, bound, settings.raw.max_message_size)
                 .await
                 .map_err(|e| e.to_string())?;
-            conn.insert(fresh)
+            (conn.insert(fresh), true)
         }
     };
-    let rows = tokio::time::timeout(monitor.query_timeout, server.simple_query(POSITION_QUERY))
+    let query = server.prepared_query(POSITION_STATEMENT, POSITION_QUERY, prepare);
+    let rows = tokio::time::timeout(monitor.query_timeout, query)
         .await
         .map_err(|_| format!("no answer within {:?}", monitor.query_timeout))?
         .map_err(|e| e.to_string())?;
