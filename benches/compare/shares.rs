@@ -29,6 +29,38 @@ pub struct Share {
     pub reads: Vec<(String, u64)>,
     /// Median tps over the rounds.
     pub tps: f64,
+    /// What read-your-writes cost: reads that waited, their total wait, and the WAL
+    /// position queries pgsplit sent (all nodes).
+    pub cost: Cost,
+}
+
+/// Read-your-writes counters of `SHOW NODES`, summed over the nodes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cost {
+    /// `fresh_waits`.
+    pub waits: u64,
+    /// `fresh_wait_ms`.
+    pub wait_ms: f64,
+    /// `position_queries`.
+    pub position_queries: u64,
+}
+
+impl Cost {
+    fn since(self, before: Cost) -> Cost {
+        Cost {
+            waits: self.waits.saturating_sub(before.waits),
+            wait_ms: (self.wait_ms - before.wait_ms).max(0.0),
+            position_queries: self
+                .position_queries
+                .saturating_sub(before.position_queries),
+        }
+    }
+
+    fn add(&mut self, other: Cost) {
+        self.waits += other.waits;
+        self.wait_ms += other.wait_ms;
+        self.position_queries += other.position_queries;
+    }
 }
 
 impl Share {
@@ -51,11 +83,12 @@ pub fn measure(
     for &clients in &CLIENTS {
         let mut reads: [Vec<(String, u64)>; 2] = Default::default();
         let mut tps: [Vec<f64>; 2] = Default::default();
+        let mut cost: [Cost; 2] = Default::default();
         for round in 0..options.rounds() {
             for turn in 0..MODES.len() {
                 let m = (turn + round as usize) % MODES.len();
                 let (mode, pgoptions) = MODES[m];
-                let before = node_reads(bench, target.port)?;
+                let (before, cost_before) = node_counters(bench, target.port)?;
                 let spec = RunSpec {
                     workload: Workload::ReadWrite,
                     clients,
@@ -63,7 +96,7 @@ pub fn measure(
                     pgoptions: Some(pgoptions),
                 };
                 let figures = bench.pgbench(target, spec)?;
-                let after = node_reads(bench, target.port)?;
+                let (after, cost_after) = node_counters(bench, target.port)?;
                 println!(
                     "shares: round {}/{}  -c {clients:<3} read_your_writes = {mode:<8} {:>9.0} tps",
                     round + 1,
@@ -72,6 +105,7 @@ pub fn measure(
                 );
                 tps[m].push(figures.tps);
                 add_difference(&mut reads[m], &before, &after);
+                cost[m].add(cost_after.since(cost_before));
             }
         }
         for (m, (mode, _)) in MODES.iter().enumerate() {
@@ -80,6 +114,7 @@ pub fn measure(
                 mode,
                 reads: std::mem::take(&mut reads[m]),
                 tps: median(std::mem::take(&mut tps[m])),
+                cost: cost[m],
             });
         }
     }
@@ -104,8 +139,9 @@ fn add_difference(
     }
 }
 
-/// Reads each node has served, from pgsplit's admin console (`SHOW NODES`).
-fn node_reads(bench: &Bench, port: u16) -> Result<Vec<(String, u64)>, String> {
+/// Reads each node has served and read-your-writes' counters, from pgsplit's admin
+/// console (`SHOW NODES`).
+fn node_counters(bench: &Bench, port: u16) -> Result<(Vec<(String, u64)>, Cost), String> {
     let output = Command::new(bench.cluster.pg_bin().join("psql"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP_USER])
         .args(["-d", "pgsplit", "-X", "-A", "-F", "\t", "-c", "SHOW NODES"])
@@ -123,8 +159,9 @@ fn node_reads(bench: &Bench, port: u16) -> Result<Vec<(String, u64)>, String> {
     parse_nodes(&String::from_utf8_lossy(&output.stdout))
 }
 
-/// The `name` and `reads` columns of `psql -A -F '\t'` output of `SHOW NODES`.
-fn parse_nodes(text: &str) -> Result<Vec<(String, u64)>, String> {
+/// The `name` and `reads` columns of `psql -A -F '\t'` output of `SHOW NODES`, and the
+/// read-your-writes columns summed.
+fn parse_nodes(text: &str) -> Result<(Vec<(String, u64)>, Cost), String> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines
         .next()
@@ -138,18 +175,33 @@ fn parse_nodes(text: &str) -> Result<Vec<(String, u64)>, String> {
             .ok_or(format!("SHOW NODES has no {name} column"))
     };
     let (name, reads) = (column("name")?, column("reads")?);
-    lines
-        // The footer, "(3 rows)".
-        .filter(|l| !l.starts_with('('))
-        .map(|line| {
-            let cells: Vec<&str> = line.split('\t').collect();
-            let count = cells
-                .get(reads)
-                .and_then(|r| r.parse().ok())
-                .ok_or(format!("SHOW NODES row without reads: {line}"))?;
-            Ok((cells.get(name).unwrap_or(&"?").to_string(), count))
-        })
-        .collect()
+    let (waits, wait_ms, queries) = (
+        column("fresh_waits")?,
+        column("fresh_wait_ms")?,
+        column("position_queries")?,
+    );
+    let mut nodes = Vec::new();
+    let mut cost = Cost::default();
+    // The footer, "(3 rows)", is not a node.
+    for line in lines.filter(|l| !l.starts_with('(')) {
+        let cells: Vec<&str> = line.split('\t').collect();
+        let number = |i: usize| -> Result<f64, String> {
+            cells.get(i).and_then(|c| c.parse().ok()).ok_or(format!(
+                "SHOW NODES row without column {}: {line}",
+                header[i]
+            ))
+        };
+        nodes.push((
+            cells.get(name).unwrap_or(&"?").to_string(),
+            number(reads)? as u64,
+        ));
+        cost.add(Cost {
+            waits: number(waits)? as u64,
+            wait_ms: number(wait_ms)?,
+            position_queries: number(queries)? as u64,
+        });
+    }
+    Ok((nodes, cost))
 }
 
 /// The shares as a console table (`markdown`: as a Markdown one).
@@ -161,7 +213,14 @@ pub fn table(shares: &[Share], markdown: bool) -> String {
         .unwrap_or_default();
     let mut header = vec!["clients".to_string(), "read_your_writes".into()];
     header.extend(nodes.iter().map(|n| format!("reads on {n}")));
-    header.extend(["on standbys".into(), "tps".into(), "× off".into()]);
+    header.extend([
+        "on standbys".into(),
+        "tps".into(),
+        "× off".into(),
+        "reads that waited".into(),
+        "avg wait ms".into(),
+        "position queries".into(),
+    ]);
     let off_tps = |clients: u32| {
         shares
             .iter()
@@ -178,6 +237,12 @@ pub fn table(shares: &[Share], markdown: bool) -> String {
             "{:.2}",
             s.tps / off_tps(s.clients).max(f64::MIN_POSITIVE)
         ));
+        row.push(s.cost.waits.to_string());
+        row.push(format!(
+            "{:.2}",
+            s.cost.wait_ms / s.cost.waits.max(1) as f64
+        ));
+        row.push(s.cost.position_queries.to_string());
         rows.push(row);
     }
     for (i, row) in rows.iter().enumerate() {

@@ -109,6 +109,22 @@ fn quick_comparison_runs_every_target_and_writes_its_tables() {
             assert_eq!(share.standby_fraction(), 1.0, "{share:?}");
         }
     }
+    // With it on, the writes' WAL positions are asked for; with it off, hardly any are
+    // (a question of the run before may still be answering at the first snapshot).
+    for clients in compare::CLIENTS {
+        let of = |mode: &str| {
+            report
+                .shares
+                .iter()
+                .find(|s| s.clients == clients && s.mode == mode)
+                .map(|s| s.cost.position_queries)
+        };
+        let (off, on) = (of("off"), of("session"));
+        assert!(
+            on.is_some_and(|on| on > 0 && off.is_some_and(|off| off < on)),
+            "-c {clients}: position queries off {off:?}, session {on:?}"
+        );
+    }
     let markdown = std::fs::read_to_string(&report.markdown).unwrap();
     assert!(
         markdown.contains("reads per node, read_your_writes off and on"),
