@@ -77,6 +77,12 @@ impl Written<'_> {
             .and_then(|n| n.lsn?.replay);
         seen.is_some_and(|r| r >= lsn) || (self.replayed)(node).is_some_and(|r| r >= lsn)
     }
+
+    /// Whether some node that may serve reads is known to have replayed the write.
+    fn replayed_somewhere(&self, topology: &Topology) -> bool {
+        (0..topology.nodes.len())
+            .any(|i| topology.nodes[i].eligible && self.replayed_by(topology, i))
+    }
 }
 
 impl fmt::Debug for Written<'_> {
@@ -211,18 +217,14 @@ pub fn decide(
     // keeps its reads on standbys past it; only once the primary could not be reached and
     // no standby is past it do they go to any standby.
     let written = session.written.filter(|w| match failure {
-        Some(Failure::PrimaryUnreachable) => {
-            w.lsn.is_some()
-                && (0..topology.nodes.len())
-                    .any(|i| topology.nodes[i].eligible && w.replayed_by(topology, i))
-        }
+        Some(Failure::PrimaryUnreachable) => w.lsn.is_some() && w.replayed_somewhere(topology),
         _ => w.lsn.is_some() || primary_answers(topology),
     });
     let replayed = |node: usize| written.is_none_or(|w| w.replayed_by(topology, node));
     if let (Some(w), None) = (written, session.state.txn) {
         let fresh = match session.standby {
-            Some(open) => replayed(open.node),
-            None => (0..topology.nodes.len()).any(|i| topology.nodes[i].eligible && replayed(i)),
+            Some(open) => w.replayed_by(topology, open.node),
+            None => w.replayed_somewhere(topology),
         };
         if !fresh {
             let waits = failure != Some(Failure::NotReplayed) && w.lsn.is_some();

@@ -167,19 +167,7 @@ async fn a_session_turns_read_your_writes_off_and_on_with_set() {
         .unwrap()
         .get(0);
     assert_eq!(shown, "off");
-    let mut stale = 0;
-    for i in 1..=50 {
-        client
-            .execute("UPDATE counter SET v = $1 WHERE id = 1", &[&i])
-            .await
-            .unwrap();
-        let seen: i32 = client
-            .query_one("SELECT v FROM counter WHERE id = 1", &[])
-            .await
-            .unwrap()
-            .get(0);
-        stale += usize::from(seen != i);
-    }
+    let stale = stale_reads_on(&client, 1..=50).await;
     assert!(
         stale > 0,
         "with it off and a 1 s apply delay, some reads should be stale"
@@ -188,18 +176,11 @@ async fn a_session_turns_read_your_writes_off_and_on_with_set() {
         .batch_execute("RESET pgsplit.read_your_writes")
         .await
         .unwrap();
-    for i in 51..=100 {
-        client
-            .execute("UPDATE counter SET v = $1 WHERE id = 1", &[&i])
-            .await
-            .unwrap();
-        let seen: i32 = client
-            .query_one("SELECT v FROM counter WHERE id = 1", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(seen, i, "stale read once the session's setting was reset");
-    }
+    assert_eq!(
+        stale_reads_on(&client, 51..=100).await,
+        0,
+        "stale read once the session's setting was reset"
+    );
     let error = client
         .batch_execute("SET pgsplit.read_your_writes = 'sometimes'")
         .await
@@ -214,11 +195,19 @@ async fn a_session_turns_read_your_writes_off_and_on_with_set() {
     assert_eq!(one, 1);
 }
 
-/// Writes 1..=n and reads each back in the same session; returns how many reads were stale.
+/// Writes 1..=n and reads each back in a new session; returns how many reads were stale.
 async fn stale_reads(proxy: &TestProxy, n: i32) -> usize {
-    let client = proxy.connect().await;
+    stale_reads_on(&proxy.connect().await, 1..=n).await
+}
+
+/// Writes each of `values` and reads it back on `client`; returns how many reads were
+/// stale.
+async fn stale_reads_on(
+    client: &tokio_postgres::Client,
+    values: std::ops::RangeInclusive<i32>,
+) -> usize {
     let mut stale = 0;
-    for i in 1..=n {
+    for i in values {
         client
             .execute("UPDATE counter SET v = $1 WHERE id = 1", &[&i])
             .await
@@ -228,9 +217,7 @@ async fn stale_reads(proxy: &TestProxy, n: i32) -> usize {
             .await
             .unwrap()
             .get(0);
-        if seen != i {
-            stale += 1;
-        }
+        stale += usize::from(seen != i);
     }
     stale
 }

@@ -64,9 +64,13 @@ impl Relay<'_> {
         ask: Ask<'_>,
         mut failure: Option<Failure>,
     ) -> Result<Placed, ProxyError> {
-        let ryw = self.read_your_writes();
-        if ask.conn != Conn::Primary && ryw.is_some() {
-            self.learn_write_position().await;
+        // Only a session that wrote has anything to wait for.
+        let ryw = match self.placement.written {
+            Some(_) => self.read_your_writes(),
+            None => None,
+        };
+        if let (Some(wait), true) = (ryw, ask.conn != Conn::Primary) {
+            self.learn_write_position(wait).await;
         }
         let mut awaited = None;
         loop {
@@ -88,7 +92,8 @@ impl Relay<'_> {
                 // that failed meanwhile replaced the one waited for), the read goes to the
                 // primary.
                 To::Await(node) => {
-                    let reached = awaited.is_none() && self.await_replay(node).await;
+                    let wait = ryw.unwrap_or_default();
+                    let reached = awaited.is_none() && self.await_replay(node, wait).await;
                     awaited = reached.then_some(node);
                     if !reached {
                         failure = Some(Failure::NotReplayed);
@@ -238,14 +243,13 @@ impl Relay<'_> {
         });
     }
 
-    /// Learns the WAL position of the client's last write, waiting for it at most
-    /// `read_your_writes_wait`; while it is not known, only standbys the monitor has seen
+    /// Learns the WAL position of the client's last write, waiting for it at most `wait`
+    /// (`read_your_writes_wait`); while it is not known, only standbys the monitor has seen
     /// past the primary's position after the commit count as having it.
-    async fn learn_write_position(&mut self) {
+    async fn learn_write_position(&mut self, wait: Duration) {
         let Some(write) = self.placement.written.as_ref().filter(|w| w.lsn.is_none()) else {
             return;
         };
-        let wait = self.read_your_writes().unwrap_or_default();
         let sampler = self.shared.positions.of(&write.primary);
         let lsn = sampler.primary_since(write.at, Instant::now() + wait).await;
         if let Some(write) = self.placement.written.as_mut() {
@@ -253,20 +257,25 @@ impl Relay<'_> {
         }
     }
 
-    /// Waits, at most `read_your_writes_wait`, for standby `node` to be seen past the
+    /// Waits, at most `wait` (`read_your_writes_wait`), for standby `node` to be seen past the
     /// client's last write (one check in flight per standby, shared by every session
     /// waiting on it). Whether it was.
-    async fn await_replay(&mut self, node: usize) -> bool {
+    async fn await_replay(&mut self, node: usize, wait: Duration) -> bool {
         let target = self.placement.written.as_ref().and_then(|w| w.lsn);
-        let wait = self.read_your_writes().unwrap_or_default();
-        let topology = self.shared.topology.load();
-        let (Some(target), Some(state)) = (target, topology.nodes.get(node)) else {
+        let started = Instant::now();
+        // The snapshot is not held across the wait: only the node's sampler and the time
+        // of the monitor's last check of it (readings it supersedes do not count).
+        let (sampler, since) = {
+            let topology = self.shared.topology.load();
+            let Some(state) = topology.nodes.get(node) else {
+                return false;
+            };
+            let since = state.lsn.map_or(started, |sample| sample.at);
+            (self.shared.positions.of(&state.node.address), since)
+        };
+        let Some(target) = target else {
             return false;
         };
-        let started = Instant::now();
-        let sampler = self.shared.positions.of(&state.node.address);
-        // Readings the monitor's last check of the node supersedes do not count.
-        let since = state.lsn.map_or(started, |sample| sample.at);
         let reached = sampler.replayed(target, since, started + wait).await;
         self.shared
             .stats
