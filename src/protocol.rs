@@ -310,8 +310,16 @@ pub mod encode {
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         };
+        error_fields(
+            out,
+            &[(b'S', sev), (b'V', sev), (b'C', code), (b'M', message)],
+        );
+    }
+
+    /// ErrorResponse with the given fields, in order.
+    pub fn error_fields(out: &mut BytesMut, fields: &[(u8, &str)]) {
         with_len(out, b'E', |b| {
-            for (field, value) in [(b'S', sev), (b'V', sev), (b'C', code), (b'M', message)] {
+            for &(field, value) in fields {
                 b.put_u8(field);
                 cstr(b, value);
             }

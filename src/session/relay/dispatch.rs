@@ -537,10 +537,13 @@ impl Relay<'_> {
                 });
                 return Ok(());
             }
-            Shapes::Changed => (
-                Arc::new(Classification::any()),
-                Request::Query(encode::query_frame(SHAPE_CHANGED), None),
-            ),
+            Shapes::Changed => {
+                self.slot(conn).shape_changed = true;
+                (
+                    Arc::new(Classification::any()),
+                    Request::Query(encode::query_frame(SHAPE_CHANGED), None),
+                )
+            }
             Shapes::Unknown(_) | Shapes::Same => (class, request),
         };
         self.tally_request(conn, reason, &class, &request);

@@ -202,11 +202,24 @@ const UNSYNCED_WAIT: Duration = Duration::from_millis(5);
 /// the client early, as it does directly, and pgsplit never buffers a whole pipeline.
 const UNSYNCED_BATCH_BYTES: usize = 64 * 1024;
 
-/// What PostgreSQL raises when a prepared statement's result shape changed, run where a
-/// statement the client described now has another shape, so that the error, and the
-/// failed transaction, come from the server as they would directly.
+/// Run where a statement the client described now has another shape, so that the
+/// failed transaction comes from the server as it would directly; its error reaches the
+/// client as `SHAPE_CHANGED_ERROR`.
 const SHAPE_CHANGED: &str = "DO $pgsplit$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
     MESSAGE = 'cached plan must not change result type'; END$pgsplit$";
+
+/// The fields of PostgreSQL's own error for a changed result shape: drivers key on its
+/// routine (asyncpg's InvalidCachedStatementError, pgjdbc's statement cache reset), and
+/// the PL/pgSQL context of `SHAPE_CHANGED` is pgsplit's, not the client's. The line
+/// number differs between server versions and is left out.
+const SHAPE_CHANGED_ERROR: [(u8, &str); 6] = [
+    (b'S', "ERROR"),
+    (b'V', "ERROR"),
+    (b'C', "0A000"),
+    (b'M', "cached plan must not change result type"),
+    (b'F', "plancache.c"),
+    (b'R', "RevalidateCachedQuery"),
+];
 
 /// Whether the statements a request binds have, on the connection that runs it, the
 /// result shape the client was told.

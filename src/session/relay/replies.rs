@@ -356,9 +356,9 @@ impl Relay<'_> {
             let slot = self.slot(conn);
             // Only the read that held answers back passes them on.
             let held_back = slot.retry.take().is_some();
-            let renamed = match frame.tag {
-                b'E' | b'Z' => slot.renamed.take(),
-                _ => None,
+            let (renamed, shape_changed) = match frame.tag {
+                b'E' | b'Z' => (slot.renamed.take(), std::mem::take(&mut slot.shape_changed)),
+                _ => (None, false),
             };
             let mut sent = frame.raw.len();
             if held_back && !self.retries.early.is_empty() {
@@ -369,6 +369,13 @@ impl Relay<'_> {
             }
             let at = self.client.out.len();
             match renamed.filter(|_| frame.tag == b'E') {
+                _ if shape_changed && frame.tag == b'E' => {
+                    crate::protocol::encode::error_fields(
+                        &mut self.client.out,
+                        &SHAPE_CHANGED_ERROR,
+                    );
+                    sent = sent - frame.raw.len() + (self.client.out.len() - at);
+                }
                 Some((ours, client)) => {
                     let length = rename_in_error(&frame.raw, &ours, &client, &mut self.client.out);
                     sent = sent - frame.raw.len() + length;

@@ -40,6 +40,9 @@ pub(super) struct Slot {
     /// flight (a statement it never prepared, a Parse of a name in use), and the client's
     /// name: the server's error says the client's.
     pub(super) renamed: Option<(String, String)>,
+    /// The request in flight is `SHAPE_CHANGED`: its error reaches the client as
+    /// PostgreSQL's own.
+    pub(super) shape_changed: bool,
     /// The client was sent the server's FATAL error: the server closes next, and the
     /// client already knows why.
     pub(super) told_fatal: bool,
@@ -64,6 +67,7 @@ impl Slot {
             answering: None,
             applied_before: None,
             renamed: None,
+            shape_changed: false,
             told_fatal: false,
             heard: 0,
             silence: (0, 0),
