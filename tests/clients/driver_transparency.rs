@@ -6,6 +6,7 @@ use crate::common;
 
 use std::time::Duration;
 
+use common::cluster;
 use common::pool::{pooled_proxy, su_app, ON_PRIMARY};
 use common::raw::{self, bind, describe, execute, flush, parse, query, read_message, sync, tags};
 use tokio::io::AsyncWriteExt;
@@ -348,6 +349,75 @@ async fn an_unknown_statement_is_named_as_the_client_named_it() {
         error_field(error, b'M'),
         "prepared statement \"never_prepared\" does not exist"
     );
+}
+
+/// Runs `sql` on the primary as a superuser, then waits until every standby replayed it.
+async fn su_app_replayed(sql: &'static str) {
+    tokio::task::spawn_blocking(move || {
+        su_app(sql);
+        for i in 1..cluster().nodes().len() {
+            cluster().wait_for_replay(i).expect("standby replays");
+        }
+    })
+    .await
+    .expect("setup task");
+}
+
+#[tokio::test]
+async fn a_statement_prepared_after_a_schema_change_runs_on_a_standby_that_held_it_from_before() {
+    su_app_replayed(
+        "DROP TABLE IF EXISTS dt_stale; CREATE TABLE dt_stale (a int); \
+         INSERT INTO dt_stale VALUES (1); GRANT ALL ON dt_stale TO app",
+    )
+    .await;
+    let proxy = pooled_proxy("max_pool_size = 1").await;
+    let sql = "SELECT a, inet_server_port()::text AS port FROM dt_stale";
+    // Earlier clients prepare and run the text on every standby: their one pooled
+    // connection holds it, described with `a` an int.
+    let standbys: std::collections::HashSet<String> = cluster().nodes()[1..]
+        .iter()
+        .map(|n| n.port.to_string())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        if seen == standbys {
+            break;
+        }
+        let mut earlier = raw::login(proxy.addr, "trustuser").await;
+        let ran = raw::reply_of(
+            &mut earlier,
+            &[
+                parse("s", sql),
+                describe(b'S', "s"),
+                bind("", "s", &[]),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
+        )
+        .await;
+        let port = ran.rows.first().and_then(|r| r.get(1).cloned().flatten());
+        seen.extend(port);
+    }
+    assert_eq!(seen, standbys, "the text was not run on every standby");
+    su_app_replayed("ALTER TABLE dt_stale ALTER COLUMN a TYPE text USING a::text || 'x'").await;
+    // A client prepares the same text after the change on the primary (a SERIALIZABLE
+    // transaction runs there) and is told `a` is text, then runs it on a standby.
+    // Directly its statement is new and runs; the standby connection's older one must not
+    // turn that into a changed-result-type error.
+    let mut b = raw::login(proxy.addr, "trustuser").await;
+    let begun = exchange(&mut b, &[query("BEGIN ISOLATION LEVEL SERIALIZABLE")]).await;
+    assert_eq!(tags(&begun), "C Z(T)");
+    let described = exchange(&mut b, &[parse("s", sql), describe(b'S', "s"), sync()]).await;
+    assert_eq!(tags(&described), "1 t T Z(T)");
+    assert_eq!(tags(&exchange(&mut b, &[query("COMMIT")]).await), "C Z(I)");
+    let ran = run_prepared(&mut b, "s").await;
+    assert_eq!(
+        (ran.errors, ran.rows.len()),
+        (vec![], 1),
+        "a fresh statement fails as if it were the earlier clients' statement"
+    );
+    assert_eq!(ran.rows[0][0].as_deref(), Some("1x"));
 }
 
 #[tokio::test]

@@ -522,7 +522,7 @@ impl Relay<'_> {
         let shapes = if mid_chain {
             Shapes::Same
         } else {
-            self.check_shapes(conn, &request)
+            self.check_shapes(conn, &request, !described)
         };
         let (class, request) = match shapes {
             Shapes::Unknown(statements) if !described => {

@@ -346,15 +346,24 @@ impl Relay<'_> {
     }
 
     /// Whether the statements a synced batch binds have here the shape the client was
-    /// told; unknown for those not described on this connection.
-    pub(super) fn check_shapes(&mut self, conn: Conn, request: &Request) -> Shapes {
+    /// told; unknown for those not described on this connection. With `fresh_on_change`,
+    /// one described here with another shape is unknown too, and forgotten: it may be a
+    /// statement prepared before a schema change the client has seen (another client
+    /// prepared the same text then), so it is prepared and described again before the
+    /// client's view is judged stale.
+    pub(super) fn check_shapes(
+        &mut self,
+        conn: Conn,
+        request: &Request,
+        fresh_on_change: bool,
+    ) -> Shapes {
         let Request::Batch {
             ops, sync: true, ..
         } = request
         else {
             return Shapes::Same;
         };
-        let Some(lease) = self.slot(conn).conn.as_ref() else {
+        let Some(lease) = self.slot(conn).conn.as_mut() else {
             return Shapes::Same;
         };
         let mut unknown = Vec::new();
@@ -367,7 +376,11 @@ impl Relay<'_> {
             }
             match lease.statements.shape(statement.id) {
                 Some(shape) if same_shape(shape, told) => {}
-                Some(_) => return Shapes::Changed,
+                Some(_) if !fresh_on_change => return Shapes::Changed,
+                Some(_) => {
+                    lease.statements.remove(statement.id);
+                    unknown.push(Arc::clone(statement));
+                }
                 None => unknown.push(Arc::clone(statement)),
             }
         }
