@@ -126,6 +126,11 @@ impl Sampler {
         *self.latest.borrow()
     }
 
+    /// Counts a position query a session asked on its own connection to this node.
+    pub fn count_query(&self) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Asks for a reading started from now on, without waiting for it.
     pub fn ask(self: &Arc<Self>) {
         if !self.running.swap(true, Ordering::SeqCst) {

@@ -587,6 +587,8 @@ impl Relay<'_> {
                 }
             });
         }
+        let ask_position =
+            !skipped && !mid_chain && self.commits_a_write(conn, opens, &class, &request);
         let sent = match request {
             // Ignored by a server skipping to the chain's Sync: no answer comes, and the
             // chain goes on (the client's Sync ends it).
@@ -599,15 +601,15 @@ impl Relay<'_> {
                 if let Some((statement, name)) = executes {
                     self.prepare_first(conn, statement, &name).await?;
                 }
-                self.send_simple(conn, &frame).await
+                self.send_simple(conn, &frame, ask_position).await
             }
             Request::Function(frame) => {
                 self.sticky = None;
-                self.send_simple(conn, &frame).await
+                self.send_simple(conn, &frame, ask_position).await
             }
             Request::Batch { ops, sync, .. } => {
                 self.sticky = if sync { None } else { Some(conn) };
-                self.send_batch(conn, ops, sync).await
+                self.send_batch(conn, ops, sync, ask_position).await
             }
         };
         if sent.is_ok() {
@@ -625,11 +627,13 @@ impl Relay<'_> {
         sent
     }
 
-    /// Sends a Query or FunctionCall, answered by its ReadyForQuery.
+    /// Sends a Query or FunctionCall, answered by its ReadyForQuery; with pgsplit's
+    /// question for the WAL position after it when it commits a write.
     pub(super) async fn send_simple(
         &mut self,
         conn: Conn,
         frame: &Frame,
+        ask_position: bool,
     ) -> Result<(), ProxyError> {
         let slot = self.slot(conn);
         slot.owed.pending += 1;
@@ -639,7 +643,49 @@ impl Relay<'_> {
             // A simple Query destroys the unnamed statement on that server.
             lease.unnamed = None;
         }
-        write_to(slot, &frame.raw).await
+        if !ask_position {
+            return write_to(slot, &frame.raw).await;
+        }
+        let mut bytes = BytesMut::from(&frame.raw[..]);
+        self.ask_position(conn, &mut bytes)?;
+        write_to(self.slot(conn), &bytes).await
+    }
+
+    /// Whether a request about to go to the primary ends, at its Sync, a transaction (or
+    /// an autocommit statement) that wrote, so that the WAL position read right after it
+    /// covers the commit; only when read-your-writes needs that position. Never around
+    /// COPY (a server in COPY FROM takes nothing but its data) nor inside a transaction
+    /// (a query there could take the snapshot of a REPEATABLE READ transaction).
+    fn commits_a_write(
+        &self,
+        conn: Conn,
+        opens: bool,
+        class: &Classification,
+        request: &Request,
+    ) -> bool {
+        if conn != Conn::Primary || !self.outcome.wrote {
+            return false;
+        }
+        let synced = match request {
+            Request::Batch { sync, .. } => *sync,
+            Request::Query(..) | Request::Function(_) => true,
+        };
+        let last_boundary = class
+            .effects
+            .iter()
+            .rev()
+            .find(|e| matches!(e, Effect::Begin { .. } | Effect::EndTransaction));
+        let ends = match last_boundary {
+            Some(Effect::EndTransaction) => true,
+            Some(_) => false,
+            None => self.state.txn.is_none() && !opens,
+        };
+        synced
+            && ends
+            && !request_texts(request)
+                .iter()
+                .any(|text| text.to_ascii_lowercase().contains("copy"))
+            && self.read_your_writes().is_some()
     }
 
     /// What a request sent to `conn` does to the session and to that connection's

@@ -15,6 +15,10 @@ use crate::prepared::{same_shape, Statement};
 use crate::protocol::{encode, read_cstr, Frame};
 use crate::route::{Conn, Target};
 
+/// The primary's WAL insert position, as a Parse body without its name (text, then no
+/// parameter types): at or past every commit that returned before it ran.
+const POSITION_QUERY: &[u8] = b"SELECT pg_current_wal_insert_lsn()\0\0\0";
+
 /// A name no statement has: a client's Close of its statement becomes a Close of this,
 /// which the server answers with CloseComplete without touching statements other
 /// clients share.
@@ -319,6 +323,7 @@ impl Relay<'_> {
         conn: Conn,
         ops: Vec<Op>,
         sync: bool,
+        ask_position: bool,
     ) -> Result<(), ProxyError> {
         let used = ops
             .iter()
@@ -329,7 +334,7 @@ impl Relay<'_> {
             })
             .collect();
         let size = ops.len() * 32;
-        let bytes = self.outgoing(conn, used, size, |out| {
+        let mut bytes = self.outgoing(conn, used, size, |out| {
             for op in ops {
                 out.add(op);
             }
@@ -342,7 +347,10 @@ impl Relay<'_> {
         } else {
             slot.owed.chain_due += answers_due(&bytes);
         }
-        write_to(slot, &bytes).await
+        if ask_position && sync {
+            self.ask_position(conn, &mut bytes)?;
+        }
+        write_to(self.slot(conn), &bytes).await
     }
 
     /// Whether the statements a synced batch binds have here the shape the client was
@@ -417,9 +425,7 @@ impl Relay<'_> {
     async fn write_injected(&mut self, conn: Conn, mut bytes: BytesMut) -> Result<(), ProxyError> {
         encode::sync(&mut bytes);
         let slot = self.slot(conn);
-        slot.owed.swallow.push_back(Swallow::UntilReady);
-        slot.owed.pending += 1;
-        slot.owed.syncs_sent += 1;
+        slot.owed.expect_own(Swallow::UntilReady);
         write_to(slot, &bytes).await
     }
 
@@ -474,14 +480,42 @@ impl Relay<'_> {
         }
     }
 
+    /// Appends to `bytes` the question for the primary's WAL insert position, as a batch
+    /// of pgsplit's own after the client's: it runs right after the client's commit, on
+    /// the same connection and in the same write, so its answer follows the client's
+    /// ReadyForQuery without another round trip or a second backend woken.
+    pub(super) fn ask_position(
+        &mut self,
+        conn: Conn,
+        bytes: &mut BytesMut,
+    ) -> Result<(), ProxyError> {
+        let statement = Arc::clone(
+            self.placement
+                .position_statement
+                .get_or_insert_with(|| self.shared.statements.intern(POSITION_QUERY)),
+        );
+        let ours = self.outgoing(conn, vec![statement.id], 0, |out| {
+            out.ensure(&Target::Named(Arc::clone(&statement)));
+            encode::bind_plain(&mut out.body, &statement.name);
+            encode::execute_all(&mut out.body);
+            encode::sync(&mut out.body);
+        })?;
+        let shared = self.shared;
+        let slot = self.slot(conn);
+        slot.owed.expect_own(Swallow::Position);
+        if let Some(lease) = slot.conn.as_ref() {
+            shared.positions.of(&lease.server.address).count_query();
+        }
+        bytes.extend_from_slice(&ours);
+        Ok(())
+    }
+
     /// Sends a query of pgsplit's own; its replies never reach the client.
     pub(super) async fn inject_query(&mut self, conn: Conn, sql: &str) -> Result<(), ProxyError> {
         let mut out = BytesMut::new();
         encode::query(&mut out, sql);
         let slot = self.slot(conn);
-        slot.owed.swallow.push_back(Swallow::UntilReady);
-        slot.owed.pending += 1;
-        slot.owed.syncs_sent += 1;
+        slot.owed.expect_own(Swallow::UntilReady);
         if let Some(lease) = slot.conn.as_mut() {
             lease.unnamed = None;
         }

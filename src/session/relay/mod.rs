@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -229,6 +229,10 @@ enum Shapes {
     /// Not described there yet.
     Unknown(Vec<Arc<Statement>>),
 }
+
+/// How long a leaving client's connections may take to answer pgsplit's own questions
+/// before they are closed instead of pooled.
+const OWN_ANSWERS_WAIT: Duration = Duration::from_millis(200);
 
 /// Bytes read ahead of a held request while watching for the client leaving.
 const HELD_READ_AHEAD: usize = 64 * 1024;
@@ -464,6 +468,9 @@ impl<'a> Relay<'a> {
             self.shared.stats.set_active(false);
         }
         self.shared.stats.set_connected(false);
+        if result.is_ok() {
+            self.finish_own_answers().await;
+        }
         self.cancel.clear();
         if let Err(ProxyError::ClientStalled(_)) = result {
             // Closing the connection stops its server only at its next write; a query
@@ -474,6 +481,25 @@ impl<'a> Relay<'a> {
             self.return_connection(conn);
         }
         result
+    }
+
+    /// Reads the answers to pgsplit's own questions still in flight as the client leaves
+    /// (the WAL position after its last commit), briefly, so the connection goes back to
+    /// its pool instead of being closed unfinished.
+    async fn finish_own_answers(&mut self) {
+        let deadline = Instant::now() + OWN_ANSWERS_WAIT;
+        for conn in [Conn::Primary, Conn::Standby] {
+            while self.slot(conn).owed.owes_only_own() {
+                let next =
+                    tokio::time::timeout_at(deadline.into(), next_frame(&mut self.slot(conn).conn));
+                match next.await {
+                    Ok(Ok(Some(frame))) => {
+                        self.absorb_server_frame(conn, &frame);
+                    }
+                    _ => break,
+                }
+            }
+        }
     }
 
     /// Gives a connection back to its pool as the session ends: one still answering is

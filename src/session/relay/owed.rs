@@ -8,8 +8,11 @@ use std::collections::VecDeque;
 /// A reply pgsplit expects for messages it injected, and drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Swallow {
-    /// Everything up to and including the next ReadyForQuery.
+    /// Everything up to and including the batch's ReadyForQuery.
     UntilReady,
+    /// The same, and the WAL position its DataRow gives is learned: the primary's insert
+    /// position, asked right after a commit of the client's on the same connection.
+    Position,
 }
 
 /// What a Parse sent to a server creates.
@@ -58,8 +61,9 @@ pub(super) struct Tracked {
 pub(super) struct Owed {
     /// ReadyForQuery messages still expected (the client's and injected ones).
     pub pending: usize,
-    /// Replies to messages pgsplit injected, dropped as they come.
-    pub swallow: VecDeque<Swallow>,
+    /// Replies to messages pgsplit injected, dropped as they come: by the batch they
+    /// answer (pgsplit's own batch may follow the client's).
+    pub swallow: VecDeque<(u64, Swallow)>,
     pub parses: VecDeque<InFlight<ParseOf>>,
     pub closes: VecDeque<InFlight<()>>,
     /// Describes of named statements in flight: the statement, and the client's name
@@ -131,6 +135,32 @@ impl Owed {
         }
     }
 
+    /// Expects pgsplit's own batch, sent now, answered up to its ReadyForQuery.
+    pub fn expect_own(&mut self, swallow: Swallow) {
+        self.swallow.push_back((self.syncs_sent, swallow));
+        self.pending += 1;
+        self.syncs_sent += 1;
+    }
+
+    /// What to do with the replies now arriving, when they answer pgsplit's own batch.
+    pub fn swallowing(&self) -> Option<Swallow> {
+        self.swallow
+            .front()
+            .filter(|(batch, _)| *batch == self.syncs_seen)
+            .map(|(_, swallow)| *swallow)
+    }
+
+    /// pgsplit's batch being answered got its ReadyForQuery.
+    pub fn own_answered(&mut self) {
+        self.swallow.pop_front();
+        self.pending = self.pending.saturating_sub(1);
+    }
+
+    /// Whether every answer still owed is to pgsplit's own batches.
+    pub fn owes_only_own(&self) -> bool {
+        self.pending > 0 && self.pending == self.swallow.len() && !self.copy_in && !self.awaits_sync
+    }
+
     /// Whether nothing is owed: no answer expected, no COPY, no Sync awaited.
     pub fn settled(&self) -> bool {
         self.pending == 0 && !self.copy_in && !self.awaits_sync
@@ -192,6 +222,23 @@ mod tests {
         );
         assert!(owed.track_reply(b'Z').failed.is_empty());
         assert_eq!((owed.syncs_sent, owed.syncs_seen), (2, 2));
+    }
+
+    #[test]
+    fn pgsplits_batch_after_the_clients_is_swallowed_only_once_the_clients_is_answered() {
+        let mut owed = Owed::default();
+        send(&mut owed, &[]);
+        owed.expect_own(Swallow::Position);
+        assert_eq!(owed.swallowing(), None, "the client's batch answers first");
+        assert!(!owed.owes_only_own());
+        owed.track_reply(b'Z');
+        owed.pending -= 1;
+        assert_eq!(owed.swallowing(), Some(Swallow::Position));
+        assert!(owed.owes_only_own());
+        owed.track_reply(b'Z');
+        owed.own_answered();
+        assert_eq!((owed.swallowing(), owed.pending), (None, 0));
+        assert!(owed.settled());
     }
 
     #[test]

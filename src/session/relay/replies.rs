@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::wire::{is_fatal, rename_in_error};
+use super::wire::{first_value, is_fatal, rename_in_error};
 use super::*;
 use crate::classify::Classification;
 use crate::error::ProxyError;
@@ -186,6 +186,9 @@ impl Relay<'_> {
             _ => {}
         }
         let slot = self.slot(conn);
+        // Notifications answer nothing: they reach the client whoever's batch they
+        // arrive in.
+        let swallowing = slot.owed.swallowing().filter(|_| frame.tag != b'A');
         let ours = slot.track_reply(frame.tag);
         if !slot.failed_parses.is_empty() {
             let failed_parses = std::mem::take(&mut slot.failed_parses);
@@ -207,7 +210,7 @@ impl Relay<'_> {
             Conn::Primary => (&mut self.primary, &mut self.retries.early),
             Conn::Standby => (&mut self.standby, &mut self.retries.early),
         };
-        let swallowed = match (slot.owed.swallow.front().copied(), frame.tag) {
+        let swallowed = match (swallowing, frame.tag) {
             (None, _) if ours => true,
             // A statement the classifier could not see writing (a view over a function
             // that writes): the client never hears the standby's refusal.
@@ -230,9 +233,24 @@ impl Relay<'_> {
                     injected_error = Some(format!("{} ({})", fields.message, fields.code));
                 }
                 if tag == b'Z' {
-                    slot.owed.swallow.pop_front();
-                    slot.owed.pending = slot.owed.pending.saturating_sub(1);
+                    slot.owed.own_answered();
                     injected_done = true;
+                }
+                true
+            }
+            (Some(Swallow::Position), tag) => {
+                match tag {
+                    b'D' => {
+                        let address = slot.conn.as_ref().map(|c| &c.server.address);
+                        let lsn = first_value(frame.body()).and_then(|v| v.parse().ok());
+                        if let (Some(write), Some(lsn)) = (self.placement.written.as_mut(), lsn) {
+                            if write.lsn.is_none() && Some(&write.primary) == address {
+                                write.lsn = Some(lsn);
+                            }
+                        }
+                    }
+                    b'Z' => slot.owed.own_answered(),
+                    _ => {}
                 }
                 true
             }

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Placed, Relay, Slot, Step, AVOID_FAILED_STANDBY};
+use super::wire::next_frame;
+use super::{Placed, Relay, Slot, Step, Swallow, AVOID_FAILED_STANDBY};
 use crate::backend::send_cancel;
 use crate::balance::Strategy;
 use crate::config::ReadYourWrites;
 use crate::error::ProxyError;
 use crate::pool::Lease;
+use crate::prepared::Statement;
 use crate::protocol::{encode, flush_to, Severity};
 use crate::route::{
     decide, Ask, Balance, Conn, Decision, Destination, Failure, OpenStandby, SessionView, To,
@@ -31,6 +33,9 @@ pub(super) struct Placement {
     pub written: Option<Write>,
     /// Whether connections go back to their pools between transactions.
     pub transaction_pooling: bool,
+    /// The question for the primary's WAL insert position, once asked (held so the
+    /// statement keeps its server-side name).
+    pub position_statement: Option<Arc<Statement>>,
 }
 
 impl Placement {
@@ -40,6 +45,7 @@ impl Placement {
             avoid: Vec::new(),
             written: None,
             transaction_pooling,
+            position_statement: None,
         }
     }
 }
@@ -217,7 +223,7 @@ impl Relay<'_> {
 
     /// How long a read may wait for a standby to replay the client's writes, when reads
     /// must see them: the session's `pgsplit.read_your_writes`, else the configuration.
-    fn read_your_writes(&self) -> Option<Duration> {
+    pub(super) fn read_your_writes(&self) -> Option<Duration> {
         let settings = self.shared.settings.load();
         let routing = &settings.raw.routing;
         let mode = crate::gucs::read_your_writes(routing.read_your_writes, &self.state.gucs);
@@ -233,7 +239,13 @@ impl Relay<'_> {
         };
         // Taken before the question: a reading started after it covers the commit.
         let at = Instant::now();
-        if self.read_your_writes().is_some() {
+        let asked_here = self
+            .primary
+            .owed
+            .swallow
+            .iter()
+            .any(|(_, s)| *s == Swallow::Position);
+        if !asked_here && self.read_your_writes().is_some() {
             self.shared.positions.of(&address).ask();
         }
         self.placement.written = Some(Write {
@@ -247,11 +259,39 @@ impl Relay<'_> {
     /// (`read_your_writes_wait`); while it is not known, only standbys the monitor has seen
     /// past the primary's position after the commit count as having it.
     async fn learn_write_position(&mut self, wait: Duration) {
+        let unknown = |p: &Placement| p.written.as_ref().is_some_and(|w| w.lsn.is_none());
+        if !unknown(&self.placement) {
+            return;
+        }
+        let deadline = Instant::now() + wait;
+        // Asked right after the commit on the write's own connection: its answer is the
+        // next thing that connection sends, usually already on its way.
+        let mut read_here = false;
+        while unknown(&self.placement) && self.primary.owed.swallowing() == Some(Swallow::Position)
+        {
+            let next = tokio::time::timeout_at(deadline.into(), next_frame(&mut self.primary.conn));
+            match next.await {
+                Ok(Ok(Some(frame))) => {
+                    self.absorb_server_frame(Conn::Primary, &frame);
+                    read_here = true;
+                }
+                Ok(_) => {
+                    // Lost with nothing of the client's owed: closed here, and the next
+                    // request to the primary connects again.
+                    drop(self.take_slot(Conn::Primary));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if read_here {
+            self.release_idle_connections();
+        }
         let Some(write) = self.placement.written.as_ref().filter(|w| w.lsn.is_none()) else {
             return;
         };
         let sampler = self.shared.positions.of(&write.primary);
-        let lsn = sampler.primary_since(write.at, Instant::now() + wait).await;
+        let lsn = sampler.primary_since(write.at, deadline).await;
         if let Some(write) = self.placement.written.as_mut() {
             write.lsn = lsn;
         }

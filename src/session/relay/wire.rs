@@ -92,3 +92,10 @@ pub(super) fn rename_in_error(raw: &[u8], ours: &str, client: &str, out: &mut By
     out.put_slice(&renamed);
     5 + renamed.len()
 }
+
+/// The first column of a DataRow body as text; None when it is NULL or not text.
+pub(super) fn first_value(body: &[u8]) -> Option<&str> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    std::str::from_utf8(body.get(6..6 + len)?).ok()
+}
