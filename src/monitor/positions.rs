@@ -126,6 +126,22 @@ impl Sampler {
         *self.latest.borrow()
     }
 
+    /// A session's check, sent at `started`, saw this standby past `lsn`: a reading for
+    /// every session, unless a newer one says more.
+    pub fn learned(&self, started: Instant, lsn: Lsn) {
+        self.latest.send_if_modified(|latest| {
+            let newer = latest.is_none_or(|r| !r.standby || r.lsn.is_none_or(|l| l < lsn));
+            if newer {
+                *latest = Some(Reading {
+                    started,
+                    lsn: Some(lsn),
+                    standby: true,
+                });
+            }
+            newer
+        });
+    }
+
     /// Counts a position query a session asked on its own connection to this node.
     pub fn count_query(&self) {
         self.queries.fetch_add(1, Ordering::Relaxed);

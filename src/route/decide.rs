@@ -36,6 +36,9 @@ pub struct Ask<'a> {
     pub unsynced: bool,
     /// A single statement on its own.
     pub lone: bool,
+    /// A synced autocommit read that can run again on the primary: it may carry a check
+    /// of the standby's replay position instead of waiting for one.
+    pub checkable: bool,
 }
 
 /// The session's standby connection.
@@ -169,6 +172,9 @@ pub struct Destination {
     /// A read goes to the primary only for read-your-writes: if the primary cannot be
     /// reached, ask again with [`Failure::PrimaryUnreachable`].
     pub for_my_writes: bool,
+    /// The standby runs the read only once it has replayed this WAL position (the
+    /// client's write), checked in the same request; else the read runs on the primary.
+    pub check: Option<Lsn>,
 }
 
 /// Where a planned request runs and why. `turn` advances the round-robin counter, and is
@@ -186,6 +192,7 @@ pub fn decide(
         reason: reason(&ask, &session, conn, read_on_primary),
         release_standby: false,
         for_my_writes: false,
+        check: None,
     };
     if let Some(conn) = session.chain {
         return destination(To::Open(conn), conn, None);
@@ -232,6 +239,19 @@ pub fn decide(
                 .then(|| to_wait_for(&w, &session, topology, &balance, turn))
                 .flatten()
             {
+                // A read that can carry the check goes at once: no round trip to learn
+                // the standby's position first, and none to wait out its replay.
+                if ask.checkable {
+                    let to = match session.standby {
+                        Some(open) if open.node == node => To::Open(Conn::Standby),
+                        _ => To::Standby(node),
+                    };
+                    return Destination {
+                        check: w.lsn,
+                        release_standby: session.standby.is_some_and(|o| o.node != node),
+                        ..destination(to, Conn::Standby, None)
+                    };
+                }
                 return destination(To::Await(node), Conn::Standby, None);
             }
             let why = why_not_my_writes(topology);

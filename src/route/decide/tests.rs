@@ -130,6 +130,8 @@ struct Case {
     wait_ms: u64,
     avoid: Vec<usize>,
     failure: Option<Failure>,
+    /// The read can carry a check of the standby's replay position.
+    checkable: bool,
     want: To,
     reason: Decision,
 }
@@ -147,6 +149,7 @@ fn case(what: &'static str, conn: Conn, class: Classification, standbys: &[Stand
         wait_ms: 0,
         avoid: Vec::new(),
         failure: None,
+        checkable: false,
         want: To::Primary,
         reason: Decision::Read,
     }
@@ -174,6 +177,10 @@ impl Case {
     }
     fn avoiding(mut self, nodes: &[usize]) -> Case {
         self.avoid = nodes.to_vec();
+        self
+    }
+    fn checkable(mut self) -> Case {
+        self.checkable = true;
         self
     }
     fn failed(mut self, failure: Failure) -> Case {
@@ -220,6 +227,7 @@ fn run(
             class: &c.class,
             unsynced: false,
             lone: true,
+            checkable: c.checkable,
         },
         SessionView {
             state,
@@ -427,6 +435,39 @@ fn reads_after_a_write_at_a_known_position_wait_for_a_standby_or_use_the_primary
             .written_at_lsn(80, 0)
             .wants(To::Primary, Decision::ReadYourWrites),
         case(
+            "a read that can carry the check goes with it",
+            Standby,
+            read(),
+            &[BEHIND, LAGGING],
+        )
+        .written_at_lsn(80, 5)
+        .checkable()
+        .wants(To::Standby(1), Decision::Read),
+        case(
+            "...to the open standby too",
+            Standby,
+            read(),
+            &[BEHIND, FRESH],
+        )
+        .open(1, false)
+        .written_at_lsn(80, 5)
+        .checkable()
+        .wants(To::Open(Standby), Decision::Read),
+        case(
+            "...and to the primary once the check failed",
+            Standby,
+            read(),
+            &[BEHIND],
+        )
+        .written_at_lsn(80, 5)
+        .checkable()
+        .failed(Failure::NotReplayed)
+        .wants(To::Primary, Decision::ReadYourWrites),
+        case("...nor with a zero wait", Standby, read(), &[BEHIND])
+            .written_at_lsn(80, 0)
+            .checkable()
+            .wants(To::Primary, Decision::ReadYourWrites),
+        case(
             "the open standby is the one waited for",
             Standby,
             read(),
@@ -475,6 +516,9 @@ fn reads_after_a_write_at_a_known_position_wait_for_a_standby_or_use_the_primary
     for c in &cases {
         let got = run(c, &state, false, None);
         assert_eq!((got.to, got.reason), (c.want, c.reason), "{}", c.what);
+        // Only a checkable read sent to a standby not known past the write carries it.
+        let checked = c.checkable && c.want != To::Primary;
+        assert_eq!(got.check, checked.then_some(Lsn(80)), "{}", c.what);
     }
 }
 

@@ -92,7 +92,8 @@ impl Relay<'_> {
                 .collect(),
             _ => Vec::new(),
         };
-        let result = match self.execute(plan, class, request, None).await {
+        let failure = self.retries.failure.take();
+        let result = match self.execute(plan, class, request, failure).await {
             Err(e) if reached_no_server(&e) => {
                 for (name, id) in parsed {
                     let held = self.state.statements.get(&name);
@@ -333,6 +334,16 @@ impl Relay<'_> {
             Plan::Refuse(code, message) => return self.refuse(&request, code, message).await,
         };
         let mid_chain = self.sticky.is_some();
+        // As `retryable` below, on a standby: what a failed replay check can rerun.
+        let checkable = !mid_chain
+            && self.retries.runs_before + 1 < MAX_RUNS
+            && begin.is_none()
+            && self.state.txn.is_none()
+            && !self.state.holds(Conn::Standby)
+            && class.route <= Route::Standby
+            && class.effects.is_empty()
+            && matches!(request, Request::Batch { sync: true, .. })
+            && read_committed(&self.state.gucs);
         let ask = Ask {
             conn,
             begins: begin.is_some(),
@@ -348,6 +359,7 @@ impl Relay<'_> {
                 }
                 Request::Function(_) => false,
             },
+            checkable,
         };
         let (conn, reason) = match self.place(ask, failure).await? {
             Placed::On(conn, reason) => (conn, reason),
@@ -719,4 +731,12 @@ impl Relay<'_> {
         flush_to(&mut self.client.writer, &mut self.client.out).await?;
         Ok(())
     }
+}
+
+/// Whether the session's transactions take a snapshot per statement: only then does a
+/// read that follows pgsplit's replay check in the same transaction see what the check
+/// saw replayed (a REPEATABLE READ snapshot would be the check's own, taken before it).
+fn read_committed(gucs: &crate::gucs::Gucs) -> bool {
+    gucs.get("default_transaction_isolation")
+        .is_none_or(|v| v.to_ascii_lowercase().contains("read committed"))
 }

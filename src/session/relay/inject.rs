@@ -14,10 +14,16 @@ use crate::pool::Lease;
 use crate::prepared::{same_shape, Statement};
 use crate::protocol::{encode, read_cstr, Frame};
 use crate::route::{Conn, Target};
+use crate::topology::Lsn;
 
 /// The primary's WAL insert position, as a Parse body without its name (text, then no
 /// parameter types): at or past every commit that returned before it ran.
 const POSITION_QUERY: &[u8] = b"SELECT pg_current_wal_insert_lsn()\0\0\0";
+
+/// Whether a standby replayed a WAL position (`$1`), as a Parse body without its name:
+/// an error when it did not, ahead of a read in the read's own batch.
+const CHECK_QUERY: &[u8] =
+    b"SELECT 1 / coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false)::int\0\0\0";
 
 /// A name no statement has: a client's Close of its statement becomes a Close of this,
 /// which the server answers with CloseComplete without touching statements other
@@ -334,6 +340,16 @@ impl Relay<'_> {
             })
             .collect();
         let size = ops.len() * 32;
+        // The check goes first in the client's own batch, so that if it fails the server
+        // skips the read up to the client's Sync.
+        let check = match conn {
+            Conn::Standby if sync => self.placement.check.take(),
+            _ => None,
+        };
+        let mut checked = BytesMut::new();
+        if let Some(lsn) = check {
+            checked = self.check_replayed(conn, lsn)?;
+        }
         let mut bytes = self.outgoing(conn, used, size, |out| {
             for op in ops {
                 out.add(op);
@@ -349,6 +365,10 @@ impl Relay<'_> {
         }
         if ask_position && sync {
             self.ask_position(conn, &mut bytes)?;
+        }
+        if check.is_some() {
+            checked.extend_from_slice(&bytes);
+            bytes = checked;
         }
         write_to(self.slot(conn), &bytes).await
     }
@@ -508,6 +528,37 @@ impl Relay<'_> {
         }
         bytes.extend_from_slice(&ours);
         Ok(())
+    }
+
+    /// A check that the standby replayed `lsn`, to go ahead of a read in the read's own
+    /// batch (no Sync of its own): it fails with division by zero when the standby is
+    /// short of it (or not in recovery any more), and the server then skips the read.
+    fn check_replayed(&mut self, conn: Conn, lsn: Lsn) -> Result<BytesMut, ProxyError> {
+        let statement = Arc::clone(
+            self.placement
+                .check_statement
+                .get_or_insert_with(|| self.shared.statements.intern(CHECK_QUERY)),
+        );
+        let position = lsn.to_string();
+        let bytes = self.outgoing(conn, vec![statement.id], 0, |out| {
+            out.ensure(&Target::Named(Arc::clone(&statement)));
+            let body = &mut out.body;
+            body.put_u8(b'B');
+            let len = 4 + 1 + statement.name.len() + 1 + 2 + 2 + 2 + 4 + position.len() + 2;
+            body.put_i32(len as i32);
+            body.put_u8(0);
+            body.put_slice(statement.name.as_bytes());
+            body.put_u8(0);
+            body.put_i16(1);
+            body.put_i16(0);
+            body.put_i16(1);
+            body.put_i32(position.len() as i32);
+            body.put_slice(position.as_bytes());
+            body.put_i16(0);
+            encode::execute_all(body);
+        })?;
+        self.slot(conn).owed.expect_check(lsn);
+        Ok(bytes)
     }
 
     /// Sends a query of pgsplit's own; its replies never reach the client.

@@ -150,6 +150,9 @@ enum Refusal {
     /// catalog is read from the primary, so a new function is known before the
     /// standbys have it); later statements may well run on a standby.
     NotReplayed,
+    /// pgsplit's replay check ahead of the read failed: the standby had not replayed the
+    /// client's write. The read runs on the primary, as a read.
+    Behind,
 }
 
 impl Refusal {

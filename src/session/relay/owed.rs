@@ -4,6 +4,9 @@
 //! sent without Sync; COPY. Plain data, unit-tested without sockets.
 
 use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::topology::Lsn;
 
 /// A reply pgsplit expects for messages it injected, and drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +16,10 @@ pub(super) enum Swallow {
     /// The same, and the WAL position its DataRow gives is learned: the primary's insert
     /// position, asked right after a commit of the client's on the same connection.
     Position,
+    /// The answers to a check, ahead of the client's read in its own batch, that the
+    /// standby replayed `lsn` (sent at `sent`): up to its CommandComplete, or its error
+    /// (the server then skips the read).
+    Check { lsn: Lsn, sent: Instant },
 }
 
 /// What a Parse sent to a server creates.
@@ -142,6 +149,20 @@ impl Owed {
         self.syncs_sent += 1;
     }
 
+    /// Expects the answers to a replay check sent ahead of the batch about to be sent.
+    pub fn expect_check(&mut self, lsn: Lsn) {
+        let check = Swallow::Check {
+            lsn,
+            sent: Instant::now(),
+        };
+        self.swallow.push_back((self.syncs_sent, check));
+    }
+
+    /// The replay check being answered is done; the rest of the batch is the client's.
+    pub fn check_answered(&mut self) {
+        self.swallow.pop_front();
+    }
+
     /// What to do with the replies now arriving, when they answer pgsplit's own batch.
     pub fn swallowing(&self) -> Option<Swallow> {
         self.swallow
@@ -158,7 +179,12 @@ impl Owed {
 
     /// Whether every answer still owed is to pgsplit's own batches.
     pub fn owes_only_own(&self) -> bool {
-        self.pending > 0 && self.pending == self.swallow.len() && !self.copy_in && !self.awaits_sync
+        let own = self
+            .swallow
+            .iter()
+            .filter(|(_, s)| !matches!(s, Swallow::Check { .. }))
+            .count();
+        self.pending > 0 && self.pending == own && !self.copy_in && !self.awaits_sync
     }
 
     /// Whether nothing is owed: no answer expected, no COPY, no Sync awaited.

@@ -9,7 +9,7 @@ use super::*;
 use crate::classify::Classification;
 use crate::error::ProxyError;
 use crate::protocol::{flush_to, read_cstr, Frame};
-use crate::route::{Conn, Target};
+use crate::route::{Conn, Failure, Target};
 
 /// What lets an autocommit read run again elsewhere, and a refused one on the primary.
 #[derive(Default)]
@@ -30,6 +30,8 @@ pub(super) struct Retries {
     /// How many times the request being dispatched ran before (on servers lost before
     /// answering); at [`MAX_RUNS`] it is not retried again.
     pub runs_before: u8,
+    /// What went wrong with the request being dispatched the last time it was placed.
+    pub failure: Option<Failure>,
 }
 
 impl Relay<'_> {
@@ -90,6 +92,15 @@ impl Relay<'_> {
         class: &Classification,
         refusal: Refusal,
     ) -> Result<(), ProxyError> {
+        if refusal == Refusal::Behind {
+            // Still a read: decided again, knowing the standby was short of the write.
+            self.retries.runs_before = MAX_RUNS;
+            self.retries.failure = Some(Failure::NotReplayed);
+            let sent = self.dispatch(request).await;
+            self.retries.failure = None;
+            self.retries.runs_before = 0;
+            return sent;
+        }
         if refusal == Refusal::Writes {
             let functions = self.shared.functions.for_database(&self.startup.database);
             for text in request_texts(&request) {
@@ -141,6 +152,9 @@ impl Relay<'_> {
         let mut ready = None;
         let mut injected_done = false;
         let mut injected_error = None;
+        // A replay check answered here: its node, when it was sent, and the position it
+        // showed replayed (None: not).
+        let mut checked = None;
         let slot = self.slot(conn);
         if frame.tag == b'S' {
             let mut body = frame.body();
@@ -235,6 +249,22 @@ impl Relay<'_> {
                 if tag == b'Z' {
                     slot.owed.own_answered();
                     injected_done = true;
+                }
+                true
+            }
+            // The standby's error to the replay check (not a FATAL one, which ends the
+            // connection and is handled as its loss): the server skipped the read, which
+            // runs on the primary at this batch's ReadyForQuery.
+            (Some(Swallow::Check { sent, .. }), b'E') if !is_fatal(frame.body()) => {
+                slot.owed.check_answered();
+                slot.refused = Some(Refusal::Behind);
+                checked = Some((slot.node, sent, None));
+                true
+            }
+            (Some(Swallow::Check { lsn, sent }), tag) if tag != b'E' => {
+                if tag == b'C' {
+                    slot.owed.check_answered();
+                    checked = Some((slot.node, sent, Some(lsn)));
                 }
                 true
             }
@@ -408,6 +438,9 @@ impl Relay<'_> {
         }
         if let Some(error) = injected_error {
             self.injected.error.get_or_insert((conn, error));
+        }
+        if let Some((node, sent, replayed)) = checked {
+            self.checked_replay(node, sent, replayed);
         }
         injected_done
     }

@@ -33,9 +33,13 @@ pub(super) struct Placement {
     pub written: Option<Write>,
     /// Whether connections go back to their pools between transactions.
     pub transaction_pooling: bool,
+    /// The replay position the request being placed checks on its standby.
+    pub check: Option<Lsn>,
     /// The question for the primary's WAL insert position, once asked (held so the
     /// statement keeps its server-side name).
     pub position_statement: Option<Arc<Statement>>,
+    /// The check that a standby replayed a WAL position, once asked (held as above).
+    pub check_statement: Option<Arc<Statement>>,
 }
 
 impl Placement {
@@ -45,7 +49,9 @@ impl Placement {
             avoid: Vec::new(),
             written: None,
             transaction_pooling,
+            check: None,
             position_statement: None,
+            check_statement: None,
         }
     }
 }
@@ -79,6 +85,10 @@ impl Relay<'_> {
             self.learn_write_position(wait).await;
         }
         let mut awaited = None;
+        // A read whose replay check just failed asks no standby in the background: its
+        // next read checks again.
+        let checked = failure == Some(Failure::NotReplayed);
+        self.placement.check = None;
         loop {
             let destination = self.decide(ask, failure, ryw);
             if destination.release_standby {
@@ -134,7 +144,8 @@ impl Relay<'_> {
             };
             match opened {
                 Ok(conn) => {
-                    self.count_read_your_writes(&destination, awaited);
+                    self.placement.check = destination.check;
+                    self.count_read_your_writes(&destination, awaited, checked);
                     return Ok(Placed::On(conn, destination.reason));
                 }
                 // The primary went away before the monitor noticed: a read that only went
@@ -323,9 +334,32 @@ impl Relay<'_> {
         reached
     }
 
+    /// What a replay check ahead of a read on standby `node` found: the standby past the
+    /// client's write (`replayed`, then known to every session) or not (the read runs on
+    /// the primary). The time to its answer counts as the read's wait, an upper bound: the
+    /// read itself was on its way meanwhile.
+    pub(super) fn checked_replay(&mut self, node: usize, sent: Instant, replayed: Option<Lsn>) {
+        let stats = &self.shared.stats;
+        stats.read_your_writes_waited(node, sent.elapsed(), replayed.is_some());
+        if let Some(lsn) = replayed {
+            stats.read_your_writes_checked(node);
+            if let Some(lease) = self.standby.conn.as_ref() {
+                self.shared
+                    .positions
+                    .of(&lease.server.address)
+                    .learned(sent, lsn);
+            }
+        }
+    }
+
     /// Counts what read-your-writes did for a placed request: a standby read served after
     /// a check, or a read sent to the primary.
-    fn count_read_your_writes(&self, destination: &Destination, awaited: Option<usize>) {
+    fn count_read_your_writes(
+        &self,
+        destination: &Destination,
+        awaited: Option<usize>,
+        checked: bool,
+    ) {
         match destination.to {
             To::Standby(node) if awaited == Some(node) => {
                 self.shared.stats.read_your_writes_checked(node)
@@ -338,7 +372,9 @@ impl Relay<'_> {
                 self.shared
                     .stats
                     .read_your_writes_to_primary(self.primary.node);
-                self.refresh_standby_positions();
+                if !checked {
+                    self.refresh_standby_positions();
+                }
             }
             _ => {}
         }
